@@ -1,0 +1,1 @@
+"""Korean-English integration toolkit for Llama models."""

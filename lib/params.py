@@ -1,0 +1,306 @@
+"""Parameters: profiles in ``params/*.yaml``, checked against each notebook's ``parameters`` cell.
+
+A profile looks like::
+
+    extends: toy.yaml          # optional: overlay this file on another one
+    common:                    # passed to every notebook that declares the key
+      base_model: toy
+    01_vocab_merge:            # one section per notebook, named by its stem
+      merge_mode: hangul
+
+The notebook's ``parameters`` cell is the schema: its names are the only keys allowed and the
+types of its defaults are the types required (an int is accepted where a float is expected).
+Papermill only warns about unknown parameters; here an unknown key or a wrong type fails before
+anything runs, naming the key, the file and the notebook.
+
+Inside a notebook, right after the ``parameters`` cell::
+
+    cfg = lib.params.resolve("01_vocab_merge", globals())
+
+checks the values again (a user may have edited them by hand), creates the stage folder, writes
+``config.json`` and seeds every RNG.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+import yaml
+
+from lib import paths
+from lib.outputs import write_json
+
+RESERVED = ("run",)        # set by the runner in every notebook, not by profiles
+
+
+class ParamsError(ValueError):
+    """A params file or a parameters cell is wrong; the message says where and what to do."""
+
+
+# --- the schema: a notebook's parameters cell -------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    comment: str
+
+
+def parameters_cell(nb_path: Path) -> str:
+    nb = nbformat.read(str(nb_path), as_version=4)
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParamsError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    return cells[0].source
+
+
+def notebook_params(stage: str, nb_path: Path | None = None) -> dict[str, Param]:
+    """The declared parameters of a notebook, in order: name -> Param(default, comment)."""
+    nb_path = nb_path or paths.notebook_path(stage)
+    if not nb_path.exists():
+        raise ParamsError(f"no notebook for stage '{stage}': {nb_path} does not exist")
+    src = parameters_cell(nb_path)
+    lines = src.splitlines()
+    out: dict[str, Param] = {}
+    for node in ast.parse(src).body:
+        where = f"{nb_path.name}, parameters cell line {node.lineno}"
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            raise ParamsError(f"{where}: only `name = literal` assignments are allowed")
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError as e:
+            raise ParamsError(f"{where}: the value of '{node.targets[0].id}' must be a literal "
+                              "(no calls, no derived values: Papermill injects overrides after "
+                              "this cell)") from e
+        line = lines[node.lineno - 1]
+        comment = line.split("#", 1)[1].strip() if "#" in line else ""
+        out[node.targets[0].id] = Param(node.targets[0].id, value, comment)
+    for name in RESERVED:
+        if name not in out:
+            raise ParamsError(f"{nb_path.name}: the parameters cell must declare '{name}'")
+    return out
+
+
+def check_type(name: str, value: Any, default: Any, where: str) -> Any:
+    """Return ``value`` if it has the type of ``default`` (int -> float is widened), else raise."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ParamsError(f"{where}: '{name}' must be {type(default).__name__} "
+                          f"(like its default {default!r}), got {type(value).__name__} {value!r}")
+    return value
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+@dataclass
+class Profile:
+    path: Path
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)   # "common" + stages
+    origin: dict[tuple[str, str], Path] = field(default_factory=dict)   # (section, key) -> file
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def common(self) -> dict[str, Any]:
+        return dict(self.sections.get("common", {}))
+
+
+def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
+    """Read a params file, following ``extends:`` (relative to the file) and overlaying it."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (paths.PARAMS / path).exists():
+        path = paths.PARAMS / path
+    path = path.resolve()
+    if path in _seen:
+        raise ParamsError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, _seen))}")
+    if not path.exists():
+        raise ParamsError(f"params file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}: the top level must be a mapping of sections")
+    parent = raw.pop("extends", None)
+    prof = load_profile(path.parent / parent, _seen + (path,)) if parent else Profile(path)
+    prof.path = path
+    for section, values in raw.items():
+        section = str(section)
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ParamsError(f"{path}: section '{section}' must be a mapping of key: value")
+        prof.sections.setdefault(section, {}).update(values)
+        for key in values:
+            prof.origin[(section, key)] = path
+    return prof
+
+
+def stage_params(prof: Profile, stage: str, run: str | Path) -> dict[str, Any]:
+    """Every parameter of ``stage`` after the profile is applied: defaults < common < section."""
+    schema = notebook_params(stage)
+    values = {name: p.default for name, p in schema.items()}
+    common = prof.common()
+    for key, value in list(common.items()) + list(prof.sections.get(stage, {}).items()):
+        if key not in schema:
+            continue            # unknown keys are reported by validate_profile
+        section = stage if key in prof.sections.get(stage, {}) else "common"
+        where = f"{prof.origin.get((section, key), prof.path)}, section '{section}' (notebook {stage})"
+        values[key] = check_type(key, value, schema[key].default, where)
+    values["run"] = str(paths.run_dir(str(run)))
+    return values
+
+
+def validate_profile(prof: Profile, stages: list[str]) -> None:
+    """Fail on sections without a notebook, keys no notebook declares, reserved keys."""
+    known = set(paths.stages())
+    schemas = {s: notebook_params(s) for s in sorted(known)}
+    for section, values in prof.sections.items():
+        if section == "common":
+            for key in values:
+                where = prof.origin.get((section, key), prof.path)
+                if key in RESERVED:
+                    raise ParamsError(f"{where}: '{key}' is set by the runner (--run), not in params")
+                if not any(key in sch for sch in schemas.values()):
+                    raise ParamsError(f"{where}: common key '{key}' is not a parameter of any "
+                                      f"notebook in {paths.NOTEBOOKS}")
+            continue
+        if section not in known:
+            raise ParamsError(f"{prof.path}: section '{section}' names no notebook "
+                              f"(known: {', '.join(sorted(known))})")
+        for key in values:
+            where = prof.origin.get((section, key), prof.path)
+            if key in RESERVED:
+                raise ParamsError(f"{where}: '{key}' is set by the runner (--run), not in params")
+            if key not in schemas[section]:
+                raise ParamsError(
+                    f"{where}: key '{key}' in section '{section}' is not a parameter of "
+                    f"notebooks/{section}.ipynb (its parameters: {', '.join(schemas[section])})")
+    for stage in stages:     # types, with defaults filled in
+        stage_params(prof, stage, "check")
+
+
+def config_hash(values: dict[str, Any]) -> str:
+    """A stable hash of a stage's parameters; ``run`` (where it lives) is not part of the config."""
+    body = {k: v for k, v in values.items() if k not in RESERVED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+# --- inside a notebook ----------------------------------------------------------------------------
+
+class Config(dict):
+    """The resolved parameters of one stage: ``cfg.seed`` or ``cfg["seed"]``, plus where things live."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter '{name}' in this stage's config") from None
+
+    @property
+    def stage(self) -> str:
+        return self["_stage"]
+
+    @property
+    def run_dir(self) -> Path:
+        return paths.run_dir(self["run"])
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.run_dir / self.stage
+
+    @property
+    def figures(self) -> Path:
+        d = self.stage_dir / "figures"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def path(self, value: str) -> Path:
+        """A path parameter with placeholders expanded; relative paths are from the repo root."""
+        return paths.resolve_path(value, self.run_dir)
+
+    def input_dir(self, stage: str) -> Path:
+        """The folder of an earlier, finished stage of this run."""
+        d = self.run_dir / stage
+        if not (d / "DONE").exists():
+            raise FileNotFoundError(f"{self.stage} needs the output of {stage}, but {d} is not a "
+                                    f"finished stage (no DONE). Run it first: python -m lib.pipeline "
+                                    f"run PARAMS.yaml --run {self.run_dir} --only {stage[:2]}")
+        return d
+
+    def model_path(self, spec: str) -> str:
+        """``toy`` -> this run's toy base model; a Hub id stays; a local path is expanded."""
+        if spec == "toy":
+            return str(self.input_dir(paths.TOY_STAGE) / "model")
+        expanded = paths.resolve_path(spec, self.run_dir)
+        return str(expanded) if expanded.exists() or "{" in spec or spec.startswith((".", "/")) else spec
+
+
+def resolve(stage: str, namespace: dict[str, Any]) -> Config:
+    """Check this notebook's parameter values, create its stage folder, write ``config.json``, seed."""
+    schema = notebook_params(stage)
+    values: dict[str, Any] = {}
+    for name, p in schema.items():
+        if name not in namespace:
+            raise ParamsError(f"{stage}: parameter '{name}' is not defined; run the parameters cell")
+        values[name] = check_type(name, namespace[name], p.default, f"{stage} parameters")
+    values["run"] = str(paths.run_dir(values["run"]))
+    cfg = Config(values, _stage=stage)
+    sd = cfg.stage_dir
+    if (sd / "DONE").exists():
+        raise FileExistsError(
+            f"{sd} is a finished stage (it has DONE). Nothing was changed. To redo it, pick another "
+            f"run (the 'run' parameter), or rerun with `python -m lib.pipeline ... --force`, or "
+            f"delete {sd / 'DONE'} yourself.")
+    sd.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(values.get("seed", 0)))
+    write_json(sd / "config.json", {
+        "stage": stage, "params": values, "config_hash": config_hash(values),
+        "seed": values.get("seed"), "versions": versions(), "git": git_state(),
+    })
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "tokenizers", "sentencepiece", "accelerate", "peft",
+                "datasets", "lm_eval", "papermill"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def git_state() -> dict[str, Any]:
+    import subprocess
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=paths.PROJ_ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}

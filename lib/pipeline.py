@@ -1,0 +1,152 @@
+"""Run the numbered notebooks in order with Papermill: the headless pipeline.
+
+    python -m lib.pipeline run params/toy.yaml                 # everything, into outputs/toy/
+    python -m lib.pipeline run params/toy.yaml --run try2      # into outputs/try2/
+    python -m lib.pipeline run params/toy.yaml --from 03       # stages 03 and later
+    python -m lib.pipeline run params/toy.yaml --only 07,08    # just these
+    python -m lib.pipeline run params/toy.yaml --force         # redo finished stages
+    python -m lib.pipeline check params/a6000.yaml             # validate only, run nothing
+
+Each stage runs into ``outputs/<run>/<NN_stage>/`` (executed notebook, config.json, metrics.json,
+figures/, artifacts, log.txt) and is finished when its ``DONE`` exists. A finished stage whose
+config is unchanged is skipped, so an interrupted run resumes where it stopped. A finished stage
+whose config changed is never overwritten silently: the run stops and says so (use --force or
+another --run). Once a stage has run, later stages run again too, since their inputs changed.
+"""
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from lib import paths
+from lib.outputs import read_json
+from lib.params import ParamsError, Profile, config_hash, load_profile, stage_params, validate_profile
+
+
+class StageFailed(RuntimeError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+@dataclass
+class Plan:
+    stage: str
+    params: dict
+    action: str        # "run" | "skip"
+
+
+def select_stages(prof: Profile, start: str | None = None, only: str | None = None) -> list[str]:
+    """The stages to consider, in order. 00_toy_world runs only when ``base_model: toy``."""
+    stages = paths.stages()
+    if prof.common().get("base_model", "toy") != "toy":
+        stages = [s for s in stages if s != paths.TOY_STAGE]
+    if only:
+        wanted = [w.strip() for w in only.split(",") if w.strip()]
+        unknown = [w for w in wanted if not any(s[:2] == w.zfill(2) or s == w for s in stages)]
+        if unknown:
+            raise ParamsError(f"--only {only}: no stage {', '.join(unknown)} (stages: {', '.join(stages)})")
+        stages = [s for s in stages if any(s[:2] == w.zfill(2) or s == w for w in wanted)]
+    if start:
+        stages = [s for s in stages if s[:2] >= start.zfill(2)[:2]]
+    return stages
+
+
+def plan_run(prof: Profile, run: str | Path, stages: list[str], force: bool = False) -> list[Plan]:
+    """Decide, before anything runs, which stages run and which are skipped; refuse overwrites."""
+    validate_profile(prof, stages)
+    plans, upstream_ran = [], False
+    for stage in stages:
+        params = stage_params(prof, stage, run)
+        done = paths.stage_dir(run, stage) / "DONE"
+        if done.exists() and not force:
+            same = read_json(done).get("config_hash") == config_hash(params)
+            if same and not upstream_ran:
+                plans.append(Plan(stage, params, "skip"))
+                continue
+            why = ("an earlier stage runs again in this run, so its inputs change" if same
+                   else "its parameters changed since it finished")
+            raise ParamsError(f"{done.parent} is finished but {why}. Nothing was run. Use --force "
+                              f"to redo it, or --run NEW_NAME for a separate run.")
+        plans.append(Plan(stage, params, "run"))
+        upstream_ran = True
+    return plans
+
+
+def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
+    """Execute one notebook into its stage folder; raise StageFailed naming the failing cell."""
+    import papermill as pm
+    sd = paths.stage_dir(run, plan.stage)
+    if (sd / "DONE").exists():              # --force: the finished stage is redone on purpose
+        (sd / "DONE").unlink()
+    sd.mkdir(parents=True, exist_ok=True)
+    out_nb = sd / f"{plan.stage}.ipynb"
+    with open(sd / "log.txt", "w", encoding="utf-8") as log:
+        try:
+            pm.execute_notebook(
+                str(paths.notebook_path(plan.stage)), str(out_nb), parameters=plan.params,
+                kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,
+                stdout_file=log, stderr_file=log, request_save_on_cell_execute=True)
+        except pm.PapermillExecutionError as e:
+            raise StageFailed(
+                f"{plan.stage} failed in cell {e.exec_count or e.cell_index}: {e.ename}: {e.evalue}\n"
+                f"  executed notebook kept at {out_nb}\n  log at {sd / 'log.txt'}") from None
+    if not (sd / "DONE").exists():
+        raise StageFailed(f"{plan.stage} ran to the end but wrote no DONE; its last cell must call "
+                          f"lib.outputs.finish(cfg, metrics). Notebook: {out_nb}")
+    return sd
+
+
+def run_pipeline(params_file: str | Path, run: str | None = None, start: str | None = None,
+                 only: str | None = None, force: bool = False, progress: bool = True) -> list[Plan]:
+    """Run a profile; returns the plans (what ran, what was skipped)."""
+    prof = load_profile(params_file)
+    run = run or prof.name
+    plans = plan_run(prof, run, select_stages(prof, start, only), force)
+    rd = paths.run_dir(run)
+    rd.mkdir(parents=True, exist_ok=True)
+    shutil.copy(prof.path, rd / f"params_{prof.path.name}")
+    bar = tqdm(plans, desc=f"run {rd.name}", unit="stage", disable=not progress, position=0)
+    for plan in bar:
+        bar.set_postfix_str(plan.stage)
+        if plan.action == "skip":
+            tqdm.write(f"  {plan.stage}: finished with the same config, skipped")
+            continue
+        t0 = time.time()
+        run_stage(plan, run, progress=False)
+        tqdm.write(f"  {plan.stage}: done in {time.time() - t0:.1f}s -> {paths.stage_dir(run, plan.stage)}")
+    return plans
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.pipeline", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    r = sub.add_parser("run", help="run the notebooks of a profile in order")
+    r.add_argument("params", help="a params YAML, e.g. params/toy.yaml")
+    r.add_argument("--run", help="run name (folder under outputs/) or absolute path; default: the profile name")
+    r.add_argument("--from", dest="start", help="first stage to run, e.g. 03")
+    r.add_argument("--only", help="comma-separated stages, e.g. 07,08")
+    r.add_argument("--force", action="store_true", help="redo finished stages")
+    c = sub.add_parser("check", help="validate a profile against the notebooks; run nothing")
+    c.add_argument("params")
+    args = ap.parse_args(argv)
+    try:
+        if args.cmd == "check":
+            prof = load_profile(args.params)
+            validate_profile(prof, select_stages(prof))
+            print(f"{prof.path}: ok ({', '.join(select_stages(prof))})")
+            return 0
+        run_pipeline(args.params, args.run, args.start, args.only, args.force)
+    except (ParamsError, StageFailed, FileNotFoundError, FileExistsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Profiles are validated against the notebooks' parameters cells before anything runs."""
+from __future__ import annotations
+
+import json
+
+import nbformat
+import pytest
+
+from lib import paths
+from lib.params import (ParamsError, check_type, config_hash, load_profile, notebook_params,
+                        resolve, stage_params, validate_profile)
+
+
+def write(path, text):
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+def test_parameters_cell_is_the_schema():
+    p = notebook_params("01_vocab_merge")
+    assert list(p)[:3] == ["run", "seed", "base_model"]
+    assert p["merge_mode"].default == "all"
+    assert "union" in p["merge_mode"].comment
+    assert p["korean_vocab_size"].default == 8000
+
+
+def test_every_notebook_has_literal_documented_parameters():
+    for stage in paths.stages():
+        for name, p in notebook_params(stage).items():
+            assert p.comment, f"{stage}: parameter '{name}' has no comment"
+
+
+def test_non_literal_parameter_is_rejected(tmp_path):
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("run = 'x'\nseed = int('3')")])
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    path = tmp_path / "99_bad.ipynb"
+    nbformat.write(nb, str(path))
+    with pytest.raises(ParamsError, match=r"line 2.*'seed' must be a literal"):
+        notebook_params("99_bad", path)
+
+
+def test_unknown_key_names_key_file_and_notebook(tmp_path):
+    f = write(tmp_path / "p.yaml", "01_vocab_merge:\n  merge_mod: hangul\n")
+    with pytest.raises(ParamsError) as e:
+        validate_profile(load_profile(f), ["01_vocab_merge"])
+    msg = str(e.value)
+    assert "merge_mod" in msg and str(f) in msg and "notebooks/01_vocab_merge.ipynb" in msg
+
+
+def test_unknown_common_key_and_unknown_section(tmp_path):
+    f = write(tmp_path / "p.yaml", "common:\n  base_modle: toy\n")
+    with pytest.raises(ParamsError, match="common key 'base_modle'"):
+        validate_profile(load_profile(f), [])
+    f = write(tmp_path / "q.yaml", "01_vocab_mrege:\n  merge_mode: all\n")
+    with pytest.raises(ParamsError, match="section '01_vocab_mrege' names no notebook"):
+        validate_profile(load_profile(f), [])
+
+
+def test_run_is_reserved(tmp_path):
+    f = write(tmp_path / "p.yaml", "common:\n  run: elsewhere\n")
+    with pytest.raises(ParamsError, match="set by the runner"):
+        validate_profile(load_profile(f), [])
+
+
+def test_wrong_type_fails_before_running(tmp_path):
+    f = write(tmp_path / "p.yaml", "01_vocab_merge:\n  korean_vocab_size: '8000'\n")
+    with pytest.raises(ParamsError, match=r"'korean_vocab_size' must be int.*got str"):
+        validate_profile(load_profile(f), ["01_vocab_merge"])
+
+
+def test_types_int_widens_to_float_but_bool_is_not_int():
+    assert check_type("lr", 1, 0.5, "x") == 1.0 and isinstance(check_type("lr", 1, 0.5, "x"), float)
+    with pytest.raises(ParamsError):
+        check_type("steps", True, 10, "x")
+    with pytest.raises(ParamsError):
+        check_type("flag", 1, False, "x")
+
+
+def test_extends_overlays_and_section_beats_common(tmp_path):
+    write(tmp_path / "base.yaml", "common:\n  seed: 1\n  base_model: toy\n"
+                                  "01_vocab_merge:\n  merge_mode: all\n  korean_vocab_size: 100\n")
+    f = write(tmp_path / "child.yaml", "extends: base.yaml\ncommon:\n  seed: 7\n"
+                                       "01_vocab_merge:\n  merge_mode: hangul\n")
+    prof = load_profile(f)
+    v = stage_params(prof, "01_vocab_merge", tmp_path / "run")
+    assert (v["seed"], v["merge_mode"], v["korean_vocab_size"]) == (7, "hangul", 100)
+    assert v["run"] == str(tmp_path / "run")
+
+
+def test_extends_cycle_is_reported(tmp_path):
+    write(tmp_path / "a.yaml", "extends: b.yaml\n")
+    write(tmp_path / "b.yaml", "extends: a.yaml\n")
+    with pytest.raises(ParamsError, match="cycle"):
+        load_profile(tmp_path / "a.yaml")
+
+
+def test_config_hash_ignores_run_location():
+    a = {"run": "/x", "seed": 1}
+    assert config_hash(a) == config_hash({"run": "/y", "seed": 1})
+    assert config_hash(a) != config_hash({"run": "/x", "seed": 2})
+
+
+def test_resolve_writes_config_and_refuses_a_finished_stage(tmp_path):
+    ns = {name: p.default for name, p in notebook_params("01_vocab_merge").items()}
+    ns["run"] = str(tmp_path / "r")
+    cfg = resolve("01_vocab_merge", ns)
+    conf = json.loads((cfg.stage_dir / "config.json").read_text())
+    assert conf["params"]["merge_mode"] == "all" and conf["versions"]["torch"].startswith("2.13")
+    assert cfg.path("{toy}/x.txt") == tmp_path / "r" / "00_toy_world" / "x.txt"
+    (cfg.stage_dir / "DONE").write_text("{}")
+    with pytest.raises(FileExistsError, match="finished stage"):
+        resolve("01_vocab_merge", ns)
+    ns2 = dict(ns, korean_vocab_size="big")
+    with pytest.raises(ParamsError, match="korean_vocab_size"):
+        resolve("01_vocab_merge", ns2)
+
+
+def test_input_dir_requires_a_finished_stage(tmp_path):
+    ns = {name: p.default for name, p in notebook_params("02_embedding_init").items()}
+    ns["run"] = str(tmp_path / "r")
+    cfg = resolve("02_embedding_init", ns)
+    with pytest.raises(FileNotFoundError, match="needs the output of 01_vocab_merge"):
+        cfg.input_dir("01_vocab_merge")
+
+
+def test_shipped_profiles_validate():
+    from lib.pipeline import select_stages
+    for f in sorted(paths.PARAMS.rglob("*.yaml")):
+        if "accelerate" in f.parts:
+            continue
+        prof = load_profile(f)
+        validate_profile(prof, select_stages(prof))

@@ -244,8 +244,9 @@ class Config(dict):
                                     f"run PARAMS.yaml --run {self.run_dir} --only {stage[:2]}")
         return d
 
-    def model_path(self, spec: str) -> str:
-        """``toy`` -> this run's toy base model; a Hub id stays; a local path is expanded."""
+    def source(self, spec: str) -> str:
+        """Where to load a model or tokenizer from: ``toy`` -> this run's toy base model; a local
+        path (placeholders allowed) -> absolute path; anything else is a Hub id and stays."""
         if spec == "toy":
             return str(self.input_dir(paths.TOY_STAGE) / "model")
         expanded = paths.resolve_path(spec, self.run_dir)

@@ -130,3 +130,11 @@ def test_shipped_profiles_validate():
             continue
         prof = load_profile(f)
         validate_profile(prof, select_stages(prof))
+
+
+def test_papermill_sees_the_same_parameters():
+    """Papermill parses the cell itself and skips, with a warning, any line holding a second "="
+    (even in a comment): keep both views equal."""
+    import papermill as pm
+    for stage in paths.stages():
+        assert list(pm.inspect_notebook(str(paths.notebook_path(stage)))) == list(notebook_params(stage)), stage

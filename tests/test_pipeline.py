@@ -1,0 +1,92 @@
+"""The Papermill runner: runs stages, resumes, refuses silent overwrites, reports failures.
+
+Runs 01 and 02 headless on a tiny random Llama built by a fixture (base_model is a local
+folder, so 00_toy_world is not part of this run).
+"""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lib.params import ParamsError
+from lib.pipeline import StageFailed, main, run_pipeline, select_stages
+from lib.params import load_profile
+
+
+def profile(tmp_path, assets, **overrides):
+    merge = overrides.get("merge_mode", "all")
+    text = (f"common:\n  base_model: {assets['model']}\n  seed: 3\n"
+            f"01_vocab_merge:\n  korean_tokenizer: {assets['ko_sp']}\n  merge_mode: {merge}\n"
+            f"  sample_ko: {assets['sample_ko']}\n  sample_en: {assets['sample_en']}\n"
+            f"02_embedding_init:\n  sample_ko: {assets['sample_ko']}\n  sample_en: {assets['sample_en']}\n"
+            f"  max_sample_lines: 20\n")
+    f = tmp_path / f"p_{merge}.yaml"
+    f.write_text(text, encoding="utf-8")
+    return f
+
+
+def metrics(run, stage):
+    return json.loads((run / stage / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_runs_resumes_refuses_and_forces(tmp_path, tiny_assets):
+    run = tmp_path / "run"
+    f = profile(tmp_path, tiny_assets)
+    plans = run_pipeline(f, run=str(run), only="01,02", progress=False)
+    assert [p.action for p in plans] == ["run", "run"]
+    for stage in ("01_vocab_merge", "02_embedding_init"):
+        d = run / stage
+        assert (d / "DONE").exists() and (d / f"{stage}.ipynb").exists() and (d / "config.json").exists()
+        assert any((d / "figures").glob("*.png"))
+    m1, m2 = metrics(run, "01_vocab_merge"), metrics(run, "02_embedding_init")
+    assert m1["merged_vocab_size"] == m1["base_vocab_size"] + m1["added_pieces"] > m1["base_vocab_size"]
+    assert m1["ko_tokens_per_char"]["after"] < m1["ko_tokens_per_char"]["before"]
+    assert m2["merged_vocab_size"] == m1["merged_vocab_size"]
+    assert m2["en_logit_max_abs_diff"] == 0.0 and m2["reload_logit_max_abs_diff"] == 0.0
+    assert json.loads((run / "02_embedding_init" / "config.json").read_text())["params"]["seed"] == 3
+
+    # same config again: both skipped (resume)
+    assert [p.action for p in run_pipeline(f, run=str(run), only="01,02", progress=False)] == ["skip", "skip"]
+    # changed config: refused, nothing touched
+    f2 = profile(tmp_path, tiny_assets, merge_mode="hangul")
+    stamp = (run / "01_vocab_merge" / "DONE").read_text()
+    with pytest.raises(ParamsError, match="parameters changed"):
+        run_pipeline(f2, run=str(run), only="01,02", progress=False)
+    assert (run / "01_vocab_merge" / "DONE").read_text() == stamp
+    # forced: both redone with the new config
+    plans = run_pipeline(f2, run=str(run), only="01,02", force=True, progress=False)
+    assert [p.action for p in plans] == ["run", "run"]
+    assert metrics(run, "01_vocab_merge")["merge_mode"] == "hangul"
+
+
+@pytest.mark.slow
+def test_failing_notebook_names_cell_and_keeps_partial_notebook(tmp_path, tiny_assets, capsys):
+    run = tmp_path / "bad"
+    f = profile(tmp_path, tiny_assets, merge_mode="everything")
+    with pytest.raises(StageFailed) as e:
+        run_pipeline(f, run=str(run), only="01", progress=False)
+    msg = str(e.value)
+    assert "01_vocab_merge failed in cell" in msg and "everything" in msg
+    assert (run / "01_vocab_merge" / "01_vocab_merge.ipynb").exists()
+    assert not (run / "01_vocab_merge" / "DONE").exists()
+    # the CLI turns it into one clear line and exit status 1
+    assert main(["run", str(f), "--run", str(run), "--only", "01"]) == 1
+    assert "failed in cell" in capsys.readouterr().err
+
+
+def test_stage_selection(tmp_path, tiny_assets):
+    prof = load_profile(profile(tmp_path, tiny_assets))
+    assert "00_toy_world" not in select_stages(prof)          # base_model is a local folder
+    assert select_stages(prof, only="02") == ["02_embedding_init"]
+    assert select_stages(prof, start="02")[0] == "02_embedding_init"
+    with pytest.raises(ParamsError, match="no stage 42"):
+        select_stages(prof, only="42")
+
+
+def test_cli_check_reports_bad_key(tmp_path, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text("02_embedding_init:\n  initt: mean\n")
+    assert main(["check", str(f)]) == 1
+    assert "initt" in capsys.readouterr().err

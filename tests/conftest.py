@@ -32,7 +32,7 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     """An English-centric byte-fallback BPE, a Korean unigram model, a tiny random Llama
     using the first, and Korean/English sample files. Built in ~2 s."""
     import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import LlamaConfig, LlamaForCausalLM
 
     from lib.sptrain import train_sentencepiece
     root = tmp_path_factory.mktemp("tiny")
@@ -40,7 +40,10 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
                                   hard_vocab_limit=False)
     ko_sp = train_sentencepiece(KO_LINES, root / "ko_sp" / "tokenizer.model", 80, model_type="unigram",
                                 byte_fallback=False, hard_vocab_limit=False)
-    tok = AutoTokenizer.from_pretrained(root / "base_sp", add_bos_token=True)
+    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model
+    # not AutoTokenizer on a bare tokenizer.model: it builds a generic tokenizer without the
+    # leading "▁" that disagrees with SentencePiece (see lib.tokenizer)
+    tok = hf_tokenizer_from_sp(load_sp_model(base_sp))
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                       num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=128,

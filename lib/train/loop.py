@@ -1,0 +1,224 @@
+"""One resumable training loop on ``accelerate``, shared by stages 03, 04 and 05 (and 06).
+
+The stage supplies three small functions and the loop does the rest:
+
+    result = train(modules, batch_at, loss_fn, spec, out_dir,
+                   eval_fn=..., save_fn=...)
+
+- ``batch_at(step, micro, rank, world) -> batch``: the micro-batch of optimizer step ``step``
+  for this process. Data position is a pure function of the step, so resuming at step k needs
+  no data-loader state and cannot drift.
+- ``loss_fn(modules, batch) -> (loss, logs)``: the scalar to minimise and floats to log;
+  ``modules`` are the *prepared* modules (DDP-wrapped when distributed): call those, not the
+  originals, or gradients are not synchronised.
+- ``save_fn(folder)``: writes a ``from_pretrained`` folder of the model (for 07/08 to evaluate).
+
+Checkpoints go to ``out_dir/checkpoints/step-NNNNNN/`` with ``state/`` (accelerate: model,
+optimizer, scheduler, RNG), ``model/`` (``save_fn``) and ``trainer_state.json`` (step, history).
+Calling ``train`` again on the same ``out_dir`` continues from the last checkpoint; on CPU in
+fp32 the final weights equal an uninterrupted run's (tested). bf16 on CUDA, fp32 on CPU.
+"""
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from tqdm.auto import tqdm
+
+from lib.outputs import write_json
+
+
+@dataclass
+class TrainSpec:
+    steps: int                      # optimizer steps
+    lr: float = 1e-4
+    warmup_steps: int = 0
+    schedule: str = "cosine"        # cosine | constant (after warmup)
+    min_lr_ratio: float = 0.1       # cosine decays to lr * min_lr_ratio
+    weight_decay: float = 0.0
+    grad_accum: int = 1             # micro-batches per optimizer step
+    max_grad_norm: float = 1.0
+    save_every: int = 0             # 0: only the final checkpoint
+    eval_every: int = 0             # 0: evaluate only at the start and the end
+    keep_checkpoints: bool = True   # keep every checkpoint (07/08 evaluate each) or only the last
+    mixed_precision: str = "auto"   # auto: bf16 on CUDA, no on CPU
+    report_to: str = "tensorboard"  # tensorboard | wandb | none
+    log_every: int = 1
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.steps < 1 or self.grad_accum < 1:
+            raise ValueError(f"steps and grad_accum must be >= 1, got {self.steps}, {self.grad_accum}")
+        if self.schedule not in ("cosine", "constant"):
+            raise ValueError(f"schedule must be cosine or constant, got {self.schedule!r}")
+        if self.report_to not in ("tensorboard", "wandb", "none"):
+            raise ValueError(f"report_to must be tensorboard, wandb or none, got {self.report_to!r}")
+
+
+class Interrupted(RuntimeError):
+    """Raised by ``stop_at`` to simulate a killed run (tests, and a polite stop)."""
+
+
+def lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
+    def f(step: int) -> float:
+        if step < spec.warmup_steps:
+            return (step + 1) / spec.warmup_steps
+        if spec.schedule == "constant":
+            return 1.0
+        span = max(spec.steps - spec.warmup_steps, 1)
+        progress = min((step - spec.warmup_steps) / span, 1.0)
+        return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+    return f
+
+
+def make_accelerator(spec: TrainSpec, out_dir: Path):
+    from accelerate import Accelerator
+    from accelerate.utils import ProjectConfiguration
+    mp = spec.mixed_precision
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_available() else "no"
+    log_with = None if spec.report_to == "none" else spec.report_to
+    acc = Accelerator(mixed_precision=mp, log_with=log_with,
+                      project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
+    return acc
+
+
+def checkpoints(out_dir: str | Path) -> list[Path]:
+    """Finished checkpoints (those with trainer_state.json), oldest first."""
+    root = Path(out_dir) / "checkpoints"
+    return sorted(p.parent for p in root.glob("step-*/trainer_state.json"))
+
+
+def _save_checkpoint(acc, out_dir: Path, step: int, history: list, save_fn, keep: bool) -> Path:
+    final = out_dir / "checkpoints" / f"step-{step:06d}"
+    tmp = final.with_name(final.name + ".tmp")
+    if acc.is_main_process and tmp.exists():
+        shutil.rmtree(tmp)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp / "state"))
+    acc.wait_for_everyone()            # every rank wrote its RNG state before the rename
+    if acc.is_main_process:
+        if save_fn is not None:
+            save_fn(tmp / "model")
+        write_json(tmp / "trainer_state.json", {"step": step, "history": history})
+        if final.exists():
+            shutil.rmtree(final)
+        tmp.rename(final)
+        if not keep:
+            for old in checkpoints(out_dir):
+                if old != final:
+                    shutil.rmtree(old)
+    acc.wait_for_everyone()
+    return final
+
+
+def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable, spec: TrainSpec,
+          out_dir: str | Path, eval_fn: Callable[[], dict] | None = None,
+          save_fn: Callable[[Path], Any] | None = None, tokens_in: Callable[[Any], int] | None = None,
+          stop_at: int | None = None, desc: str = "train") -> dict:
+    """Train the trainable parameters of ``modules``; resume from ``out_dir`` if it has checkpoints.
+
+    Returns ``{"history": [...], "evals": [...], "checkpoints": [...], "train_seconds",
+    "tokens_per_second", "resumed_from"}``. ``stop_at`` raises :class:`Interrupted` after that
+    step (used to test resumption).
+    """
+    from accelerate.utils import set_seed
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    acc = make_accelerator(spec, out_dir)
+    set_seed(spec.seed)
+    params = [p for m in modules for p in m.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("nothing to train: no parameter has requires_grad=True")
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec))
+    prepared = acc.prepare(*modules, opt, sched)
+    modules_p, opt, sched = list(prepared[:len(modules)]), prepared[-2], prepared[-1]
+
+    history: list[dict] = []
+    start, resumed_from = 0, None
+    done = checkpoints(out_dir)
+    if done:
+        last = done[-1]
+        acc.load_state(str(last / "state"))
+        state = json.loads((last / "trainer_state.json").read_text())
+        start, history, resumed_from = state["step"], state["history"], str(last)
+    if acc.is_main_process and spec.report_to != "none":
+        acc.init_trackers(desc.replace(" ", "_"), config={k: v for k, v in asdict(spec).items()})
+
+    evals = [h for h in history if "eval" in h]
+    if start == 0 and eval_fn is not None:
+        evals.append({"step": 0, "eval": eval_fn()})
+        history.append(evals[-1])
+    if start >= spec.steps:
+        acc.end_training()
+        return _result(history, out_dir, 0.0, 0, resumed_from)
+
+    for m in modules_p:
+        m.train()
+    t0, n_tokens = time.time(), 0
+    bar = tqdm(range(start, spec.steps), initial=start, total=spec.steps, desc=desc,
+               disable=not acc.is_local_main_process, dynamic_ncols=True)
+    for step in bar:
+        logs_acc: dict[str, float] = {}
+        for micro in range(spec.grad_accum):
+            batch = batch_at(step, micro, acc.process_index, acc.num_processes)
+            sync = micro == spec.grad_accum - 1
+            ctx = acc.no_sync(modules_p[0]) if not sync and acc.num_processes > 1 else nullcontext()
+            with ctx:
+                with acc.autocast():
+                    loss, logs = loss_fn(modules_p, batch)
+                acc.backward(loss / spec.grad_accum)
+            for k, v in {"loss": loss.item(), **logs}.items():
+                logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / spec.grad_accum
+            n_tokens += (tokens_in(batch) if tokens_in else 0) * acc.num_processes
+        if spec.max_grad_norm:
+            acc.clip_grad_norm_(params, spec.max_grad_norm)
+        opt.step()
+        sched.step()
+        opt.zero_grad(set_to_none=True)
+        done_steps = step + 1
+        elapsed = time.time() - t0
+        rec = {"step": done_steps, "lr": sched.get_last_lr()[0], **logs_acc}
+        if tokens_in:
+            rec["tokens_per_second"] = n_tokens / max(elapsed, 1e-9)
+        if done_steps % spec.log_every == 0 or done_steps == spec.steps:
+            history.append(rec)
+            acc.log({k: v for k, v in rec.items() if k != "step"}, step=done_steps)
+        bar.set_postfix({k: f"{v:.3g}" for k, v in rec.items() if k in ("loss", "tokens_per_second")})
+        is_last = done_steps == spec.steps
+        if eval_fn is not None and ((spec.eval_every and done_steps % spec.eval_every == 0) or is_last):
+            for m in modules_p:
+                m.eval()
+            ev = {"step": done_steps, "eval": eval_fn()}
+            for m in modules_p:
+                m.train()
+            history.append(ev)
+            acc.log({f"eval/{k}": v for k, v in ev["eval"].items() if isinstance(v, (int, float))},
+                    step=done_steps)
+        if (spec.save_every and done_steps % spec.save_every == 0) or is_last:
+            _save_checkpoint(acc, out_dir, done_steps, history, save_fn, spec.keep_checkpoints)
+        if stop_at is not None and done_steps >= stop_at and not is_last:
+            bar.close()
+            acc.end_training()
+            raise Interrupted(f"stopped after step {done_steps} (stop_at)")
+    bar.close()
+    acc.end_training()
+    for m in modules_p:
+        m.eval()
+    return _result(history, out_dir, time.time() - t0, n_tokens, resumed_from)
+
+
+def _result(history, out_dir, seconds, n_tokens, resumed_from) -> dict:
+    return {"history": history, "evals": [h for h in history if "eval" in h],
+            "checkpoints": [str(p) for p in checkpoints(out_dir)], "train_seconds": seconds,
+            "tokens_per_second": n_tokens / seconds if seconds else None, "resumed_from": resumed_from}
+
+

@@ -3,6 +3,8 @@
 A profile looks like::
 
     extends: toy.yaml          # optional: overlay this file on another one
+    pipeline:
+      skip: [03]               # optional: stages this profile leaves out (the no-stage-1 control)
     common:                    # passed to every notebook that declares the key
       base_model: toy
     01_vocab_merge:            # one section per notebook, named by its stem
@@ -120,6 +122,10 @@ class Profile:
     def common(self) -> dict[str, Any]:
         return dict(self.sections.get("common", {}))
 
+    def skipped(self) -> list[str]:
+        """Stages the profile leaves out (``pipeline: {skip: [03]}``), as two-digit prefixes."""
+        return [str(v).zfill(2)[:2] for v in self.sections.get("pipeline", {}).get("skip", [])]
+
 
 def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
     """Read a params file, following ``extends:`` (relative to the file) and overlaying it."""
@@ -172,6 +178,16 @@ def validate_profile(prof: Profile, stages: list[str]) -> None:
     known = set(paths.stages())
     schemas = {s: notebook_params(s) for s in sorted(known)}
     for section, values in prof.sections.items():
+        if section == "pipeline":
+            for key, value in values.items():
+                where = prof.origin.get((section, key), prof.path)
+                if key != "skip":
+                    raise ParamsError(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip)")
+                if not isinstance(value, list) or not all(
+                        any(str(v).zfill(2) == st[:2] or str(v) == st for st in known) for v in value):
+                    raise ParamsError(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "
+                                      f"got {value!r}")
+            continue
         if section == "common":
             for key in values:
                 where = prof.origin.get((section, key), prof.path)
@@ -243,6 +259,20 @@ class Config(dict):
                                     f"finished stage (no DONE). Run it first: python -m lib.pipeline "
                                     f"run PARAMS.yaml --run {self.run_dir} --only {stage[:2]}")
         return d
+
+    def model_from(self, init_from: str) -> str:
+        """The model a training stage starts from: ``auto`` = the ``model/`` of the closest earlier
+        stage of this run that has one (a stage left out of the run is passed over; one that
+        started but did not finish is an error); ``NN_stage`` = that stage's model; else a source."""
+        if init_from != "auto":
+            if (self.run_dir / init_from).is_dir() or init_from[:2].isdigit():
+                return str(self.input_dir(init_from) / "model")
+            return self.source(init_from)
+        for stage in sorted((d.name for d in self.run_dir.iterdir() if d.is_dir()), reverse=True):
+            if stage[:2].isdigit() and stage < self.stage and stage != paths.TOY_STAGE:
+                if (self.run_dir / stage / "model").exists() or not (self.run_dir / stage / "DONE").exists():
+                    return str(self.input_dir(stage) / "model")
+        return self.source(self["base_model"])
 
     def source(self, spec: str) -> str:
         """Where to load a model or tokenizer from: ``toy`` -> this run's toy base model; a local

@@ -41,8 +41,9 @@ class Plan:
 
 
 def select_stages(prof: Profile, start: str | None = None, only: str | None = None) -> list[str]:
-    """The stages to consider, in order. 00_toy_world runs only when ``base_model: toy``."""
-    stages = paths.stages()
+    """The stages to consider, in order. 00_toy_world runs only when ``base_model: toy``; stages
+    in ``pipeline: {skip: [...]}`` never run."""
+    stages = [s for s in paths.stages() if s[:2] not in prof.skipped()]
     if prof.common().get("base_model", "toy") != "toy":
         stages = [s for s in stages if s != paths.TOY_STAGE]
     if only:

@@ -28,6 +28,7 @@ import ast
 import hashlib
 import json
 import random
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -265,7 +266,7 @@ class Config(dict):
         stage of this run that has one (a stage left out of the run is passed over; one that
         started but did not finish is an error); ``NN_stage`` = that stage's model; else a source."""
         if init_from != "auto":
-            if (self.run_dir / init_from).is_dir() or init_from[:2].isdigit():
+            if re.fullmatch(r"\d\d_\w+", init_from):
                 return str(self.input_dir(init_from) / "model")
             return self.source(init_from)
         for stage in sorted((d.name for d in self.run_dir.iterdir() if d.is_dir()), reverse=True):
@@ -299,6 +300,13 @@ def resolve(stage: str, namespace: dict[str, Any]) -> Config:
             f"{sd} is a finished stage (it has DONE). Nothing was changed. To redo it, pick another "
             f"run (the 'run' parameter), or rerun with `python -m lib.pipeline ... --force`, or "
             f"delete {sd / 'DONE'} yourself.")
+    prev = sd / "config.json"
+    if prev.exists() and (sd / "checkpoints").exists():
+        if json.loads(prev.read_text(encoding="utf-8")).get("config_hash") != config_hash(values):
+            raise FileExistsError(
+                f"{sd} holds checkpoints of an unfinished run with other parameters; resuming "
+                f"them would mix two configs. Use another run, or `python -m lib.pipeline ... --force` "
+                f"(which starts the stage afresh), or delete {sd / 'checkpoints'}.")
     sd.mkdir(parents=True, exist_ok=True)
     seed_everything(int(values.get("seed", 0)))
     write_json(sd / "config.json", {

@@ -38,6 +38,7 @@ class Plan:
     stage: str
     params: dict
     action: str        # "run" | "skip"
+    fresh: bool = False  # clear the stage folder first (--force, or an earlier stage ran): no resume
 
 
 def select_stages(prof: Profile, start: str | None = None, only: str | None = None) -> list[str]:
@@ -73,7 +74,8 @@ def plan_run(prof: Profile, run: str | Path, stages: list[str], force: bool = Fa
                    else "its parameters changed since it finished")
             raise ParamsError(f"{done.parent} is finished but {why}. Nothing was run. Use --force "
                               f"to redo it, or --run NEW_NAME for a separate run.")
-        plans.append(Plan(stage, params, "run"))
+        # resume partial work only in the first stage to run: after it, inputs have changed
+        plans.append(Plan(stage, params, "run", fresh=force or upstream_ran))
         upstream_ran = True
     return plans
 
@@ -82,8 +84,8 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
     """Execute one notebook into its stage folder; raise StageFailed naming the failing cell."""
     import papermill as pm
     sd = paths.stage_dir(run, plan.stage)
-    if (sd / "DONE").exists():              # --force: the finished stage is redone on purpose
-        (sd / "DONE").unlink()
+    if plan.fresh and sd.exists():          # --force: redo from scratch, never resume old checkpoints
+        shutil.rmtree(sd)
     sd.mkdir(parents=True, exist_ok=True)
     out_nb = sd / f"{plan.stage}.ipynb"
     with open(sd / "log.txt", "w", encoding="utf-8") as log:

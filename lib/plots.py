@@ -63,3 +63,19 @@ def line_curve(xs: Sequence[float], ys: Sequence[float], title: str, xlabel: str
     ax.set_title(title)
     ax.grid(alpha=0.3)
     return save(fig, path)
+
+
+def multi_curve(xs: Sequence[float], series: dict[str, Sequence[float]], title: str, xlabel: str,
+                ylabel: str, path: str | Path | None = None, logy: bool = False):
+    """Several curves over the same x (e.g. Korean and English perplexity per step)."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for name, ys in series.items():
+        ax.plot(xs, ys, marker="o", label=name)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return save(fig, path)

@@ -1,0 +1,62 @@
+"""What every training stage shares: its starting model, its TrainSpec, saving its model.
+
+A stage module (``contrastive``, ``head``, ``pretrain``, ``sft``) exposes ``run(cfg) -> dict``;
+the notebook and ``python -m lib.train`` both call it, so the two paths cannot drift apart.
+"""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib.model import auto_device, auto_dtype
+from lib.train.loop import TrainSpec
+
+SPEC_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "grad_accum",
+             "max_grad_norm", "save_every", "eval_every", "keep_checkpoints", "report_to", "seed")
+
+
+def train_spec(cfg: Any) -> TrainSpec:
+    """A TrainSpec from the stage parameters that share its field names."""
+    return TrainSpec(**{k: cfg[k] for k in SPEC_KEYS if k in cfg})
+
+
+def load_start(cfg: Any, init_from: str | None = None):
+    """(model, tokenizer, folder) of the model this stage starts from (``cfg.init_from``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    folder = cfg.model_from(init_from or cfg.get("init_from", "auto"))
+    dev = auto_device(cfg.get("device", "auto"))
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=auto_dtype(dev)).to(dev)
+    tok = AutoTokenizer.from_pretrained(folder)
+    return model, tok, folder
+
+
+def saver(model, tok, source_folder: str | Path):
+    """``save_fn`` for the loop: a ``from_pretrained`` folder (plus the SentencePiece model)."""
+    sp = Path(source_folder) / "tokenizer.model"
+
+    def save(folder: Path) -> None:
+        m = model.module if hasattr(model, "module") else model
+        m.save_pretrained(folder)
+        tok.save_pretrained(folder)
+        if sp.exists():
+            shutil.copy(sp, Path(folder) / "tokenizer.model")
+    return save
+
+
+def final_model(cfg: Any, result: dict) -> Path:
+    """Copy the last checkpoint's model to ``<stage>/model`` (what later stages load)."""
+    from lib.outputs import atomic_dir
+    last = Path(result["checkpoints"][-1]) / "model"
+    with atomic_dir(cfg.stage_dir / "model", overwrite=True) as tmp:
+        for f in last.iterdir():
+            shutil.copy(f, tmp / f.name)
+    return cfg.stage_dir / "model"
+
+
+def trainable_summary(model: torch.nn.Module) -> dict:
+    n_all = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"params_total": n_all, "params_trainable": n_train, "trainable_share": n_train / max(n_all, 1)}

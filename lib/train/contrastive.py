@@ -1,0 +1,426 @@
+"""Stage 1 (``03_stage1_contrastive``): pull each Korean sentence onto its English translation.
+
+Symmetric InfoNCE with in-batch negatives on Ko-En parallel pairs: the sentence vector of a Korean
+line (a pooled hidden state, see :mod:`lib.represent`) must pick out its own English translation
+among the other English lines of the batch, and the other way round. Trained: input embeddings and
+the transformer layers (and the learned layer weights when ``layer_range`` is given); the LM head is
+frozen (a tied head is untied first, see :func:`freeze_for_stage1`), so stage 2 starts from the
+output layer the base model had. ``clm_weight > 0`` adds a causal-LM loss on Korean text.
+
+Run it (the notebook and the CLI call the same :func:`run`)::
+
+    notebooks/03_stage1_contrastive.ipynb               # JupyterLab, or the pipeline via Papermill
+    python -m lib.train 03 params/toy.yaml              # CPU: about a minute on the toy world
+    accelerate launch --config_file params/accelerate/ddp.yaml -m lib.train 03 params/a6000.yaml
+
+Output in ``<run>/03_stage1_contrastive/``: ``checkpoints/step-NNNNNN/`` (every ``save_every``),
+``model/`` (the last checkpoint: what 04 loads), ``layer_weights.json`` (with ``layer_range``),
+and the metrics :func:`run` returns (retrieval P@1, pair / non-pair cosine before and after, curves).
+
+Distributed: every rank takes rows ``r::w`` of the global batch and uses only its own rows as
+negatives (no cross-device gather), so the contrastive batch per device is ``batch_size / w``.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from lib.data import DataError, read_parallel
+from lib.losses import clm_loss, info_nce
+from lib.outputs import write_json
+from lib.represent import (POOLING_MODES, LayerWeights, alignment_report, embed_texts, encode_batch,
+                           pooled_vectors, sentence_vectors)
+from lib.train.common import final_model, load_start, saver, train_spec, trainable_summary
+from lib.train.loop import train
+
+STAGE = "03_stage1_contrastive"
+ENGLISH_ENCODERS = ("shared", "frozen")
+
+
+# ----------------------------------------------------------------------------- data
+
+class PairBatches:
+    """Pair indices of every micro-batch, a pure function of the step (exact resume, no loader state).
+
+    Global micro-batch ``g = step * grad_accum + micro`` is slice ``g % per_epoch`` of epoch
+    ``g // per_epoch``'s seeded permutation. The last ``n % batch_size`` pairs of each permutation
+    are dropped (others next epoch), so a batch never holds a pair twice: a duplicate would be its
+    own negative. More steps than one epoch simply cycle the pairs.
+    """
+
+    def __init__(self, n_pairs: int, batch_size: int, grad_accum: int = 1, seed: int = 0):
+        if batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2: InfoNCE needs in-batch negatives, got {batch_size}")
+        if n_pairs < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {n_pairs} training pairs; "
+                             "lower batch_size or give more pairs (max_pairs 0 reads all)")
+        self.n, self.batch_size, self.grad_accum, self.seed = n_pairs, batch_size, grad_accum, seed
+        self.per_epoch = n_pairs // batch_size
+        self._perm: tuple[int, np.ndarray] | None = None
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        if self._perm is None or self._perm[0] != epoch:
+            self._perm = (epoch, np.random.default_rng([self.seed, 3, epoch]).permutation(self.n))
+        return self._perm[1]
+
+    def indices(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> np.ndarray:
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} does not split over {world} processes")
+        g = step * self.grad_accum + micro
+        k = g % self.per_epoch
+        rows = self.permutation(g // self.per_epoch)[k * self.batch_size:(k + 1) * self.batch_size]
+        return rows[rank::world]
+
+    def epochs(self, steps: int) -> float:
+        return steps * self.grad_accum * self.batch_size / self.n
+
+
+def _rows(enc: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
+    """Rows ``idx`` of a pre-encoded set, cut to the longest row of this batch."""
+    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
+    mask = enc["attention_mask"].index_select(0, idx)
+    width = int(mask.sum(dim=1).max())
+    return {"input_ids": enc["input_ids"].index_select(0, idx)[:, :width], "attention_mask": mask[:, :width]}
+
+
+def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """Row-concatenate right-padded batches of different widths (one forward pass for all)."""
+    width = max(p["input_ids"].shape[1] for p in parts)
+    out = {}
+    for key in parts[0]:
+        fill = -100 if key == "labels" else 0
+        out[key] = torch.cat([torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=fill)
+                              for p in parts])
+    return out
+
+
+# ----------------------------------------------------------------------------- model
+
+class ScaledLayerWeights(LayerWeights):
+    """:class:`LayerWeights` whose logits learn ``scale`` times faster than the model.
+
+    The loop has one optimizer and one lr, tuned for the model (~1e-4): Adam moves every raw number
+    by ~lr a step, which would leave 6 softmax logits where they started. The effective logits are
+    ``scale * raw`` with the gradient to ``raw`` divided by ``scale``, so Adam moves them ~scale*lr a
+    step while their gradient stays too small to dominate the global grad-norm clip.
+    """
+
+    def __init__(self, first: int, last: int, scale: float = 1.0):
+        super().__init__(first, last)
+        self.scale = float(scale)
+
+    def weights(self) -> torch.Tensor:
+        raw = self.logits
+        return torch.softmax(raw.detach() * self.scale + (raw - raw.detach()) / self.scale, dim=0)
+
+    def to_json(self) -> dict:
+        return {"layers": list(range(self.first, self.last + 1)), "weights": self.weights().tolist(),
+                "logits": (self.logits.detach() * self.scale).tolist()}
+
+
+class Encoder(torch.nn.Module):
+    """The causal LM + optional layer weights as *one* module: a single forward pass returns the
+    sentence vectors of the first ``n_vec`` rows and the causal-LM loss of the rest, so DDP sees one
+    forward per backward and synchronises the layer weights with the model."""
+
+    def __init__(self, lm, choice: dict, pooling: str, layer_weights: LayerWeights | None = None):
+        super().__init__()
+        self.lm, self.layer_weights, self.choice, self.pooling = lm, layer_weights, choice, pooling
+
+    def forward(self, input_ids, attention_mask, n_vec: int, labels=None):
+        kwargs = {} if labels is not None else {"logits_to_keep": 1}   # logits only for the CLM rows
+        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                      use_cache=False, **kwargs)
+        hs = [h[:n_vec] for h in out.hidden_states]
+        vecs = pooled_vectors(hs, attention_mask[:n_vec], layer_weights=self.layer_weights,
+                              pooling=self.pooling, **self.choice)
+        clm = clm_loss(out.logits[n_vec:], labels[n_vec:]) if labels is not None else None
+        return vecs, clm
+
+
+def layer_choice(cfg: Any, n_states: int) -> tuple[dict, tuple[int, int] | None]:
+    """``({"layer": i}, None)`` or ``({}, (a, b))`` for learned weights over a..b (absolute indices)."""
+    def absolute(i: int) -> int:
+        j = i + n_states if i < 0 else i
+        if not 0 <= j < n_states:
+            raise ValueError(f"layer {i} is out of range: the model has {n_states} hidden states "
+                             f"(0 = embeddings .. {n_states - 1} = last layer, or negative from the end)")
+        return j
+    rng = list(cfg.layer_range)
+    if not rng:
+        return {"layer": absolute(cfg.layer)}, None
+    if len(rng) != 2:
+        raise ValueError(f"layer_range must be [] or two layer indices [a, b], got {rng}")
+    a, b = absolute(rng[0]), absolute(rng[1])
+    if a > b:
+        raise ValueError(f"layer_range {rng} is empty: its first layer comes after its last")
+    return {}, (a, b)
+
+
+@torch.no_grad()
+def freeze_for_stage1(model, top: int, keep_all: bool) -> dict:
+    """Freeze the LM head; train embeddings and layers. Returns what was done (for metrics.json).
+
+    A tied head *is* the embedding matrix, so freezing one would freeze the other: we untie it, the
+    head becoming a frozen copy of the starting embeddings (saved as an untied checkpoint; 04 trains
+    it). Layers above hidden state ``top`` (and the final norm unless ``top`` is the last state) get
+    no gradient from InfoNCE; unless a CLM loss (``keep_all``) reaches them they are frozen too, so
+    the counts are honest and DDP finds no unused parameter.
+    """
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is None:
+        raise ValueError(f"{type(model).__name__} has no output embeddings (LM head) to freeze")
+    tied = head.weight is emb.weight
+    if tied:
+        head.weight = torch.nn.Parameter(emb.weight.detach().clone())
+        model.config.tie_word_embeddings = False
+    for p in model.parameters():
+        p.requires_grad = True
+    head.weight.requires_grad = False
+    n_layers = model.config.num_hidden_layers
+    frozen_above = []
+    if not keep_all:
+        for i, block in enumerate(model.model.layers):
+            if i >= top:                      # hidden state i + 1 is block i's output
+                block.requires_grad_(False)
+                frozen_above.append(i)
+        if top < n_layers:
+            model.model.norm.requires_grad_(False)
+    return {"head_was_tied": tied,
+            "head": "untied: the head is a frozen copy of the starting embeddings" if tied else "frozen",
+            "layers_frozen_above_representation": frozen_above}
+
+
+# ----------------------------------------------------------------------------- the stage
+
+@dataclass
+class Stage1:
+    """Everything :func:`run` trains and evaluates, built from the config by :func:`build`."""
+    cfg: Any
+    model: Any
+    tok: Any
+    init_from: str
+    encoder: Encoder
+    english: Any                      # the model that encodes English: ``model`` or a frozen copy
+    english_choice: dict              # how English vectors are pooled (fixed layers when frozen)
+    pairs: PairBatches
+    train_enc: dict
+    heldout: tuple[list[str], list[str]]
+    clm: Any                          # a MixedStream over packed Korean blocks, or None
+    head_info: dict
+
+    def choice(self) -> dict:
+        lw = self.encoder.layer_weights
+        return {"layer_weights": lw} if lw is not None else dict(self.encoder.choice)
+
+
+def _check(cfg: Any) -> None:
+    if cfg.pooling not in POOLING_MODES:
+        raise ValueError(f"pooling must be one of {POOLING_MODES}, got {cfg.pooling!r}")
+    if cfg.english_encoder not in ENGLISH_ENCODERS:
+        raise ValueError(f"english_encoder must be one of {ENGLISH_ENCODERS}, got {cfg.english_encoder!r}")
+    if not cfg.temperature > 0 or cfg.clm_weight < 0 or cfg.layer_weights_lr <= 0:
+        raise ValueError("need temperature > 0, clm_weight >= 0 and layer_weights_lr > 0; got "
+                         f"{cfg.temperature}, {cfg.clm_weight}, {cfg.layer_weights_lr}")
+    if cfg.eval_pairs == 1:
+        raise ValueError("eval_pairs must be 0 (all) or >= 2: non-pair cosine needs two pairs")
+
+
+def build(cfg: Any) -> Stage1:
+    """Load the starting model, freeze the head, read and encode the pairs (and the CLM blocks)."""
+    _check(cfg)
+    ko, en = read_parallel(cfg.path(cfg.pairs_ko), cfg.path(cfg.pairs_en), limit=cfg.max_pairs or None)
+    held_ko, held_en = read_parallel(cfg.path(cfg.heldout_ko), cfg.path(cfg.heldout_en),
+                                     limit=cfg.eval_pairs or None)
+    if len(held_ko) < 2:
+        raise DataError(f"{cfg.heldout_ko}: evaluation needs at least 2 held-out pairs")
+    model, tok, folder = load_start(cfg)
+    n_states = model.config.num_hidden_layers + 1
+    choice, rng = layer_choice(cfg, n_states)
+    top = rng[1] if rng else choice["layer"]
+    lw = ScaledLayerWeights(*rng, scale=cfg.layer_weights_lr / cfg.lr) if rng else None
+    if lw is not None:
+        lw.to(model.device)
+    frozen = None
+    if cfg.english_encoder == "frozen":
+        # copied before anything is untied or frozen: exactly the starting model
+        frozen = copy.deepcopy(model).eval().requires_grad_(False)
+    head_info = freeze_for_stage1(model, top, keep_all=cfg.clm_weight > 0)
+    clm = None
+    if cfg.clm_weight > 0:
+        from lib.packing import MixedStream, pack_file
+        blocks, report = pack_file(tok, cfg.path(cfg.clm_text), cfg.clm_block)
+        clm = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
+                          seed=cfg.seed, bos_token_id=tok.bos_token_id)
+        head_info["clm_text"] = report
+    return Stage1(
+        cfg=cfg, model=model, tok=tok, init_from=str(folder),
+        encoder=Encoder(model, choice, cfg.pooling, lw),
+        english=frozen if frozen is not None else model,
+        # a frozen English side must stay put: fixed (uniform) layers, never the learned weights
+        english_choice=(choice if not rng else {"layer_range": rng}) if frozen is not None else {},
+        pairs=PairBatches(len(ko), cfg.batch_size, cfg.grad_accum, cfg.seed),
+        train_enc={"ko": encode_batch(tok, ko, cfg.max_len), "en": encode_batch(tok, en, cfg.max_len)},
+        heldout=(held_ko, held_en), clm=clm, head_info=head_info)
+
+
+def batch_fn(s: Stage1):
+    def batch_at(step: int, micro: int, rank: int, world: int) -> dict:
+        idx = s.pairs.indices(step, micro, rank, world)
+        batch = {"ko": _rows(s.train_enc["ko"], idx), "en": _rows(s.train_enc["en"], idx)}
+        if s.clm is not None:
+            b = s.clm.batch(step, micro, rank, world)
+            batch["clm"] = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
+        return batch
+    return batch_at
+
+
+def loss_fn(s: Stage1):
+    cfg, frozen = s.cfg, s.english if s.english is not s.model else None
+
+    def compute(modules, batch):
+        enc = modules[0]                                  # the prepared (maybe DDP-wrapped) Encoder
+        dev = next(enc.parameters()).device
+        parts = [batch["ko"]] if frozen is not None else [batch["ko"], batch["en"]]
+        n_vec = sum(p["input_ids"].shape[0] for p in parts)
+        if "clm" in batch:
+            parts = [{**p, "labels": torch.full_like(p["input_ids"], -100)} for p in parts] + [batch["clm"]]
+        x = {k: v.to(dev) for k, v in _stack(parts).items()}
+        vecs, clm = enc(x["input_ids"], x["attention_mask"], n_vec, x.get("labels"))
+        n = batch["ko"]["input_ids"].shape[0]
+        if frozen is not None:
+            if next(frozen.parameters()).device != dev:
+                frozen.to(dev)
+            with torch.no_grad():
+                en = sentence_vectors(frozen, {k: v.to(dev) for k, v in batch["en"].items()},
+                                      pooling=cfg.pooling, **s.english_choice)
+        else:
+            en = vecs[n:]
+        nce = info_nce(vecs[:n], en, temperature=cfg.temperature)
+        logs = {"info_nce": nce.item()}
+        if clm is not None:
+            logs["clm"] = clm.item()
+            return nce + cfg.clm_weight * clm, logs
+        return nce, logs
+    return compute
+
+
+def evaluate(s: Stage1) -> dict:
+    """Alignment of the held-out pairs at the trained representation (the learned mix if any)."""
+    ko_texts, en_texts = s.heldout
+    kw = dict(pooling=s.cfg.pooling, batch_size=s.cfg.batch_size, max_len=s.cfg.max_len)
+    ko = embed_texts(s.model, s.tok, ko_texts, **s.choice(), **kw)
+    en = embed_texts(s.english, s.tok, en_texts, **(s.english_choice or s.choice()), **kw)
+    r = alignment_report(ko, en)
+    r["p1"] = (r["p1_ko2en"] + r["p1_en2ko"]) / 2
+    if s.encoder.layer_weights is not None:
+        r["layer_weights"] = s.encoder.layer_weights.weights().tolist()
+    return r
+
+
+def save_fn(s: Stage1):
+    save_model = saver(s.model, s.tok, s.init_from)
+
+    def save(folder: Path) -> None:
+        save_model(folder)
+        if s.encoder.layer_weights is not None:   # next to the model: 07/08 read the same mix
+            write_json(Path(folder) / "layer_weights.json", s.encoder.layer_weights.to_json())
+    return save
+
+
+def run(cfg: Any, stop_at: int | None = None) -> dict:
+    """Train stage 1 (resuming from ``<stage>/checkpoints`` if any) and return its metrics."""
+    from accelerate import PartialState
+    s = build(cfg)
+    tokens = lambda b: sum(int(p["attention_mask"].sum()) for p in b.values())  # noqa: E731
+    result = train([s.encoder], batch_fn(s), loss_fn(s), train_spec(cfg), cfg.stage_dir,
+                   eval_fn=lambda: evaluate(s), save_fn=save_fn(s), tokens_in=tokens, stop_at=stop_at,
+                   desc="stage1 contrastive")
+    if PartialState().is_main_process:
+        final_model(cfg, result)
+    PartialState().wait_for_everyone()
+    return summarise(s, result)
+
+
+def summarise(s: Stage1, result: dict) -> dict:
+    cfg, evals = s.cfg, result["evals"]
+    first, last = evals[0]["eval"], evals[-1]["eval"]
+    ba = lambda k: {"before": first[k], "after": last[k]}  # noqa: E731
+    resumed = int(Path(result["resumed_from"]).name.split("-")[1]) if result["resumed_from"] else 0
+    run_steps = cfg.steps - resumed
+    metrics = {
+        "init_from": s.init_from, "english_encoder": cfg.english_encoder, "pooling": cfg.pooling,
+        "representation": {"layer": cfg.layer} if not cfg.layer_range else {"layer_range": cfg.layer_range},
+        "retrieval_p1": ba("p1"), "retrieval_p1_ko2en": ba("p1_ko2en"), "retrieval_p1_en2ko": ba("p1_en2ko"),
+        "pair_cos": ba("pair_cos"), "nonpair_cos": ba("nonpair_cos"), "gap": ba("gap"),
+        "curves": {"loss": [h for h in result["history"] if "loss" in h],
+                   "eval": [{"step": e["step"], **e["eval"]} for e in evals]},
+        "checkpoints": result["checkpoints"], "model": str(cfg.stage_dir / "model"),
+        "train_seconds": result["train_seconds"], "resumed_from": result["resumed_from"],
+        "pairs_per_second": (run_steps * cfg.batch_size * cfg.grad_accum / result["train_seconds"]
+                             if result["train_seconds"] else None),
+        "tokens_per_second": result["tokens_per_second"],
+        "train_pairs": s.pairs.n, "heldout_pairs": len(s.heldout[0]),
+        "pair_epochs": s.pairs.epochs(cfg.steps),
+        **trainable_summary(s.encoder), **s.head_info,
+    }
+    if s.clm is not None:
+        from lib.packing import stream_stats
+        metrics["clm_stream"] = stream_stats(s.clm, cfg.steps)
+    if s.encoder.layer_weights is not None:
+        metrics["layer_weights"] = layer_weights_history(s, result)
+        write_json(cfg.stage_dir / "layer_weights.json", metrics["layer_weights"])
+    return metrics
+
+
+def layer_weights_history(s: Stage1, result: dict) -> dict:
+    """The softmax weights at the start and at every kept checkpoint (read back from disk)."""
+    lw = s.encoder.layer_weights
+    layers = list(range(lw.first, lw.last + 1))
+    per_ckpt = {Path(c).name: json.loads((Path(c) / "model" / "layer_weights.json").read_text())["weights"]
+                for c in result["checkpoints"]}
+    return {"layers": layers, "start": [1 / len(layers)] * len(layers), "checkpoints": per_ckpt,
+            "final": lw.weights().tolist()}
+
+
+# ----------------------------------------------------------------------------- figures
+
+def plot_loss(metrics: dict, path=None):
+    from lib.plots import line_curve
+    rows = metrics["curves"]["loss"]
+    return line_curve([r["step"] for r in rows], [r["loss"] for r in rows], "Stage 1 training loss",
+                      "step", "loss (InfoNCE + clm_weight * CLM)", path)
+
+
+def plot_alignment(metrics: dict, path=None):
+    """Held-out P@1 (both directions) and pair / non-pair cosine against the step."""
+    import matplotlib.pyplot as plt
+    from lib.plots import save
+    rows = metrics["curves"]["eval"]
+    steps = [r["step"] for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
+    for key, label in (("p1_ko2en", "Ko→En"), ("p1_en2ko", "En→Ko"), ("p1", "mean")):
+        a.plot(steps, [r[key] for r in rows], marker="o", label=label)
+    a.set(title="Held-out retrieval P@1", xlabel="step", ylabel="P@1", ylim=(0, 1.02))
+    for key, label in (("pair_cos", "pairs"), ("nonpair_cos", "non-pairs"), ("gap", "gap")):
+        b.plot(steps, [r[key] for r in rows], marker="o", label=label)
+    b.set(title="Held-out cosine", xlabel="step", ylabel="cosine")
+    for ax in (a, b):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return save(fig, path)
+
+
+def plot_layer_weights(metrics: dict, path=None):
+    from lib.plots import grouped_bars
+    lw = metrics["layer_weights"]
+    series = {"start": lw["start"], **{f"step {int(k.split('-')[1])}": v for k, v in lw["checkpoints"].items()}}
+    return grouped_bars([str(i) for i in lw["layers"]], series, "Learned layer weights (softmax)",
+                        "weight", path)

@@ -1,0 +1,92 @@
+"""Stage 2 of the method (notebook 04_stage2_lm_head): train the LM head alone on Korean.
+
+Everything else is frozen, so the representation that stage 1 aligned is left as it is and the
+head learns to read Korean out of it. ``train_new_embeddings=True`` also trains the *new* input
+rows (ids >= the base vocab) while the base rows stay bit-identical (their gradient is zeroed and
+AdamW without weight decay then leaves them exactly unchanged).
+
+    python -m lib.train 04 params/toy.yaml      # or run notebooks/04_stage2_lm_head.ipynb
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib.data import read_lines
+from lib.model import text_nll
+from lib.outputs import read_json
+from lib.packing import MixedStream, pack_file, stream_stats
+from lib.train.common import final_model, load_start, saver, train_spec, trainable_summary
+from lib.train.loop import train
+
+
+def base_vocab_size(cfg: Any) -> int:
+    """Rows below this id are the base model's: from the parameter, else from 01's metrics."""
+    if cfg.get("base_vocab_size"):
+        return int(cfg["base_vocab_size"])
+    m = cfg.run_dir / "01_vocab_merge" / "metrics.json"
+    if not m.exists():
+        raise FileNotFoundError(f"train_new_embeddings needs the base vocab size: set base_vocab_size, "
+                                f"or run 01_vocab_merge in this run ({m} is missing)")
+    return int(read_json(m)["base_vocab_size"])
+
+
+def freeze_all_but_head(model, train_new_rows_from: int | None = None) -> None:
+    """requires_grad only on the LM head (and, optionally, input rows >= ``train_new_rows_from``)."""
+    if getattr(model.config, "tie_word_embeddings", False):
+        raise ValueError("this model ties its LM head to the input embeddings, so the head cannot be "
+                         "trained alone; untie it first (tie_word_embeddings=False) or skip stage 04")
+    model.requires_grad_(False)
+    model.get_output_embeddings().weight.requires_grad_(True)
+    if train_new_rows_from is not None:
+        emb = model.get_input_embeddings().weight
+        emb.requires_grad_(True)
+        keep = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
+        keep[train_new_rows_from:] = 1
+        emb.register_hook(lambda g: g * keep)
+
+
+def clm_loss_fn(mods, batch):
+    out = mods[0](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                  labels=batch["labels"])
+    return out.loss, {}
+
+
+def perplexities(model, tok, ko_lines: list[str], en_lines: list[str], max_len: int) -> dict:
+    return {"ko": text_nll(model, tok, ko_lines, max_len), "en": text_nll(model, tok, en_lines, max_len)}
+
+
+def run(cfg: Any) -> dict:
+    model, tok, start = load_start(cfg)
+    n_base = base_vocab_size(cfg) if cfg.train_new_embeddings else None
+    freeze_all_but_head(model, n_base)
+    ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
+    en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)
+    blocks, report = pack_file(tok, cfg.path(cfg.text), cfg.block_size)
+    stream = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed)
+    spec = train_spec(cfg)
+    before = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)
+    t0 = time.time()
+    result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, save_fn=saver(model, tok, start),
+                   tokens_in=lambda b: int(b["attention_mask"].sum()), desc="04 LM head")
+    seconds = time.time() - t0
+    after = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)
+    final_model(cfg, result)
+    losses = [h for h in result["history"] if "loss" in h]
+    return {
+        "init_from": start, "train_new_embeddings": cfg.train_new_embeddings, "base_vocab_size": n_base,
+        **trainable_summary(model),
+        "ko_ppl": {"before": before["ko"]["ppl"], "after": after["ko"]["ppl"]},
+        "en_ppl": {"before": before["en"]["ppl"], "after": after["en"]["ppl"]},
+        "ko_bits_per_char": {"before": before["ko"]["bits_per_char"], "after": after["ko"]["bits_per_char"]},
+        "en_bits_per_char": {"before": before["en"]["bits_per_char"], "after": after["en"]["bits_per_char"]},
+        "loss": {"first": losses[0]["loss"], "last": losses[-1]["loss"]},
+        "curves": {"step": [h["step"] for h in losses], "loss": [h["loss"] for h in losses]},
+        "packing": report, "stream": stream_stats(stream, spec.steps),
+        "train_seconds": seconds, "tokens_per_second": result["tokens_per_second"],
+        "checkpoints": result["checkpoints"], "resumed_from": result["resumed_from"],
+        "model_dir": str(Path(cfg.stage_dir) / "model"),
+    }

@@ -1,0 +1,154 @@
+"""Stage 3 of the method (notebook 05_stage3_pretrain): bilingual continued pretraining.
+
+Korean and English text are packed into full blocks (no padding) and mixed by ``ko_ratio`` (0.7
+as in Bllossom) with the smaller stream cycled. ``method``:
+
+- ``full``: every parameter trains;
+- ``lora``: LoRA adapters on the attention and MLP projections (peft), while the input embeddings
+  and the LM head stay fully trainable (``modules_to_save``): the new Korean rows must learn;
+- ``qlora``: the same on a 4-bit base (bitsandbytes); CUDA only, refused clearly on CPU.
+
+Every checkpoint's ``model/`` is a plain merged ``from_pretrained`` folder (LoRA merged into a
+copy), so 07/08 evaluate it like any other model; the adapter is kept beside it in ``adapter/``.
+
+    python -m lib.train 05 params/toy.yaml      # or run notebooks/05_stage3_pretrain.ipynb
+"""
+from __future__ import annotations
+
+import copy
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lib.data import read_lines
+from lib.model import auto_device, text_nll
+from lib.packing import MixedStream, nonpad_fraction, pack_file, pad_naive, stream_stats, tokenize_lines
+from lib.train.common import final_model, load_start, train_spec, trainable_summary
+from lib.train.head import clm_loss_fn
+from lib.train.loop import train
+
+METHODS = ("full", "lora", "qlora")
+
+
+def check_method(cfg: Any) -> None:
+    """Refuse a method this machine cannot run, before any heavy work."""
+    if cfg.method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
+    if cfg.method == "qlora" and auto_device(cfg.get("device", "auto")).type != "cuda":
+        raise RuntimeError("method 'qlora' needs a CUDA GPU (bitsandbytes 4-bit kernels); this run is "
+                           "on CPU. Use method 'lora' (same adapters, full-precision base) or 'full'.")
+
+
+def load_for_method(cfg: Any):
+    """(model, tokenizer, folder) ready to train for ``cfg.method``."""
+    if cfg.method != "qlora":
+        model, tok, start = load_start(cfg)
+    else:
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from peft import prepare_model_for_kbit_training
+        start = cfg.model_from(cfg.init_from)
+        q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                               bnb_4bit_compute_dtype=torch.bfloat16)
+        model = AutoModelForCausalLM.from_pretrained(start, quantization_config=q, dtype=torch.bfloat16,
+                                                     device_map={"": 0})
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+        tok = AutoTokenizer.from_pretrained(start)
+    if cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
+    if cfg.method in ("lora", "qlora"):
+        from peft import LoraConfig, get_peft_model
+        lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM",
+                          modules_to_save=["embed_tokens", "lm_head"])
+        model = get_peft_model(model, lora)
+        if cfg.gradient_checkpointing:
+            model.enable_input_require_grads()
+    return model, tok, start
+
+
+def merged_saver(cfg: Any, model, tok, start: str):
+    """save_fn: a plain model folder; for LoRA, the adapter too and a merged full model."""
+    sp = Path(start) / "tokenizer.model"
+
+    def save(folder: Path) -> None:
+        folder = Path(folder)
+        if cfg.method == "full":
+            model.save_pretrained(folder)
+        else:
+            model.save_pretrained(folder.parent / "adapter")
+            merged = merge_adapter(cfg, model, start, folder.parent / "adapter")
+            merged.save_pretrained(folder)
+            del merged
+        tok.save_pretrained(folder)
+        if sp.exists():
+            shutil.copy(sp, folder / "tokenizer.model")
+    return save
+
+
+def merge_adapter(cfg: Any, model, start: str, adapter_dir: Path):
+    """A merged plain model. LoRA: merge into a copy; QLoRA: reload the base unquantised and merge."""
+    if cfg.method == "lora":
+        return copy.deepcopy(model).merge_and_unload()
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+    base = AutoModelForCausalLM.from_pretrained(start, dtype=torch.bfloat16)
+    return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
+
+
+def packing_comparison(tok, lines: list[str], block_size: int) -> dict:
+    """Non-pad share of our packed blocks vs one-line-per-row padding on the same text."""
+    docs = tokenize_lines(tok, lines)
+    return {"packed": 1.0, "naive_padding": nonpad_fraction(pad_naive(docs, block_size))}
+
+
+def run(cfg: Any) -> dict:
+    check_method(cfg)
+    model, tok, start = load_for_method(cfg)
+    ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
+    en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)
+    ko_blocks, ko_rep = pack_file(tok, cfg.path(cfg.ko_text), cfg.block_size)
+    en_blocks, en_rep = pack_file(tok, cfg.path(cfg.en_text), cfg.block_size)
+    ratios = {"ko": cfg.ko_ratio, "en": 1.0 - cfg.ko_ratio}
+    sources = {k: v for k, v in (("ko", ko_blocks), ("en", en_blocks)) if ratios[k] > 0}
+    stream = MixedStream(sources, {k: ratios[k] for k in sources}, batch_size=cfg.batch_size,
+                         grad_accum=cfg.grad_accum, seed=cfg.seed)
+    spec = train_spec(cfg)
+    n_eval = min(len(ko_eval), cfg.eval_lines_during)
+
+    def eval_fn() -> dict:
+        return {"ko_ppl": text_nll(model, tok, ko_eval[:n_eval], cfg.block_size)["ppl"],
+                "en_ppl": text_nll(model, tok, en_eval[:n_eval], cfg.block_size)["ppl"]}
+
+    before = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
+    sample = stream.batch(0)
+    t0 = time.time()
+    result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
+                   save_fn=merged_saver(cfg, model, tok, start),
+                   tokens_in=lambda b: int(b["attention_mask"].sum()), desc=f"05 pretrain ({cfg.method})")
+    seconds = time.time() - t0
+    after = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
+    final_model(cfg, result)
+    losses = [h for h in result["history"] if "loss" in h]
+    evals = result["evals"]
+    return {
+        "init_from": start, "method": cfg.method, "ko_ratio": cfg.ko_ratio, **trainable_summary(model),
+        "ko_ppl": {"before": before["ko"]["ppl"], "after": after["ko"]["ppl"]},
+        "en_ppl": {"before": before["en"]["ppl"], "after": after["en"]["ppl"]},
+        "ko_bits_per_char": {"before": before["ko"]["bits_per_char"], "after": after["ko"]["bits_per_char"]},
+        "en_bits_per_char": {"before": before["en"]["bits_per_char"], "after": after["en"]["bits_per_char"]},
+        "loss": {"first": losses[0]["loss"], "last": losses[-1]["loss"]},
+        "nonpad_fraction": nonpad_fraction(sample),
+        "packing_vs_naive": packing_comparison(tok, ko_eval + en_eval, cfg.block_size),
+        "packing": {"ko": ko_rep, "en": en_rep}, "stream": stream_stats(stream, spec.steps),
+        "curves": {"step": [h["step"] for h in losses], "loss": [h["loss"] for h in losses],
+                   "lr": [h["lr"] for h in losses],
+                   "eval_step": [e["step"] for e in evals], "eval_ko_ppl": [e["eval"]["ko_ppl"] for e in evals],
+                   "eval_en_ppl": [e["eval"]["en_ppl"] for e in evals]},
+        "train_seconds": seconds, "tokens_per_second": result["tokens_per_second"],
+        "checkpoints": result["checkpoints"], "resumed_from": result["resumed_from"],
+        "model_dir": str(Path(cfg.stage_dir) / "model"),
+    }

@@ -1,0 +1,468 @@
+"""lm-evaluation-harness runs of every model of a pipeline run on the paired En/Ko tasks (notebook 07).
+
+The models: the baselines (``toy`` = this run's 00 base model, Hub ids, local folders), then each
+finished stage that produced a ``model/`` (its kept checkpoints first, oldest first, then the final
+model). Each is loaded once (bf16 on CUDA, fp32 on CPU), wrapped in lm-eval's ``HFLM`` and scored
+on every task of :mod:`lib.evaltasks` in one ``simple_evaluate`` call, then freed. Per model::
+
+    <stage>/results/<name>/results.json             lm-eval's results (config, versions, seeds, n-samples)
+    <stage>/results/<name>/samples_<pair>_<lang>.jsonl   per-sample records (doc with "id", logliks, acc)
+    <stage>/results/<name>/eval.json                this model's manifest entry; written last = done
+
+and for the stage: ``evals.json`` (the manifest: one entry per model, see :func:`evaluate_model`),
+``results.csv`` / ``results.md`` (one row per model and pair). A model whose ``eval.json`` exists
+with the same settings is not evaluated again, so an interrupted notebook continues where it stopped.
+
+    from lib import evaluate as E
+    pairs = E.write_tasks(cfg)                       # <stage>/tasks/*.yaml, checked pairs
+    manifest = E.evaluate_all(E.models_for(cfg), pairs, cfg.stage_dir, device="cpu", limit=20)
+    rows = E.table_rows(manifest)
+
+CPU-sized check: the 1.1M-parameter toy base model scores the 250 toy ARC questions in both
+languages (500 items, 2,000 option log-likelihoods) in ~8 s on one CPU thread, loading included.
+"""
+from __future__ import annotations
+
+import csv
+import gc
+import hashlib
+import io
+import json
+import logging
+import re
+import shutil
+import time
+import warnings
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+from lib import evaltasks as ET
+from lib import paths
+from lib.outputs import atomic_dir, read_json, write_json, write_text
+
+KINDS = ("baseline", "stage", "checkpoint")
+TABLE_COLUMNS = ("model", "stage", "step", "pair", "acc_en", "acc_ko", "acc_norm_en", "acc_norm_ko", "n")
+STAGE_RE = re.compile(r"\d\d_\w+")
+STEP_RE = re.compile(r"step-(\d+)")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model to evaluate. ``path``: a local folder (absolute) or a Hub id."""
+    name: str
+    kind: str                 # baseline | stage | checkpoint
+    stage: str | None         # stage folder it comes from (None for baselines)
+    step: int | None          # training step (the last checkpoint's for a stage's final model)
+    path: str
+    same_as: str | None = None  # an earlier model with byte-identical weights: its results are reused
+
+
+# ---------------------------------------------------------------------------- which models
+
+
+def _safe(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("_") or "model"
+
+
+def baseline_name(spec: str, path: str) -> str:
+    """``baseline-toy``, ``baseline-EleutherAI--polyglot-ko-1.3b`` (Hub), ``baseline-<folder>`` (local)."""
+    if spec == "toy":
+        return "baseline-toy"
+    p = Path(path)
+    if p.is_absolute() and p.exists():
+        base = f"{p.parent.name}-{p.name}" if p.name == "model" else p.name
+    else:
+        base = spec.replace("/", "--")
+    return f"baseline-{_safe(base)}"
+
+
+def baseline_models(baselines: Sequence[str], source: Callable[[str], str]) -> list[ModelSpec]:
+    """``source`` turns a spec into a loadable path or Hub id (``cfg.source`` in the notebook)."""
+    out = []
+    for spec in baselines:
+        path = source(spec)
+        out.append(ModelSpec(baseline_name(spec, path), "baseline", None, None, path))
+    return out
+
+
+def _is_model_dir(d: Path) -> bool:
+    return (d / "config.json").is_file()
+
+
+def _parse_stages(stages: str | Sequence[str]) -> list[str] | None:
+    """None for auto; else the listed names (a list, or a comma-separated string)."""
+    items = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else [str(s) for s in stages]
+    items = [s for s in items if s]
+    return None if items in ([], ["auto"]) else items
+
+
+def _match_stage(run_dir: Path, item: str) -> str:
+    names = sorted(d.name for d in run_dir.iterdir() if d.is_dir() and STAGE_RE.fullmatch(d.name)) \
+        if run_dir.is_dir() else []
+    hits = [n for n in names if n == item] or [n for n in names if n[:2] == item.zfill(2)[:2] and item.isdigit()]
+    if len(hits) != 1:
+        raise FileNotFoundError(f"stages: {item!r} names no stage folder of {run_dir} "
+                                f"(there: {', '.join(names) or 'none'}); use a folder name like "
+                                "05_stage3_pretrain, its number, or 'auto'")
+    return hits[0]
+
+
+def _weights(d: Path) -> list[Path]:
+    return sorted(f for f in d.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
+
+
+def same_weights(a: Path, b: Path) -> bool:
+    """True when two model folders hold byte-identical weight files (sizes checked first)."""
+    wa, wb = _weights(a), _weights(b)
+    if not wa or [f.name for f in wa] != [f.name for f in wb] or \
+            any(x.stat().st_size != y.stat().st_size for x, y in zip(wa, wb)):
+        return False
+    return all(_sha256(x) == _sha256(y) for x, y in zip(wa, wb))
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 24), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def stage_models(run_dir: str | Path, stages: str | Sequence[str] = "auto", include_checkpoints: bool = True,
+                 exclude: Sequence[str] = (paths.TOY_STAGE,)) -> list[ModelSpec]:
+    """The models of a run's stages, in stage order; per stage its checkpoints (by step) then its
+    final ``model/``. ``auto``: every finished stage (``DONE``) with a ``model/``, except ``exclude``
+    (00_toy_world's model is the ``toy`` baseline). A final model byte-identical to its last
+    checkpoint (the training loop copies it) reuses that checkpoint's results."""
+    run_dir = Path(run_dir)
+    wanted = _parse_stages(stages)
+    if wanted is None:
+        names = []
+        for d in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+            if not (d.is_dir() and STAGE_RE.fullmatch(d.name)) or d.name in exclude:
+                continue
+            if _is_model_dir(d / "model"):
+                if (d / "DONE").exists():
+                    names.append(d.name)
+                else:
+                    warnings.warn(f"{d} has a model/ but is not finished (no DONE): not evaluated")
+    else:
+        names = [_match_stage(run_dir, s) for s in wanted]
+        for n in names:
+            d = run_dir / n
+            if not (d / "DONE").exists():
+                raise FileNotFoundError(f"stage {n} is listed in 'stages' but {d} is not finished "
+                                        "(no DONE); run it first or leave it out")
+            if not _is_model_dir(d / "model"):
+                raise FileNotFoundError(f"stage {n} is listed in 'stages' but has no model/ "
+                                        f"({d / 'model'}): it produces no model to evaluate")
+    out: list[ModelSpec] = []
+    for n in names:
+        d = run_dir / n
+        ckpts = sorted((int(m.group(1)), c) for c in (d / "checkpoints").glob("step-*")
+                       if (m := STEP_RE.fullmatch(c.name)) and c.is_dir())
+        if include_checkpoints:
+            out += [ModelSpec(f"{n}-step-{s:06d}", "checkpoint", n, s, str(c / "model"))
+                    for s, c in ckpts if _is_model_dir(c / "model")]
+        last = ckpts[-1] if ckpts else None
+        same = None
+        if include_checkpoints and last and _is_model_dir(last[1] / "model") \
+                and same_weights(d / "model", last[1] / "model"):
+            same = f"{n}-step-{last[0]:06d}"
+        out.append(ModelSpec(n, "stage", n, last[0] if last else None, str(d / "model"), same))
+    return out
+
+
+def unique_names(models: Sequence[ModelSpec]) -> list[ModelSpec]:
+    seen: dict[str, int] = {}
+    out = []
+    for m in models:
+        k = seen[m.name] = seen.get(m.name, 0) + 1
+        out.append(m if k == 1 else ModelSpec(**{**asdict(m), "name": f"{m.name}-{k}"}))
+    return out
+
+
+def models_for(cfg: Any) -> list[ModelSpec]:
+    """Baselines, then the run's stages (notebook parameters ``baselines``, ``stages``,
+    ``include_checkpoints``)."""
+    return unique_names(baseline_models(cfg.baselines, cfg.source)
+                        + stage_models(cfg.run_dir, cfg.stages, cfg.include_checkpoints))
+
+
+def write_tasks(cfg: Any) -> dict[str, ET.Pair]:
+    """Check the ``tasks`` pairs and generate their YAMLs into ``<stage>/tasks/``."""
+    return ET.write_tasks(cfg.tasks, cfg.stage_dir / "tasks", run=cfg.run_dir)
+
+
+def pairs_table(pairs: Mapping[str, ET.Pair]) -> list[dict[str, Any]]:
+    """One row per pair: format, items, chance accuracy, both sources."""
+    return [{"pair": name, "format": p.format, "n": p.n, "chance": p.chance(),
+             "en": p.sources["en"].describe(), "ko": p.sources["ko"].describe()}
+            for name, p in pairs.items()]
+
+
+# ---------------------------------------------------------------------------- one model
+
+
+# Expected with an in-memory model and an explicit num_fewshot: said once per model, not useful.
+EXPECTED_NOISE = ("`pretrained` model kwarg is not of type", "Passed an already-initialized model",
+                  "Overwriting default num_fewshot")
+NOISY_LOGGERS = ("lm_eval.models.huggingface", "lm_eval.evaluator")
+
+
+@contextmanager
+def _quiet_lm_eval(truncated: list[int]) -> Iterator[None]:
+    """Drop lm-eval's expected warnings; count its one-per-request truncation warnings instead
+    (the caller prints one summary line)."""
+    def keep(record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if "exceeds model's maximum length" in msg:
+            truncated[0] += 1
+            return False
+        return not msg.startswith(EXPECTED_NOISE)
+    loggers = [logging.getLogger(n) for n in NOISY_LOGGERS]
+    for lg in loggers:
+        lg.addFilter(keep)
+    try:
+        yield
+    finally:
+        for lg in loggers:
+            lg.removeFilter(keep)
+
+
+def settings_digest(pairs: Mapping[str, ET.Pair], num_fewshot: int, limit: int, seed: int) -> str:
+    """What every stored result depends on besides the model: prompts, data (hashes), settings."""
+    tasks = {name: {lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.format, p.sources[lang]).items()
+                                      if k != "dataset_kwargs"},
+                           "data": info[lang]["sha256"] or info[lang]["source"]}
+                    for lang in ET.LANGS}
+             for name, p in pairs.items() for info in [ET.pair_info(p)]}
+    body = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "seed": seed}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint(m: ModelSpec, settings: str) -> str:
+    """A stored result is reused only for the same settings and the same model files."""
+    d = Path(m.path)
+    files = ([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in _weights(d)]
+             if d.is_absolute() and d.is_dir() else [])
+    body = {"settings": settings, "path": m.path, "files": files}
+    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _selection(pairs: Mapping[str, ET.Pair], limit: int) -> dict[str, list[int]] | None:
+    """lm-eval ``samples=``: the first ``limit`` items (English order) in both languages, so a
+    limited run still scores the same questions in En and Ko even if the files' orders differ."""
+    if limit <= 0:
+        return None
+    return {ET.task_name(name, lang): sorted(p.positions[lang][:limit])
+            for name, p in pairs.items() for lang in ET.LANGS}
+
+
+def _dumps(obj: Any, indent: int | None = None) -> str:
+    """JSON as lm-eval writes it (dtypes and other objects as strings)."""
+    from lm_eval.utils import handle_non_serializable
+    return json.dumps(obj, default=handle_non_serializable, ensure_ascii=False, indent=indent)
+
+
+def _samples_jsonl(samples: Sequence[Mapping], fmt: str) -> str:
+    """Per-sample records as lm-eval logs them, plus ``doc["id"]`` where the data has none
+    (Belebele), so every pair joins on ``doc["id"]`` (``doc_hash`` stays lm-eval's, without it)."""
+    lines = []
+    for s in samples:
+        doc = s["doc"]
+        if "id" not in doc:
+            s = {**s, "doc": {**doc, "id": ET.item_id(fmt, doc)}}
+        lines.append(_dumps(s))
+    return "".join(line + "\n" for line in lines)
+
+
+def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *, device: str = "auto",
+                   batch_size: int = 16, num_fewshot: int = 0, limit: int = 0, seed: int = 0,
+                   fingerprint: str | None = None) -> dict[str, Any]:
+    """Load, score every pair in both languages, write ``results/<name>/`` and return the entry::
+
+        {"name", "kind", "stage", "step", "path",
+         "tasks": {pair: {"en": {"acc", "acc_norm", "n", "samples": <absolute path>}, "ko": {...}}},
+         "seconds"}
+    """
+    import torch
+    from lm_eval import simple_evaluate
+    from lm_eval.models.huggingface import HFLM
+    from lm_eval.tasks import TaskManager
+
+    from lib.model import auto_device, load_model
+    stage_dir = Path(stage_dir)
+    tasks_dir = stage_dir / "tasks"
+    final = stage_dir / "results" / m.name
+    start = time.perf_counter()
+    dev = auto_device(device)
+    model, tok = load_model(m.path, device=str(dev))
+    truncated = [0]
+    try:
+        with _quiet_lm_eval(truncated):
+            # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
+            lm = HFLM(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
+                      softmax_dtype="float32")
+            tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+            names = [ET.task_name(p, lang) for p in pairs for lang in ET.LANGS]
+            res = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, samples=_selection(pairs, limit),
+                                  batch_size=batch_size, device=str(dev), log_samples=True, task_manager=tm,
+                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                                  fewshot_random_seed=seed)
+    finally:
+        del model
+        lm = None
+        gc.collect()
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    if truncated[0]:
+        print(f"{m.name}: {truncated[0]} requests were longer than the model's context "
+              f"({res.get('max_length')} tokens) and lost tokens on the left")
+    seconds = time.perf_counter() - start
+    entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path, "tasks": {},
+             "seconds": seconds}
+    with atomic_dir(final, overwrite=True) as tmp:
+        write_text(tmp / "results.json", _dumps({k: v for k, v in res.items() if k != "samples"}, indent=2) + "\n")
+        for pair, p in pairs.items():
+            entry["tasks"][pair] = {}
+            for lang in ET.LANGS:
+                t = ET.task_name(pair, lang)
+                samples = res["samples"][t]
+                write_text(tmp / f"samples_{t}.jsonl", _samples_jsonl(samples, p.format))
+                r = res["results"][t]
+                entry["tasks"][pair][lang] = {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"],
+                                              "n": len(samples), "samples": str(final / f"samples_{t}.jsonl")}
+        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
+    return entry
+
+
+def _reuse(m: ModelSpec, source: Mapping[str, Any], stage_dir: Path, fingerprint: str | None) -> dict[str, Any]:
+    """``m``'s results as a copy of an identical model's (same weights, same tasks)."""
+    src, final = stage_dir / "results" / source["name"], stage_dir / "results" / m.name
+    entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path,
+             "tasks": {}, "seconds": 0.0}
+    with atomic_dir(final, overwrite=True) as tmp:
+        for f in src.iterdir():
+            if f.name != "eval.json":
+                shutil.copy(f, tmp / f.name)
+        for pair, langs in source["tasks"].items():
+            entry["tasks"][pair] = {lang: {**v, "samples": str(final / Path(v["samples"]).name)}
+                                    for lang, v in langs.items()}
+        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
+    return entry
+
+
+# ---------------------------------------------------------------------------- every model
+
+
+def load_done(stage_dir: str | Path, name: str, fp: str) -> dict[str, Any] | None:
+    """The stored entry of ``name`` if it was evaluated with the same fingerprint, else None."""
+    f = Path(stage_dir) / "results" / name / "eval.json"
+    if not f.is_file():
+        return None
+    stored = read_json(f)
+    if stored.get("fingerprint") != fp:
+        return None
+    return {k: v for k, v in stored.items() if k != "fingerprint"}
+
+
+def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *,
+                 device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
+                 seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
+    """Evaluate every model not done yet (resumable), rewrite ``evals.json`` after each; return it."""
+    from tqdm.auto import tqdm
+    stage_dir = Path(stage_dir)
+    for stale in (stage_dir / "results").glob(".*.tmp*"):   # a killed run's half-written folder
+        shutil.rmtree(stale, ignore_errors=True)
+    settings = settings_digest(pairs, num_fewshot, limit, seed)
+    manifest: list[dict[str, Any]] = []
+    done: dict[str, dict[str, Any]] = {}
+    bar = tqdm(models, desc="models", unit="model", disable=not progress)
+    for m in bar:
+        bar.set_postfix_str(m.name)
+        fp = fingerprint(m, settings)
+        entry = load_done(stage_dir, m.name, fp)
+        if entry is not None:
+            bar.write(f"{m.name}: already evaluated with these settings, kept")
+        elif m.same_as in done:
+            entry = _reuse(m, done[m.same_as], stage_dir, fp)
+            bar.write(f"{m.name}: same weights as {m.same_as}, its results reused")
+        else:
+            entry = evaluate_model(m, pairs, stage_dir, device=device, batch_size=batch_size,
+                                   num_fewshot=num_fewshot, limit=limit, seed=seed, fingerprint=fp)
+        done[m.name] = entry
+        manifest.append(entry)
+        write_json(stage_dir / "evals.json", manifest)
+    return manifest
+
+
+# ---------------------------------------------------------------------------- tables and figures
+
+
+def table_rows(manifest: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per model and pair: model, stage, step, pair, acc_en, acc_ko, acc_norm_en, acc_norm_ko, n."""
+    rows = []
+    for e in manifest:
+        for pair, t in e["tasks"].items():
+            if t["en"]["n"] != t["ko"]["n"]:
+                raise ValueError(f"{e['name']} / {pair}: {t['en']['n']} English but {t['ko']['n']} "
+                                 "Korean items were scored; the pair is not aligned")
+            rows.append({"model": e["name"], "stage": e["stage"], "step": e["step"], "pair": pair,
+                         "acc_en": t["en"]["acc"], "acc_ko": t["ko"]["acc"],
+                         "acc_norm_en": t["en"]["acc_norm"], "acc_norm_ko": t["ko"]["acc_norm"],
+                         "n": t["en"]["n"]})
+    return rows
+
+
+def write_tables(rows: Sequence[Mapping[str, Any]], stage_dir: str | Path) -> tuple[Path, Path]:
+    """``results.csv`` (full precision) and ``results.md`` (3 decimals) in ``stage_dir``."""
+    from lib.agreement import to_markdown
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in TABLE_COLUMNS} for r in rows)
+    stage_dir = Path(stage_dir)
+    return (write_text(stage_dir / "results.csv", buf.getvalue()),
+            write_text(stage_dir / "results.md", to_markdown(rows, TABLE_COLUMNS)))
+
+
+def accuracy_figure(rows: Sequence[Mapping[str, Any]], pair: str, chance: float | None = None,
+                    path: str | Path | None = None, metric: str = "acc"):
+    """Grouped bars: English vs Korean accuracy per model for one pair (dashed line: chance)."""
+    from lib import plots
+    rows = [r for r in rows if r["pair"] == pair]
+    fig = plots.grouped_bars([r["model"] for r in rows],
+                             {"English": [r[f"{metric}_en"] for r in rows],
+                              "Korean": [r[f"{metric}_ko"] for r in rows]},
+                             f"{pair}: {metric} per model (n = {rows[0]['n'] if rows else 0})", metric)
+    ax = fig.axes[0]
+    fig.set_size_inches(max(6.0, 0.7 * len(rows) + 2), 4.0)
+    ax.set_ylim(0, 1.05)
+    ax.tick_params(axis="x", labelrotation=40)
+    for label in ax.get_xticklabels():
+        label.set_horizontalalignment("right")
+    if chance is not None:
+        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
+        ax.legend()
+    return plots.save(fig, path)
+
+
+def summary_metrics(manifest: Sequence[Mapping[str, Any]], pairs: Mapping[str, ET.Pair],
+                    rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
+    """``metrics.json`` body: the table rows, per-model eval seconds and items/s, the pairs."""
+    rows = list(rows) if rows is not None else table_rows(manifest)
+    models = []
+    for e in manifest:
+        items = sum(v["n"] for t in e["tasks"].values() for v in t.values())
+        models.append({"name": e["name"], "kind": e["kind"], "seconds": e["seconds"], "items": items,
+                       "items_per_s": items / e["seconds"] if e["seconds"] > 0 else None})
+    timed = [m for m in models if m["items_per_s"] is not None]
+    secs = sum(m["seconds"] for m in timed)
+    return {"rows": rows, "models": models, "n_models": len(models),
+            "eval_seconds": sum(m["seconds"] for m in models),
+            "items_per_s": sum(m["items"] for m in timed) / secs if secs > 0 else None,
+            "pairs": {name: ET.pair_info(p) for name, p in pairs.items()}}

@@ -85,7 +85,9 @@ def make_accelerator(spec: TrainSpec, out_dir: Path):
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
     log_with = None if spec.report_to == "none" else spec.report_to
-    acc = Accelerator(mixed_precision=mp, log_with=log_with,
+    # our batch_at already gives each rank its share of one global batch, so the schedule must
+    # advance once per optimizer step (accelerate's default steps it once per process)
+    acc = Accelerator(mixed_precision=mp, log_with=log_with, step_scheduler_with_optimizer=False,
                       project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
     return acc
 
@@ -133,6 +135,9 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(spec, out_dir)
+    if acc.distributed_type.name == "DEEPSPEED" and spec.grad_accum > 1:
+        raise ValueError("with DeepSpeed set gradient_accumulation_steps in the DeepSpeed config and "
+                         "keep grad_accum: 1 (DeepSpeed accumulates and scales by itself)")
     set_seed(spec.seed)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     if not params:
@@ -176,7 +181,9 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
                 with acc.autocast():
                     loss, logs = loss_fn(modules_p, batch)
                 acc.backward(loss / spec.grad_accum)
-            for k, v in {"loss": loss.item(), **logs}.items():
+            # the logged loss is the mean over processes (each rank saw its share of the batch)
+            shown = acc.reduce(loss.detach(), reduction="mean") if acc.num_processes > 1 else loss.detach()
+            for k, v in {"loss": shown.item(), **logs}.items():
                 logs_acc[k] = logs_acc.get(k, 0.0) + float(v) / spec.grad_accum
             n_tokens += (tokens_in(batch) if tokens_in else 0) * acc.num_processes
         if spec.max_grad_norm:

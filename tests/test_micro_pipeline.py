@@ -1,0 +1,84 @@
+"""Every notebook runs headless, in order, on the micro profile; results are read back from
+each stage's metrics.json (never scraped from notebook text)."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from lib import paths
+from lib.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def micro_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("micro") / "run"
+    plans = run_pipeline(paths.PARAMS / "micro.yaml", run=str(run), progress=False)
+    return run, plans
+
+
+def metrics(run, stage):
+    return json.loads((run / stage / "metrics.json").read_text(encoding="utf-8"))
+
+
+def test_every_notebook_ran_and_finished(micro_run):
+    run, plans = micro_run
+    assert [p.stage for p in plans] == paths.stages()
+    for p in plans:
+        d = run / p.stage
+        assert (d / "DONE").exists() and (d / f"{p.stage}.ipynb").exists(), p.stage
+        conf = json.loads((d / "config.json").read_text())
+        assert conf["stage"] == p.stage and conf["versions"]["torch"].startswith("2.13")
+
+
+def test_toy_world_and_base_model(micro_run):
+    m = metrics(micro_run[0], "00_toy_world")
+    assert m["leaks"] == 0 and m["n_questions"] == 60
+    assert m["base_en_accuracy"] >= 0.8 > 0.5 > m["base_ko_accuracy"]
+    assert m["ko_tokens_per_char"] > 2.0 > 0.5 > m["en_tokens_per_char"]
+
+
+def test_vocab_merge_and_embedding_init(micro_run):
+    m1, m2 = metrics(micro_run[0], "01_vocab_merge"), metrics(micro_run[0], "02_embedding_init")
+    assert m1["merged_vocab_size"] == m1["base_vocab_size"] + m1["added_pieces"]
+    assert m1["ko_tokens_per_char"]["after"] < 0.5 * m1["ko_tokens_per_char"]["before"]
+    assert m2["merged_vocab_size"] == m1["merged_vocab_size"]
+    assert m2["en_logit_max_abs_diff"] == 0.0 and m2["reload_logit_max_abs_diff"] == 0.0
+    assert m2["ko_bits_per_char"]["after"] < m2["ko_bits_per_char"]["before"]
+
+
+def test_training_stages_chain_and_record_checkpoints(micro_run):
+    run = micro_run[0]
+    m3, m4, m5 = (metrics(run, s) for s in ("03_stage1_contrastive", "04_stage2_lm_head", "05_stage3_pretrain"))
+    assert m3["init_from"].endswith("02_embedding_init/model")
+    assert m4["init_from"].endswith("03_stage1_contrastive/model")
+    assert m5["init_from"].endswith("04_stage2_lm_head/model")
+    assert set(m3["retrieval_p1"]) >= {"before", "after"}
+    assert m4["params_trainable"] < 0.5 * m4["params_total"]
+    assert m5["nonpad_fraction"] == 1.0 and m5["params_trainable"] == m5["params_total"]
+    for stage in ("03_stage1_contrastive", "04_stage2_lm_head", "05_stage3_pretrain"):
+        assert [p.name for p in sorted((run / stage / "checkpoints").glob("step-*"))] == ["step-000004", "step-000008"]
+
+
+def test_evaluation_and_agreement_table(micro_run):
+    run = micro_run[0]
+    evals = json.loads((run / "07_benchmark_eval" / "evals.json").read_text())
+    names = [e["name"] for e in evals]
+    assert names[0] == "baseline-toy" and "05_stage3_pretrain" in names
+    assert any(e["kind"] == "checkpoint" for e in evals)
+    assert all(e["tasks"]["toy_arc"]["en"]["n"] == e["tasks"]["toy_arc"]["ko"]["n"] == 60 for e in evals)
+    summary = json.loads((run / "08_agreement_analysis" / "summary.json").read_text())
+    rows = summary["rows"]
+    assert {r["model"] for r in rows} == set(names)
+    for r in rows:
+        assert 0 <= r["agreement"] <= 1 and 0 <= r["acc_en"] <= 1
+    md = (run / "08_agreement_analysis" / "summary.md").read_text()
+    assert md.count("\n|") >= len(rows) + 1
+
+
+def test_rerun_skips_every_finished_stage(micro_run):
+    run, _ = micro_run
+    plans = run_pipeline(paths.PARAMS / "micro.yaml", run=str(run), progress=False)
+    assert {p.action for p in plans} == {"skip"}

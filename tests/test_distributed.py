@@ -41,11 +41,20 @@ def launch(args, run, env_extra=None):
     return r
 
 
+def free_port() -> int:
+    """A free TCP port, so a second launch on the machine cannot collide on accelerate's default."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def test_two_cpu_processes_match_one(tmp_path, tiny_assets):
     f = profile(tmp_path, tiny_assets)
     accelerate = [sys.executable, "-m", "accelerate.commands.launch"]
     launch([sys.executable, "-m", "lib.train"], (f, tmp_path / "one"))
     launch(accelerate + ["--config_file", str(paths.PARAMS / "accelerate" / "ddp.yaml"), "--num_processes", "2",
+                         "--main_process_port", str(free_port()),
                          "--mixed_precision", "no", "-m", "lib.train"], (f, tmp_path / "two"),
            {"ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"})
     one = load_file(tmp_path / "one" / "04_stage2_lm_head" / "model" / "model.safetensors")

@@ -5,6 +5,7 @@ A profile looks like::
     extends: toy.yaml          # optional: overlay this file on another one
     pipeline:
       skip: [03]               # optional: stages this profile leaves out (the no-stage-1 control)
+      share: {run: toy, stages: [00, 01, 02]}   # optional: link another run's identical stages
     common:                    # passed to every notebook that declares the key
       base_model: toy
     01_vocab_merge:            # one section per notebook, named by its stem
@@ -182,8 +183,14 @@ def validate_profile(prof: Profile, stages: list[str]) -> None:
         if section == "pipeline":
             for key, value in values.items():
                 where = prof.origin.get((section, key), prof.path)
+                if key == "share":
+                    if not (isinstance(value, dict) and set(value) == {"run", "stages"}
+                            and isinstance(value["stages"], list)):
+                        raise ParamsError(f"{where}: pipeline.share must be {{run: NAME, stages: [00, 01]}}, "
+                                          f"got {value!r}")
+                    continue
                 if key != "skip":
-                    raise ParamsError(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip)")
+                    raise ParamsError(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip, share)")
                 if not isinstance(value, list) or not all(
                         any(str(v).zfill(2) == st[:2] or str(v) == st for st in known) for v in value):
                     raise ParamsError(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "

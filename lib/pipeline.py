@@ -80,11 +80,40 @@ def plan_run(prof: Profile, run: str | Path, stages: list[str], force: bool = Fa
     return plans
 
 
+def link_shared_stages(prof: Profile, run: str | Path) -> list[str]:
+    """``pipeline: {share: {run: toy, stages: [00, 01, 02]}}``: reuse another run's finished
+    stages (linked, not copied) when their parameters are identical, e.g. an ablation that only
+    changes stage 03 need not rebuild the toy world. Anything else is a clear error."""
+    share = prof.sections.get("pipeline", {}).get("share")
+    if not share:
+        return []
+    src_run = paths.run_dir(str(share["run"]))
+    linked = []
+    for stage in select_stages(prof, only=",".join(str(s) for s in share["stages"])):
+        src, dst = src_run / stage, paths.stage_dir(run, stage)
+        done = src / "DONE"
+        if not done.exists():
+            raise ParamsError(f"{prof.path}: shares {stage} with run {src_run.name}, but {src} is not "
+                              f"finished; run that profile first")
+        if read_json(done).get("config_hash") != config_hash(stage_params(prof, stage, run)):
+            raise ParamsError(f"{prof.path}: shares {stage} with run {src_run.name}, but the parameters "
+                              f"of {stage} differ between the two profiles; remove it from pipeline.share")
+        if dst.is_symlink() and dst.resolve() == src.resolve():
+            continue
+        if dst.exists() or dst.is_symlink():
+            raise ParamsError(f"{dst} exists and is not a link to {src}; use another --run")
+        dst.symlink_to(src.resolve(), target_is_directory=True)
+        linked.append(stage)
+    return linked
+
+
 def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
     """Execute one notebook into its stage folder; raise StageFailed naming the failing cell."""
     import papermill as pm
     sd = paths.stage_dir(run, plan.stage)
-    if plan.fresh and sd.exists():          # --force: redo from scratch, never resume old checkpoints
+    if sd.is_symlink():                     # a stage shared from another run: never touch the original
+        sd.unlink()
+    elif plan.fresh and sd.exists():        # --force: redo from scratch, never resume old checkpoints
         shutil.rmtree(sd)
     sd.mkdir(parents=True, exist_ok=True)
     out_nb = sd / f"{plan.stage}.ipynb"
@@ -109,9 +138,11 @@ def run_pipeline(params_file: str | Path, run: str | None = None, start: str | N
     """Run a profile; returns the plans (what ran, what was skipped)."""
     prof = load_profile(params_file)
     run = run or prof.name
-    plans = plan_run(prof, run, select_stages(prof, start, only), force)
+    validate_profile(prof, select_stages(prof, start, only))
     rd = paths.run_dir(run)
     rd.mkdir(parents=True, exist_ok=True)
+    link_shared_stages(prof, run)
+    plans = plan_run(prof, run, select_stages(prof, start, only), force)
     shutil.copy(prof.path, rd / f"params_{prof.path.name}")
     bar = tqdm(plans, desc=f"run {rd.name}", unit="stage", disable=not progress, position=0)
     for plan in bar:

@@ -90,3 +90,23 @@ def test_cli_check_reports_bad_key(tmp_path, capsys):
     f.write_text("02_embedding_init:\n  initt: mean\n")
     assert main(["check", str(f)]) == 1
     assert "initt" in capsys.readouterr().err
+
+
+def test_shared_stages_are_linked_only_when_identical(tmp_path, tiny_assets):
+    from lib.outputs import write_json
+    from lib.params import config_hash, stage_params
+    from lib.pipeline import link_shared_stages
+    base = profile(tmp_path, tiny_assets)
+    src = tmp_path / "src"
+    (src / "01_vocab_merge").mkdir(parents=True)
+    values = stage_params(load_profile(base), "01_vocab_merge", src)
+    write_json(src / "01_vocab_merge" / "DONE", {"config_hash": config_hash(values)})
+    child = tmp_path / "child.yaml"
+    child.write_text(f"extends: {base.name}\npipeline:\n  share: {{run: {src}, stages: [01]}}\n")
+    assert link_shared_stages(load_profile(child), tmp_path / "dst") == ["01_vocab_merge"]
+    assert (tmp_path / "dst" / "01_vocab_merge").resolve() == src / "01_vocab_merge"
+    assert link_shared_stages(load_profile(child), tmp_path / "dst") == []          # idempotent
+    child.write_text(f"extends: {base.name}\npipeline:\n  share: {{run: {src}, stages: [01]}}\n"
+                     f"01_vocab_merge:\n  merge_mode: hangul\n")
+    with pytest.raises(ParamsError, match="differ between the two profiles"):
+        link_shared_stages(load_profile(child), tmp_path / "other")

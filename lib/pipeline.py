@@ -102,6 +102,7 @@ def link_shared_stages(prof: Profile, run: str | Path) -> list[str]:
             continue
         if dst.exists() or dst.is_symlink():
             raise ParamsError(f"{dst} exists and is not a link to {src}; use another --run")
+        dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src.resolve(), target_is_directory=True)
         linked.append(stage)
     return linked

@@ -145,15 +145,19 @@ def run_pipeline(params_file: str | Path, run: str | None = None, start: str | N
     link_shared_stages(prof, run)
     plans = plan_run(prof, run, select_stages(prof, start, only), force)
     shutil.copy(prof.path, rd / f"params_{prof.path.name}")
+    from lib.report import write_report
     bar = tqdm(plans, desc=f"run {rd.name}", unit="stage", disable=not progress, position=0)
-    for plan in bar:
-        bar.set_postfix_str(plan.stage)
-        if plan.action == "skip":
-            tqdm.write(f"  {plan.stage}: finished with the same config, skipped")
-            continue
-        t0 = time.time()
-        run_stage(plan, run, progress=False)
-        tqdm.write(f"  {plan.stage}: done in {time.time() - t0:.1f}s -> {paths.stage_dir(run, plan.stage)}")
+    try:
+        for plan in bar:
+            bar.set_postfix_str(plan.stage)
+            if plan.action == "skip":
+                tqdm.write(f"  {plan.stage}: finished with the same config, skipped")
+                continue
+            t0 = time.time()
+            run_stage(plan, run, progress=False)
+            tqdm.write(f"  {plan.stage}: done in {time.time() - t0:.1f}s -> {paths.stage_dir(run, plan.stage)}")
+    finally:                # the report is written after a failure too, showing what finished
+        tqdm.write(f"  report: {write_report(rd)} (+ report.html)")
     return plans
 
 

@@ -78,6 +78,14 @@ def test_evaluation_and_agreement_table(micro_run):
     assert md.count("\n|") >= len(rows) + 1
 
 
+def test_run_report_gathers_the_stages(micro_run):
+    run = micro_run[0]
+    report = (run / "report.md").read_text(encoding="utf-8")
+    for stage in paths.stages():
+        assert stage in report
+    assert "agreement" in report and (run / "report.html").stat().st_size > 10_000
+
+
 def test_rerun_skips_every_finished_stage(micro_run):
     run, _ = micro_run
     plans = run_pipeline(paths.PARAMS / "micro.yaml", run=str(run), progress=False)

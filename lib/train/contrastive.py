@@ -10,7 +10,7 @@ output layer the base model had. ``clm_weight > 0`` adds a causal-LM loss on Kor
 Run it (the notebook and the CLI call the same :func:`run`)::
 
     notebooks/03_stage1_contrastive.ipynb               # JupyterLab, or the pipeline via Papermill
-    python -m lib.train 03 params/toy.yaml              # CPU: about a minute on the toy world
+    python -m lib.train 03 params/toy.yaml              # toy world: ~30 s of training on 2 CPU cores
     accelerate launch --config_file params/accelerate/ddp.yaml -m lib.train 03 params/a6000.yaml
 
 Output in ``<run>/03_stage1_contrastive/``: ``checkpoints/step-NNNNNN/`` (every ``save_every``),
@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import copy
 import json
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,7 +35,7 @@ from lib.data import DataError, read_parallel
 from lib.losses import clm_loss, info_nce
 from lib.outputs import write_json
 from lib.represent import (POOLING_MODES, LayerWeights, alignment_report, embed_texts, encode_batch,
-                           pooled_vectors, sentence_vectors)
+                           hidden_states_of, pooled_vectors, sentence_vectors)
 from lib.train.common import final_model, load_start, saver, train_spec, trainable_summary
 from lib.train.loop import train
 
@@ -82,23 +81,25 @@ class PairBatches:
         return steps * self.grad_accum * self.batch_size / self.n
 
 
+def _encode(tok, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
+    """All texts tokenized once (int32 ids, int8 mask: a million pairs stay well under 1 GB)."""
+    enc = encode_batch(tok, texts, max_len)
+    return {"input_ids": enc["input_ids"].int(), "attention_mask": enc["attention_mask"].to(torch.int8)}
+
+
 def _rows(enc: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` of a pre-encoded set, cut to the longest row of this batch."""
+    """Rows ``idx`` of an :func:`_encode` set as long tensors, cut to the longest row of the batch."""
     idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    mask = enc["attention_mask"].index_select(0, idx)
+    mask = enc["attention_mask"].index_select(0, idx).long()
     width = int(mask.sum(dim=1).max())
-    return {"input_ids": enc["input_ids"].index_select(0, idx)[:, :width], "attention_mask": mask[:, :width]}
+    return {"input_ids": enc["input_ids"].index_select(0, idx)[:, :width].long(), "attention_mask": mask[:, :width]}
 
 
 def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Row-concatenate right-padded batches of different widths (one forward pass for all)."""
+    """Row-concatenate right-padded batches of different widths (Korean and English in one pass)."""
     width = max(p["input_ids"].shape[1] for p in parts)
-    out = {}
-    for key in parts[0]:
-        fill = -100 if key == "labels" else 0
-        out[key] = torch.cat([torch.nn.functional.pad(p[key], (0, width - p[key].shape[1]), value=fill)
-                              for p in parts])
-    return out
+    return {k: torch.cat([torch.nn.functional.pad(p[k], (0, width - p[k].shape[1])) for p in parts])
+            for k in parts[0]}
 
 
 # ----------------------------------------------------------------------------- model
@@ -107,7 +108,7 @@ class ScaledLayerWeights(LayerWeights):
     """:class:`LayerWeights` whose logits learn ``scale`` times faster than the model.
 
     The loop has one optimizer and one lr, tuned for the model (~1e-4): Adam moves every raw number
-    by ~lr a step, which would leave 6 softmax logits where they started. The effective logits are
+    by ~lr a step, which would leave a handful of softmax logits where they started. The effective logits are
     ``scale * raw`` with the gradient to ``raw`` divided by ``scale``, so Adam moves them ~scale*lr a
     step while their gradient stays too small to dominate the global grad-norm clip.
     """
@@ -126,23 +127,24 @@ class ScaledLayerWeights(LayerWeights):
 
 
 class Encoder(torch.nn.Module):
-    """The causal LM + optional layer weights as *one* module: a single forward pass returns the
-    sentence vectors of the first ``n_vec`` rows and the causal-LM loss of the rest, so DDP sees one
-    forward per backward and synchronises the layer weights with the model."""
+    """The causal LM + optional layer weights as *one* module whose forward returns the sentence
+    vectors of a batch and, given CLM blocks, their causal-LM loss: DDP then sees one forward per
+    backward and synchronises the layer weights with the model."""
 
     def __init__(self, lm, choice: dict, pooling: str, layer_weights: LayerWeights | None = None):
         super().__init__()
         self.lm, self.layer_weights, self.choice, self.pooling = lm, layer_weights, choice, pooling
 
-    def forward(self, input_ids, attention_mask, n_vec: int, labels=None):
-        kwargs = {} if labels is not None else {"logits_to_keep": 1}   # logits only for the CLM rows
-        out = self.lm(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                      use_cache=False, **kwargs)
-        hs = [h[:n_vec] for h in out.hidden_states]
-        vecs = pooled_vectors(hs, attention_mask[:n_vec], layer_weights=self.layer_weights,
+    def forward(self, batch: dict, clm: dict | None = None):
+        # two passes, not one padded batch: CLM blocks are ~3x longer than sentences, and only
+        # they need logits (hidden_states_of keeps the logits of one position)
+        hs = hidden_states_of(self.lm, batch)
+        vecs = pooled_vectors(hs, batch["attention_mask"], layer_weights=self.layer_weights,
                               pooling=self.pooling, **self.choice)
-        clm = clm_loss(out.logits[n_vec:], labels[n_vec:]) if labels is not None else None
-        return vecs, clm
+        if clm is None:
+            return vecs, None
+        logits = self.lm(input_ids=clm["input_ids"], attention_mask=clm["attention_mask"], use_cache=False).logits
+        return vecs, clm_loss(logits, clm["labels"])
 
 
 def layer_choice(cfg: Any, n_states: int) -> tuple[dict, tuple[int, int] | None]:
@@ -183,7 +185,7 @@ def freeze_for_stage1(model, top: int, keep_all: bool) -> dict:
         model.config.tie_word_embeddings = False
     for p in model.parameters():
         p.requires_grad = True
-    head.weight.requires_grad = False
+    head.requires_grad_(False)
     n_layers = model.config.num_hidden_layers
     frozen_above = []
     if not keep_all:
@@ -214,7 +216,7 @@ class Stage1:
     train_enc: dict
     heldout: tuple[list[str], list[str]]
     clm: Any                          # a MixedStream over packed Korean blocks, or None
-    head_info: dict
+    info: dict
 
     def choice(self) -> dict:
         lw = self.encoder.layer_weights
@@ -226,9 +228,9 @@ def _check(cfg: Any) -> None:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {cfg.pooling!r}")
     if cfg.english_encoder not in ENGLISH_ENCODERS:
         raise ValueError(f"english_encoder must be one of {ENGLISH_ENCODERS}, got {cfg.english_encoder!r}")
-    if not cfg.temperature > 0 or cfg.clm_weight < 0 or cfg.layer_weights_lr <= 0:
-        raise ValueError("need temperature > 0, clm_weight >= 0 and layer_weights_lr > 0; got "
-                         f"{cfg.temperature}, {cfg.clm_weight}, {cfg.layer_weights_lr}")
+    if not (cfg.temperature > 0 and cfg.lr > 0 and cfg.layer_weights_lr > 0 and cfg.clm_weight >= 0):
+        raise ValueError("need temperature, lr and layer_weights_lr > 0 and clm_weight >= 0; got "
+                         f"{cfg.temperature}, {cfg.lr}, {cfg.layer_weights_lr}, {cfg.clm_weight}")
     if cfg.eval_pairs == 1:
         raise ValueError("eval_pairs must be 0 (all) or >= 2: non-pair cosine needs two pairs")
 
@@ -252,14 +254,14 @@ def build(cfg: Any) -> Stage1:
     if cfg.english_encoder == "frozen":
         # copied before anything is untied or frozen: exactly the starting model
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
-    head_info = freeze_for_stage1(model, top, keep_all=cfg.clm_weight > 0)
+    info = freeze_for_stage1(model, top, keep_all=cfg.clm_weight > 0)
     clm = None
     if cfg.clm_weight > 0:
         from lib.packing import MixedStream, pack_file
         blocks, report = pack_file(tok, cfg.path(cfg.clm_text), cfg.clm_block)
         clm = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           seed=cfg.seed, bos_token_id=tok.bos_token_id)
-        head_info["clm_text"] = report
+        info["clm_text"] = report
     return Stage1(
         cfg=cfg, model=model, tok=tok, init_from=str(folder),
         encoder=Encoder(model, choice, cfg.pooling, lw),
@@ -267,8 +269,8 @@ def build(cfg: Any) -> Stage1:
         # a frozen English side must stay put: fixed (uniform) layers, never the learned weights
         english_choice=(choice if not rng else {"layer_range": rng}) if frozen is not None else {},
         pairs=PairBatches(len(ko), cfg.batch_size, cfg.grad_accum, cfg.seed),
-        train_enc={"ko": encode_batch(tok, ko, cfg.max_len), "en": encode_batch(tok, en, cfg.max_len)},
-        heldout=(held_ko, held_en), clm=clm, head_info=head_info)
+        train_enc={"ko": _encode(tok, ko, cfg.max_len), "en": _encode(tok, en, cfg.max_len)},
+        heldout=(held_ko, held_en), clm=clm, info=info)
 
 
 def batch_fn(s: Stage1):
@@ -288,19 +290,15 @@ def loss_fn(s: Stage1):
     def compute(modules, batch):
         enc = modules[0]                                  # the prepared (maybe DDP-wrapped) Encoder
         dev = next(enc.parameters()).device
-        parts = [batch["ko"]] if frozen is not None else [batch["ko"], batch["en"]]
-        n_vec = sum(p["input_ids"].shape[0] for p in parts)
-        if "clm" in batch:
-            parts = [{**p, "labels": torch.full_like(p["input_ids"], -100)} for p in parts] + [batch["clm"]]
-        x = {k: v.to(dev) for k, v in _stack(parts).items()}
-        vecs, clm = enc(x["input_ids"], x["attention_mask"], n_vec, x.get("labels"))
+        to = lambda b: {k: v.to(dev) for k, v in b.items()}  # noqa: E731
+        pairs = batch["ko"] if frozen is not None else _stack([batch["ko"], batch["en"]])
+        vecs, clm = enc(to(pairs), to(batch["clm"]) if "clm" in batch else None)
         n = batch["ko"]["input_ids"].shape[0]
         if frozen is not None:
             if next(frozen.parameters()).device != dev:
                 frozen.to(dev)
             with torch.no_grad():
-                en = sentence_vectors(frozen, {k: v.to(dev) for k, v in batch["en"].items()},
-                                      pooling=cfg.pooling, **s.english_choice)
+                en = sentence_vectors(frozen, to(batch["en"]), pooling=cfg.pooling, **s.english_choice)
         else:
             en = vecs[n:]
         nce = info_nce(vecs[:n], en, temperature=cfg.temperature)
@@ -343,10 +341,13 @@ def run(cfg: Any, stop_at: int | None = None) -> dict:
     result = train([s.encoder], batch_fn(s), loss_fn(s), train_spec(cfg), cfg.stage_dir,
                    eval_fn=lambda: evaluate(s), save_fn=save_fn(s), tokens_in=tokens, stop_at=stop_at,
                    desc="stage1 contrastive")
+    metrics = summarise(s, result)
     if PartialState().is_main_process:
         final_model(cfg, result)
+        if "layer_weights" in metrics:
+            write_json(cfg.stage_dir / "layer_weights.json", metrics["layer_weights"])
     PartialState().wait_for_everyone()
-    return summarise(s, result)
+    return metrics
 
 
 def summarise(s: Stage1, result: dict) -> dict:
@@ -369,14 +370,13 @@ def summarise(s: Stage1, result: dict) -> dict:
         "tokens_per_second": result["tokens_per_second"],
         "train_pairs": s.pairs.n, "heldout_pairs": len(s.heldout[0]),
         "pair_epochs": s.pairs.epochs(cfg.steps),
-        **trainable_summary(s.encoder), **s.head_info,
+        **trainable_summary(s.encoder), **s.info,
     }
     if s.clm is not None:
         from lib.packing import stream_stats
         metrics["clm_stream"] = stream_stats(s.clm, cfg.steps)
     if s.encoder.layer_weights is not None:
         metrics["layer_weights"] = layer_weights_history(s, result)
-        write_json(cfg.stage_dir / "layer_weights.json", metrics["layer_weights"])
     return metrics
 
 

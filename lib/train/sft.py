@@ -1,0 +1,532 @@
+"""Stage 06 of the method (notebook 06_instruction_tuning): bilingual instruction tuning.
+
+Alpaca-style records (``instruction``, ``input``, ``output``, optional ``history`` of
+``[user, assistant]`` pairs, optional ``lang``) from JSON or JSONL files are rendered with a chat
+template (default: Bllossom's Llama-2 format), and the model learns the responses only: every
+prompt token and all padding get label -100. Korean and English examples are mixed per batch by
+``ko_share``. ``method`` is ``full`` or ``lora`` (``qlora`` on CUDA), exactly as in stage 05:
+every checkpoint's ``model/`` is a plain merged ``from_pretrained`` folder. An optional chat
+vector (English ``instruct - base``, see :mod:`lib.chatvector`) is added to the stage's result
+(``chat_vector_when: after``) or to its starting model (``before``).
+
+    python -m lib.train 06 params/toy.yaml      # or run notebooks/06_instruction_tuning.ipynb
+
+How a record becomes tokens (one turn; history turns repeat the pattern before it)::
+
+    <s> [INST] <<SYS>>\\n{system}\\n<</SYS>>\\n\\n{instruction}\\n{input} [/INST] {output} </s>
+    |------------------------- label -100 ----------------------------| |-- learned --|
+
+- ``input``, when not empty, follows the instruction after ``input_sep`` (a newline).
+- Earlier turns of ``history`` are rendered first: the first user turn with the system prompt
+  (``prompt_template``), later ones with ``turn_template``, each assistant answer closed by EOS
+  and each new user turn opened by BOS, as Llama-2 chat does. Their answers are learned too when
+  ``loss_on_history`` is true.
+- Segments are tokenized **separately and the ids concatenated** (BOS/EOS added as ids), not
+  tokenized as one string: the prompt ids are then exactly what generation feeds the model
+  (the prompt is tokenized alone there too), the label boundary is exact by construction, and no
+  token can straddle ``[/INST]`` and the answer. SentencePiece's dummy prefix makes the answer
+  start with ``▁``, i.e. the same ids as the joint string ``prompt + " " + output`` in almost every
+  case; ``metrics["boundary"]`` counts the records where the two differ. Outputs are stripped.
+- Records without ``lang`` are detected: ``ko`` when at least 30% of the letters of their
+  instruction are Hangul (the language the user asks in), else ``en``.
+- Sequences longer than ``max_len`` are cut at ``max_len`` (the end of the answer is lost);
+  one with no answer token left is dropped. Both are counted in ``metrics["data"]``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from lib.losses import IGNORE_INDEX
+from lib.packing import MixedStream
+from lib.train.common import final_model, trainable_summary, train_spec
+from lib.train.head import clm_loss_fn
+from lib.train.loop import train
+from lib.train.pretrain import check_method, load_for_method, merged_saver
+
+SYSTEM_PROMPT = "You are a helpful assistant. 당신은 유능한 AI 어시스턴트 입니다."
+PROMPT_TEMPLATE = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{instruction} [/INST]"
+TURN_TEMPLATE = "[INST] {instruction} [/INST]"
+CHAT_VECTOR_WHEN = ("before", "after")
+_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
+
+
+# ----------------------------------------------------------------------------- records
+
+def hangul_share(text: str) -> float:
+    """Share of the letters of ``text`` that are Hangul (0 for text without letters)."""
+    letters = [c for c in text if c.isalpha()]
+    return sum(bool(_HANGUL.match(c)) for c in letters) / len(letters) if letters else 0.0
+
+
+def detect_lang(text: str, threshold: float = 0.3) -> str:
+    return "ko" if hangul_share(text) >= threshold else "en"
+
+
+def _check_record(rec: Any, where: str) -> dict:
+    """A validated copy: strings for instruction/input/output, history as [[user, assistant]]."""
+    if not isinstance(rec, dict):
+        raise ValueError(f"{where}: expected an object with instruction/input/output, got {type(rec).__name__}")
+    for key in ("instruction", "output"):
+        if not isinstance(rec.get(key), str):
+            raise ValueError(f"{where}: '{key}' must be a string, got {rec.get(key)!r:.60}")
+    inp = rec.get("input") or ""
+    if not isinstance(inp, str):
+        raise ValueError(f"{where}: 'input' must be a string, got {type(inp).__name__}")
+    history = rec.get("history") or []
+    if not (isinstance(history, list) and all(isinstance(t, (list, tuple)) and len(t) == 2
+                                              and all(isinstance(x, str) for x in t) for t in history)):
+        raise ValueError(f"{where}: 'history' must be a list of [user, assistant] string pairs")
+    lang = rec.get("lang")
+    if lang is not None and not isinstance(lang, str):
+        raise ValueError(f"{where}: 'lang' must be a string like \"ko\", got {lang!r}")
+    return {"instruction": rec["instruction"], "input": inp, "output": rec["output"],
+            "history": [list(t) for t in history], "lang": lang or detect_lang(rec["instruction"]),
+            "lang_given": lang is not None}
+
+
+def read_records(path: str | Path) -> list[dict]:
+    """Alpaca records of one file: ``.jsonl`` (one object a line) or JSON (a list of objects)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: instruction file not found")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix == ".jsonl":
+        rows = []
+        for i, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(_check_record(json.loads(line), f"{path}:{i}"))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{i}: not JSON ({e.msg})") from None
+        out = rows
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{e.lineno}: not JSON ({e.msg}); JSON Lines files must end "
+                             "in .jsonl") from None
+        if not isinstance(data, list):
+            raise ValueError(f"{path}: a JSON instruction file must hold a list of records")
+        out = [_check_record(r, f"{path}, record {i}") for i, r in enumerate(data)]
+    if not out:
+        raise ValueError(f"{path}: no instruction records")
+    return out
+
+
+def load_instructions(files: Sequence[str | Path], languages: Sequence[str], max_examples: int = 0
+                      ) -> tuple[list[dict], dict]:
+    """Records of every file whose language is in ``languages`` (first ``max_examples`` if > 0)."""
+    records, report = [], {"files": {}, "dropped_language": 0, "detected_lang": 0}
+    for f in files:
+        rows = read_records(f)
+        report["files"][str(f)] = len(rows)
+        report["detected_lang"] += sum(not r["lang_given"] for r in rows)
+        kept = [r for r in rows if r["lang"] in languages]
+        report["dropped_language"] += len(rows) - len(kept)
+        records += kept
+    if max_examples:
+        records = records[:max_examples]
+    if not records:
+        raise ValueError(f"no record in {list(map(str, files))} has a language in {list(languages)}")
+    return records, report
+
+
+def split_heldout(records: list[dict], n: int, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, held-out): ``n`` records chosen by a seeded permutation, both in file order."""
+    if n >= len(records):
+        raise ValueError(f"eval_examples ({n}) must be smaller than the number of records ({len(records)})")
+    held = set(np.random.default_rng([seed, 6]).permutation(len(records))[:n].tolist())
+    return ([r for i, r in enumerate(records) if i not in held],
+            [r for i, r in enumerate(records) if i in held])
+
+
+# ----------------------------------------------------------------------------- template
+
+@dataclass(frozen=True)
+class Template:
+    """How a conversation becomes text. ``prompt``: the first user turn (``{system}``,
+    ``{instruction}``); ``turn``: later user turns; ``input_sep``: between instruction and input."""
+    prompt: str = PROMPT_TEMPLATE
+    turn: str = TURN_TEMPLATE
+    system: str = SYSTEM_PROMPT
+    input_sep: str = "\n"
+
+    def __post_init__(self):
+        for name in ("prompt", "turn"):
+            if "{instruction}" not in getattr(self, name):
+                raise ValueError(f"the {name} template must contain {{instruction}}, got "
+                                 f"{getattr(self, name)!r}")
+
+    def user_text(self, instruction: str, input: str = "") -> str:
+        instruction, input = instruction.strip(), input.strip()
+        return instruction + self.input_sep + input if input else instruction
+
+    def user_turn(self, text: str, first: bool) -> str:
+        # replace, not str.format: user text and templates may hold other braces
+        if first:
+            return self.prompt.replace("{system}", self.system).replace("{instruction}", text)
+        return self.turn.replace("{instruction}", text)
+
+    def turns(self, rec: dict) -> list[tuple[str, str]]:
+        """[(rendered user turn, assistant answer)], history first, the record's own turn last."""
+        pairs = [(u.strip(), a) for u, a in rec.get("history") or []]
+        pairs.append((self.user_text(rec["instruction"], rec.get("input") or ""), rec["output"]))
+        return [(self.user_turn(u, i == 0), a.strip()) for i, (u, a) in enumerate(pairs)]
+
+    def generation_prompt(self, instruction: str, input: str = "") -> str:
+        return self.user_turn(self.user_text(instruction, input), first=True)
+
+    def render(self, rec: dict, bos: str = "<s>", eos: str = "</s>") -> str:
+        """The conversation as one display string (the space is SentencePiece's dummy prefix)."""
+        return "".join(f"{bos}{u} {a}{eos}" for u, a in self.turns(rec))
+
+
+def template_from(cfg: Any) -> Template:
+    return Template(cfg.prompt_template, cfg.turn_template, cfg.system_prompt, cfg.input_sep)
+
+
+# ----------------------------------------------------------------------------- tokens
+
+@dataclass
+class Example:
+    ids: list[int]
+    mask: list[int]          # 1 where the token is a target (answers and their EOS)
+    lang: str
+    truncated: bool = False
+
+
+def _special(tok, name: str) -> int | None:
+    return getattr(tok, f"{name}_token_id", None)
+
+
+def encode(tok, records: Sequence[dict], template: Template, max_len: int,
+           loss_on_history: bool = True) -> tuple[list[Example], dict]:
+    """Token ids and target masks of ``records`` (segments tokenized separately, see module doc)."""
+    bos, eos = _special(tok, "bos"), _special(tok, "eos")
+    if eos is None:
+        raise ValueError("the tokenizer has no EOS token: the model could not learn to stop")
+    turns = [template.turns(r) for r in records]
+    texts = [t for conv in turns for pair in conv for t in pair]
+    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    k, out = 0, []
+    report = {"truncated": 0, "dropped_too_long": 0}
+    for rec, conv in zip(records, turns):
+        seq, mask = [], []
+        for j in range(len(conv)):
+            user, answer = ids[k], ids[k + 1]
+            k += 2
+            learn = 1 if (j == len(conv) - 1 or loss_on_history) else 0
+            head = ([bos] if bos is not None else []) + user
+            seq += head + answer + [eos]
+            mask += [0] * len(head) + [learn] * (len(answer) + 1)
+        cut = len(seq) > max_len
+        seq, mask = seq[:max_len], mask[:max_len]
+        if not any(mask):
+            report["dropped_too_long"] += 1
+            continue
+        report["truncated"] += cut
+        out.append(Example(seq, mask, rec["lang"], cut))
+    return out, report
+
+
+def boundary_check(tok, records: Sequence[dict], template: Template) -> dict:
+    """How often ``tok(prompt) + tok(output)`` equals ``tok(prompt + " " + output)`` (last turn)."""
+    prompts = [template.turns(r)[-1] for r in records]
+    sep = tok([p for p, _ in prompts], add_special_tokens=False)["input_ids"]
+    ans = tok([a for _, a in prompts], add_special_tokens=False)["input_ids"]
+    joint = tok([f"{p} {a}" for p, a in prompts], add_special_tokens=False)["input_ids"]
+    same = sum(s + a == j for s, a, j in zip(sep, ans, joint))
+    return {"records": len(records), "same_as_joint": same, "share": same / max(len(records), 1)}
+
+
+def labels_of(ex: Example) -> list[int]:
+    return [t if m else IGNORE_INDEX for t, m in zip(ex.ids, ex.mask)]
+
+
+def collate(examples: Sequence[Example], pad_id: int) -> dict:
+    """Right-padded ``input_ids``, ``attention_mask`` and ``labels`` (-100 on prompt and padding)."""
+    width = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    att = torch.zeros((len(examples), width), dtype=torch.long)
+    lab = torch.full((len(examples), width), IGNORE_INDEX, dtype=torch.long)
+    for i, e in enumerate(examples):
+        n = len(e.ids)
+        ids[i, :n] = torch.tensor(e.ids)
+        att[i, :n] = 1
+        lab[i, :n] = torch.tensor(labels_of(e))
+    return {"input_ids": ids, "attention_mask": att, "labels": lab}
+
+
+def pad_id_of(tok) -> int:
+    pid = _special(tok, "pad")
+    return pid if pid is not None else _special(tok, "eos")
+
+
+# ----------------------------------------------------------------------------- mixing
+
+def language_ratios(counts: dict[str, int], ko_share: float) -> dict[str, float]:
+    """``ko`` gets ``ko_share``; other languages share the rest in proportion to their sizes.
+    With Korean alone (or no Korean) ``ko_share`` has nothing to mix and is ignored."""
+    if not 0.0 <= ko_share <= 1.0:
+        raise ValueError(f"ko_share must be in [0, 1], got {ko_share}")
+    others = {k: n for k, n in counts.items() if k != "ko"}
+    if "ko" not in counts or not others:
+        total = sum(counts.values())
+        return {k: n / total for k, n in counts.items()}
+    rest = sum(others.values())
+    ratios = {"ko": ko_share, **{k: (1.0 - ko_share) * n / rest for k, n in others.items()}}
+    return {k: r for k, r in ratios.items() if r > 0}
+
+
+class InstructionStream:
+    """Deterministic micro-batches of examples mixed by language: a pure function of the step.
+
+    The row plan is :class:`lib.packing.MixedStream`'s (exact per-batch shares, each language
+    cycled in a fresh seeded order per pass); rank ``r`` of ``w`` takes rows ``r::w``, padded
+    to the longest of its rows.
+    """
+
+    def __init__(self, examples: Sequence[Example], ratios: dict[str, float], batch_size: int,
+                 grad_accum: int, seed: int, pad_id: int):
+        self.by_lang = {lang: [e for e in examples if e.lang == lang] for lang in sorted(ratios)}
+        empty = [k for k, v in self.by_lang.items() if not v]
+        if empty:
+            raise ValueError(f"no training example in language(s) {empty}; set ko_share or languages")
+        # MixedStream only needs the row count of each source: index placeholders stand in for blocks
+        self.plan = MixedStream({k: torch.zeros((len(v), 2), dtype=torch.int8) for k, v in self.by_lang.items()},
+                                ratios, batch_size=batch_size, grad_accum=grad_accum, seed=seed)
+        self.pad_id, self.batch_size, self.grad_accum = pad_id, batch_size, grad_accum
+
+    def examples(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> list[Example]:
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} does not split evenly over {world} processes")
+        src, idx = self.plan.plan(step, micro)
+        names = self.plan.names
+        return [self.by_lang[names[s]][i] for s, i in zip(src[rank::world], idx[rank::world])]
+
+    def batch(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> dict:
+        return collate(self.examples(step, micro, rank, world), self.pad_id)
+
+    def stats(self, steps: int) -> dict:
+        rows = self.plan.rows_before(steps * self.grad_accum * self.batch_size)
+        total = sum(rows.values())
+        return {lang: {"examples": len(self.by_lang[lang]), "ratio": self.plan.ratios[lang],
+                       "rows": rows[lang], "realised_ratio": rows[lang] / max(total, 1),
+                       "epochs": rows[lang] / len(self.by_lang[lang])} for lang in self.by_lang}
+
+    def nonpad_fraction(self, steps: int) -> float:
+        """Share of real tokens in the padded batches of the first ``steps`` steps."""
+        real = padded = 0
+        for s in range(steps):
+            for m in range(self.grad_accum):
+                lens = [len(e.ids) for e in self.examples(s, m)]
+                real, padded = real + sum(lens), padded + max(lens) * len(lens)
+        return real / max(padded, 1)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+@torch.no_grad()
+def response_loss(model, examples: Sequence[Example], pad_id: int, batch_size: int = 16) -> dict:
+    """Mean cross-entropy per answer token over ``examples``: overall and per language."""
+    dev = next(model.parameters()).device
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    for i in range(0, len(examples), batch_size):
+        chunk = examples[i:i + batch_size]
+        b = collate(chunk, pad_id)
+        logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
+        tgt = b["labels"][:, 1:].to(dev)
+        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt,
+                                                ignore_index=IGNORE_INDEX, reduction="none")
+        for row, e in enumerate(chunk):
+            sums[e.lang] = sums.get(e.lang, 0.0) + float(nll[row].sum())
+            counts[e.lang] = counts.get(e.lang, 0) + int((tgt[row] != IGNORE_INDEX).sum())
+    out = {"loss": sum(sums.values()) / max(sum(counts.values()), 1)}
+    out.update({f"loss_{k}": sums[k] / max(counts[k], 1) for k in sorted(sums)})
+    return out
+
+
+def sample_requests(cfg: Any, train_records: Sequence[dict]) -> list[dict]:
+    """The generation prompts: ``sample_prompts`` if given, else per language the first
+    training record without input and the first with input (with their reference answers)."""
+    if cfg.sample_prompts:
+        return [{"lang": detect_lang(p), "instruction": p, "input": "", "reference": None}
+                for p in cfg.sample_prompts]
+    out = []
+    for lang in cfg.languages:
+        for has_input in (False, True):
+            rec = next((r for r in train_records if r["lang"] == lang and bool(r["input"]) == has_input
+                        and not r["history"]), None)
+            if rec is not None:
+                out.append({"lang": lang, "instruction": rec["instruction"], "input": rec["input"],
+                            "reference": rec["output"].strip()})
+    return out
+
+
+@torch.no_grad()
+def generate(model, tok, template: Template, requests: Sequence[dict], max_new_tokens: int) -> list[str]:
+    """Greedy answers, one prompt at a time (no padding), decoded without special tokens."""
+    dev = next(model.parameters()).device
+    bos = _special(tok, "bos")
+    was_training = model.training
+    model.eval()
+    outs = []
+    for r in requests:
+        ids = tok(template.generation_prompt(r["instruction"], r["input"]), add_special_tokens=False)["input_ids"]
+        ids = torch.tensor([([bos] if bos is not None else []) + ids], device=dev)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                             max_new_tokens=max_new_tokens, eos_token_id=_special(tok, "eos"),
+                             pad_token_id=pad_id_of(tok))
+        outs.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    model.train(was_training)
+    return outs
+
+
+def show_example(tok, ex: Example) -> str:
+    """An example's tokens decoded, the learned part in ``[[...]]``: shows the label mask.
+
+    Each run of equal mask values is cut out of the decoded prefix (not decoded alone, which
+    would drop the space that SentencePiece's dummy prefix stands for)."""
+    cuts = [i for i in range(1, len(ex.mask)) if ex.mask[i] != ex.mask[i - 1]] + [len(ex.ids)]
+    parts, done, lo = [], "", 0
+    for hi in cuts:
+        text = tok.decode(ex.ids[:hi])
+        piece, done = text[len(done):], text
+        parts.append(f"[[{piece}]]" if ex.mask[lo] else piece)
+        lo = hi
+    return "".join(parts)
+
+
+def generations_table(metrics: dict):
+    """The generations as a pandas DataFrame (one row per prompt)."""
+    import pandas as pd
+    return pd.DataFrame(metrics["generations"])
+
+
+# ----------------------------------------------------------------------------- chat vector
+
+def chat_vector_enabled(cfg: Any) -> bool:
+    if bool(cfg.chat_vector_base) != bool(cfg.chat_vector_instruct):
+        raise ValueError("set both chat_vector_base and chat_vector_instruct (an English base model "
+                         "and its instruction-tuned version), or neither")
+    if cfg.chat_vector_when not in CHAT_VECTOR_WHEN:
+        raise ValueError(f"chat_vector_when must be one of {CHAT_VECTOR_WHEN}, got {cfg.chat_vector_when!r}")
+    return bool(cfg.chat_vector_base)
+
+
+def add_chat_vector(cfg: Any, src: str | Path, dst: str | Path) -> dict:
+    """Load ``src``, add ``chat_vector_weight x (instruct - base)``, save a full folder at ``dst``."""
+    from lib.chatvector import apply_chat_vector, load_chat_vector
+    from lib.model import load_model, save_model
+    vector = load_chat_vector(cfg.source(cfg.chat_vector_base), cfg.source(cfg.chat_vector_instruct))
+    model, tok = load_model(str(src), cfg.get("device", "auto"))
+    report = apply_chat_vector(model, vector, cfg.chat_vector_weight, rows=cfg.chat_vector_rows)
+    del vector
+    sp = Path(src) / "tokenizer.model"
+    save_model(model, tok, dst, sp_model=sp if sp.exists() else None, overwrite=True)
+    return report
+
+
+# ----------------------------------------------------------------------------- the stage
+
+def run(cfg: Any) -> dict:
+    from lib.chatvector import summary
+    from lib.model import load_model
+    from lib.params import Config
+    check_method(cfg)
+    use_cv = chat_vector_enabled(cfg)
+    template = template_from(cfg)
+    records, data_report = load_instructions([cfg.path(f) for f in cfg.data_files], cfg.languages,
+                                             cfg.max_examples)
+    train_recs, held_recs = (split_heldout(records, cfg.eval_examples, cfg.seed) if cfg.eval_examples
+                             else (records, []))
+    start = cfg.model_from(cfg.init_from)
+    run_cfg, cv_report = cfg, None
+    if use_cv and cfg.chat_vector_when == "before":
+        cv_dir = cfg.stage_dir / "start_with_chat_vector"
+        cv_report = add_chat_vector(cfg, start, cv_dir)
+        run_cfg = Config(cfg)
+        run_cfg["init_from"] = str(cv_dir)
+    model, tok, model_start = load_for_method(run_cfg)
+    examples, enc_report = encode(tok, train_recs, template, cfg.max_len, cfg.loss_on_history)
+    held, _ = encode(tok, held_recs, template, cfg.max_len, cfg.loss_on_history)
+    pad = pad_id_of(tok)
+    counts = {lang: sum(e.lang == lang for e in examples) for lang in cfg.languages}
+    counts = {k: n for k, n in counts.items() if n}
+    stream = InstructionStream(examples, language_ratios(counts, cfg.ko_share), cfg.batch_size,
+                               cfg.grad_accum, cfg.seed, pad)
+    spec = train_spec(cfg)
+    requests = sample_requests(cfg, train_recs)
+
+    before_model = load_model(start, cfg.get("device", "auto"))[0] if run_cfg is not cfg else model
+    gens_before = generate(before_model, tok, template, requests, cfg.max_new_tokens)
+    held_before = response_loss(before_model, held, pad, cfg.batch_size) if held else None
+    gens_cv_only = generate(model, tok, template, requests, cfg.max_new_tokens) if run_cfg is not cfg else None
+    del before_model
+
+    eval_fn = (lambda: response_loss(model, held, pad, cfg.batch_size)) if held else None
+    t0 = time.time()
+    result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
+                   save_fn=merged_saver(run_cfg, model, tok, model_start),
+                   tokens_in=lambda b: int(b["attention_mask"].sum()), desc=f"06 SFT ({cfg.method})")
+    seconds = time.time() - t0
+    trainable = trainable_summary(model)
+    del model
+    final_dir = final_model(cfg, result)
+    gens_sft_only = None
+    if use_cv and cfg.chat_vector_when == "after":
+        sft_model, _ = load_model(str(final_dir), cfg.get("device", "auto"))
+        gens_sft_only = generate(sft_model, tok, template, requests, cfg.max_new_tokens)
+        del sft_model
+        cv_report = add_chat_vector(cfg, final_dir, final_dir)
+    final, _ = load_model(str(final_dir), cfg.get("device", "auto"))
+    gens_after = generate(final, tok, template, requests, cfg.max_new_tokens)
+    held_after = response_loss(final, held, pad, cfg.batch_size) if held else None
+
+    generations = []
+    for i, r in enumerate(requests):
+        row = {"lang": r["lang"], "prompt": template.user_text(r["instruction"], r["input"]),
+               "reference": r["reference"], "before": gens_before[i]}
+        if gens_cv_only is not None:
+            row["chat_vector_only"] = gens_cv_only[i]
+        if gens_sft_only is not None:
+            row["sft_only"] = gens_sft_only[i]
+        row["after"] = gens_after[i]
+        generations.append(row)
+    losses = [h for h in result["history"] if "loss" in h]
+    evals = result["evals"]
+    lens = [len(e.ids) for e in examples]
+    return {
+        "init_from": start, "method": cfg.method, **trainable,
+        "data": {**data_report, **enc_report, "records": len(records), "train_examples": len(examples),
+                 "heldout_examples": len(held), "by_lang": counts,
+                 "mean_tokens": float(np.mean(lens)), "max_tokens": max(lens),
+                 "target_share": sum(sum(e.mask) for e in examples) / max(sum(lens), 1)},
+        "template": {"prompt": template.prompt, "turn": template.turn, "system": template.system,
+                     "input_sep": template.input_sep, "example": template.render(train_recs[0])},
+        "example_masked": show_example(tok, examples[0]),
+        "boundary": boundary_check(tok, train_recs, template),
+        "stream": stream.stats(spec.steps), "nonpad_fraction": stream.nonpad_fraction(min(spec.steps, 20)),
+        "loss": {"first": losses[0]["loss"], "last": losses[-1]["loss"]},
+        "heldout_loss": {"before": held_before, "after": held_after},
+        "curves": {"step": [h["step"] for h in losses], "loss": [h["loss"] for h in losses],
+                   "lr": [h["lr"] for h in losses], "eval_step": [e["step"] for e in evals],
+                   **{f"eval_{k}": [e["eval"][k] for e in evals] for k in (evals[0]["eval"] if evals else {})}},
+        "generations": generations,
+        "chat_vector": (None if cv_report is None else
+                        {"when": cfg.chat_vector_when, "base": cfg.chat_vector_base,
+                         "instruct": cfg.chat_vector_instruct, **summary(cv_report), "report": cv_report}),
+        "train_seconds": seconds, "tokens_per_second": result["tokens_per_second"],
+        "checkpoints": result["checkpoints"], "resumed_from": result["resumed_from"],
+        "model_dir": str(final_dir),
+    }

@@ -164,6 +164,9 @@ def test_sft_full_loss_falls_and_records_generations(tmp_path, tiny_assets):
     gens = m["generations"]
     assert [g["lang"] for g in gens] == ["ko", "en", "en"] and gens[2]["reference"] == EN_LINES[40]
     assert all(isinstance(g["before"], str) and isinstance(g["after"], str) for g in gens)
+    em = m["exact_match"]
+    assert em["heldout"]["after"]["n"] == 8 and em["train"]["before"]["n"] == 40
+    assert set(em["train"]["after"]) == {"all", "n", "ko", "en"}
     AutoModelForCausalLM.from_pretrained(cfg.stage_dir / "model")
     assert (cfg.stage_dir / "model" / "tokenizer.model").exists()
 
@@ -171,7 +174,7 @@ def test_sft_full_loss_falls_and_records_generations(tmp_path, tiny_assets):
 @pytest.mark.slow
 def test_sft_lora_trains_adapters_and_keeps_norms(tmp_path, tiny_assets):
     cfg = make_cfg(tmp_path, tiny_assets, method="lora", steps=4, save_every=0, eval_examples=0,
-                   lora_r=4, lora_alpha=8)
+                   lora_r=4, lora_alpha=8, match_examples=0)
     m = sft.run(cfg)
     assert 0 < m["params_trainable"] < m["params_total"]
     start = AutoModelForCausalLM.from_pretrained(tiny_assets["model"]).state_dict()
@@ -183,7 +186,7 @@ def test_sft_lora_trains_adapters_and_keeps_norms(tmp_path, tiny_assets):
         elif any(s in k for s in ("q_proj", "down_proj", "embed_tokens", "lm_head")):
             assert not torch.equal(v, after[k]), k        # merged adapters / fully trained
     assert (cfg.stage_dir / "checkpoints" / "step-000004" / "adapter").is_dir()
-    assert m["heldout_loss"] == {"before": None, "after": None}
+    assert m["heldout_loss"] == {"before": None, "after": None} and m["exact_match"] == {}
 
 
 @pytest.mark.slow
@@ -197,7 +200,7 @@ def test_sft_with_chat_vector(tmp_path, tiny_assets, when):
         torch.manual_seed(seed)
         LlamaForCausalLM(LlamaConfig(**{**conf.to_dict(), "vocab_size": n})).save_pretrained(tmp_path / name)
         pair[name] = str(tmp_path / name)
-    cfg = make_cfg(tmp_path, tiny_assets, steps=2, save_every=0, eval_examples=0, chat_vector_when=when,
+    cfg = make_cfg(tmp_path, tiny_assets, steps=2, save_every=0, eval_examples=0, chat_vector_when=when, match_examples=0,
                    chat_vector_base=pair["base"], chat_vector_instruct=pair["instruct"], chat_vector_weight=0.5)
     m = sft.run(cfg)
     cv = m["chat_vector"]
@@ -269,3 +272,27 @@ def test_chat_vector_skip_policies_tied_weights_and_inplace():
         chat_vector({"x": torch.zeros(3, 4)}, {"x": torch.zeros(3, 5)})
     with pytest.raises(ValueError, match="changed nothing"):
         apply_chat_vector(tiny_llama(40, 4), {"other.weight": torch.zeros(2)}, 1.0)
+
+
+# ----------------------------------------------------------------------------- generation and exact match
+
+def test_batched_generation_equals_one_prompt_at_a_time(tiny_assets):
+    """Left padding with an attention mask must not change greedy answers."""
+    from lib.model import load_model
+    model, tok = load_model(str(tiny_assets["model"]), "cpu")
+    template = sft.Template("Q: {instruction} A:", "Q: {instruction} A:", "")
+    reqs = [{"instruction": EN_LINES[i][: 8 + 7 * i], "input": ""} for i in range(5)]
+    reqs.append({"instruction": KO_LINES[3], "input": EN_LINES[2]})
+    lengths = {len(tok(template.generation_prompt(r["instruction"], r["input"]))["input_ids"]) for r in reqs}
+    assert len(lengths) >= 4                       # the batch really is padded
+    batched = sft.generate(model, tok, template, reqs, max_new_tokens=8, batch_size=16)
+    single = sft.generate(model, tok, template, reqs, max_new_tokens=8, batch_size=1)
+    assert batched == single and any(batched)
+
+
+def test_exact_match_scores_by_language(monkeypatch):
+    records = [{"lang": "ko", "output": "축구"}, {"lang": "ko", "output": "배구"},
+               {"lang": "en", "output": "a  hamster"}, {"lang": "en", "output": "pink"}]
+    monkeypatch.setattr(sft, "generate", lambda *a, **k: ["축구", "축구 ", "a hamster", "red"])
+    em = sft.exact_match(None, None, None, records, 4)
+    assert em == {"all": 0.5, "n": 4, "en": 0.5, "ko": 0.5}

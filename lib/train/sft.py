@@ -31,6 +31,14 @@ How a record becomes tokens (one turn; history turns repeat the pattern before i
   instruction are Hangul (the language the user asks in), else ``en``.
 - Sequences longer than ``max_len`` are cut at ``max_len`` (the end of the answer is lost);
   one with no answer token left is dropped. Both are counted in ``metrics["data"]``.
+
+Batches are a pure function of the step (:class:`InstructionStream`, built on MixedStream's
+row plan), so a resumed run sees exactly the data an uninterrupted one would. ``eval_examples``
+records are held out (seeded) for the answer-only loss. The metrics compare the stage's starting
+model with its final ``model/``: greedy answers to a few prompts (``generations``), held-out
+loss, and exact match on held-out and seen records. With a chat vector the table gains the
+intermediate model: ``chat_vector_only`` (start + vector, before tuning) or ``sft_only`` (tuned,
+before the vector); checkpoints never include an ``after`` vector, only ``model/`` does.
 """
 from __future__ import annotations
 
@@ -374,22 +382,43 @@ def sample_requests(cfg: Any, train_records: Sequence[dict]) -> list[dict]:
 
 
 @torch.no_grad()
-def generate(model, tok, template: Template, requests: Sequence[dict], max_new_tokens: int) -> list[str]:
-    """Greedy answers, one prompt at a time (no padding), decoded without special tokens."""
+def generate(model, tok, template: Template, requests: Sequence[dict], max_new_tokens: int,
+             batch_size: int = 16) -> list[str]:
+    """Greedy answers (left-padded batches), cut at EOS, decoded without special tokens."""
     dev = next(model.parameters()).device
-    bos = _special(tok, "bos")
+    bos, eos, pad = _special(tok, "bos"), _special(tok, "eos"), pad_id_of(tok)
+    prompts = [template.generation_prompt(r["instruction"], r["input"]) for r in requests]
+    ids = tok(prompts, add_special_tokens=False)["input_ids"] if prompts else []
+    ids = [([bos] if bos is not None else []) + x for x in ids]
     was_training = model.training
     model.eval()
     outs = []
-    for r in requests:
-        ids = tok(template.generation_prompt(r["instruction"], r["input"]), add_special_tokens=False)["input_ids"]
-        ids = torch.tensor([([bos] if bos is not None else []) + ids], device=dev)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=False,
-                             max_new_tokens=max_new_tokens, eos_token_id=_special(tok, "eos"),
-                             pad_token_id=pad_id_of(tok))
-        outs.append(tok.decode(gen[0, ids.shape[1]:], skip_special_tokens=True).strip())
+    for i in range(0, len(ids), batch_size):
+        chunk = ids[i:i + batch_size]
+        width = max(len(x) for x in chunk)
+        inp = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=dev)
+        att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=dev)
+        gen = model.generate(input_ids=inp, attention_mask=att, do_sample=False, max_new_tokens=max_new_tokens,
+                             eos_token_id=eos, pad_token_id=pad)
+        for row in gen[:, width:].tolist():
+            row = row[:row.index(eos)] if eos in row else row
+            outs.append(tok.decode(row, skip_special_tokens=True).strip())
     model.train(was_training)
     return outs
+
+
+def exact_match(model, tok, template: Template, records: Sequence[dict], max_new_tokens: int) -> dict:
+    """Share of ``records`` whose greedy answer equals the reference (whitespace-normalised),
+    overall and per language. Meaningful for short answers (the toy world's); long free-form
+    answers (LIMA) almost never match exactly."""
+    answers = generate(model, tok, template, records, max_new_tokens)
+    norm = lambda t: " ".join(t.split())
+    hits: dict[str, list[bool]] = {}
+    for r, a in zip(records, answers):
+        hits.setdefault(r["lang"], []).append(norm(a) == norm(r["output"]))
+    out = {"all": sum(map(sum, hits.values())) / max(len(records), 1), "n": len(records)}
+    out.update({k: sum(v) / len(v) for k, v in sorted(hits.items())})
+    return out
 
 
 def show_example(tok, ex: Example) -> str:
@@ -439,12 +468,23 @@ def add_chat_vector(cfg: Any, src: str | Path, dst: str | Path) -> dict:
 
 # ----------------------------------------------------------------------------- the stage
 
+def _on_main(fn):
+    """``fn()`` on the main process only (it writes files); every process then waits for it."""
+    from accelerate import PartialState
+    state = PartialState()
+    out = fn() if state.is_main_process else None
+    state.wait_for_everyone()
+    return out
+
+
 def run(cfg: Any) -> dict:
     from lib.chatvector import summary
     from lib.model import load_model
     from lib.params import Config
     check_method(cfg)
     use_cv = chat_vector_enabled(cfg)
+    when = cfg.chat_vector_when if use_cv else None
+    device = cfg.get("device", "auto")
     template = template_from(cfg)
     records, data_report = load_instructions([cfg.path(f) for f in cfg.data_files], cfg.languages,
                                              cfg.max_examples)
@@ -452,28 +492,31 @@ def run(cfg: Any) -> dict:
                              else (records, []))
     start = cfg.model_from(cfg.init_from)
     run_cfg, cv_report = cfg, None
-    if use_cv and cfg.chat_vector_when == "before":
+    if when == "before":         # tune the starting model plus the vector
         cv_dir = cfg.stage_dir / "start_with_chat_vector"
-        cv_report = add_chat_vector(cfg, start, cv_dir)
+        cv_report = _on_main(lambda: add_chat_vector(cfg, start, cv_dir))
         run_cfg = Config(cfg)
         run_cfg["init_from"] = str(cv_dir)
     model, tok, model_start = load_for_method(run_cfg)
     examples, enc_report = encode(tok, train_recs, template, cfg.max_len, cfg.loss_on_history)
     held, _ = encode(tok, held_recs, template, cfg.max_len, cfg.loss_on_history)
     pad = pad_id_of(tok)
-    counts = {lang: sum(e.lang == lang for e in examples) for lang in cfg.languages}
-    counts = {k: n for k, n in counts.items() if n}
+    counts = {lang: n for lang in cfg.languages if (n := sum(e.lang == lang for e in examples))}
     stream = InstructionStream(examples, language_ratios(counts, cfg.ko_share), cfg.batch_size,
                                cfg.grad_accum, cfg.seed, pad)
     spec = train_spec(cfg)
     requests = sample_requests(cfg, train_recs)
+    match_sets = {k: v for k, v in (("heldout", [r for r in held_recs if not r["history"]][:cfg.match_examples]),
+                                    ("train", [r for r in train_recs if not r["history"]][:cfg.match_examples])) if v}
 
-    before_model = load_model(start, cfg.get("device", "auto"))[0] if run_cfg is not cfg else model
-    gens_before = generate(before_model, tok, template, requests, cfg.max_new_tokens)
-    held_before = response_loss(before_model, held, pad, cfg.batch_size) if held else None
-    gens_cv_only = generate(model, tok, template, requests, cfg.max_new_tokens) if run_cfg is not cfg else None
-    del before_model
+    def look(m) -> dict:
+        """What the metrics record of a model: sample generations, held-out loss, exact match."""
+        return {"gens": generate(m, tok, template, requests, cfg.max_new_tokens),
+                "held": response_loss(m, held, pad, cfg.batch_size) if held else None,
+                "match": {k: exact_match(m, tok, template, v, cfg.max_new_tokens) for k, v in match_sets.items()}}
 
+    before = look(load_model(start, device)[0] if when == "before" else model)
+    cv_only = generate(model, tok, template, requests, cfg.max_new_tokens) if when == "before" else None
     eval_fn = (lambda: response_loss(model, held, pad, cfg.batch_size)) if held else None
     t0 = time.time()
     result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
@@ -482,26 +525,23 @@ def run(cfg: Any) -> dict:
     seconds = time.time() - t0
     trainable = trainable_summary(model)
     del model
-    final_dir = final_model(cfg, result)
-    gens_sft_only = None
-    if use_cv and cfg.chat_vector_when == "after":
-        sft_model, _ = load_model(str(final_dir), cfg.get("device", "auto"))
-        gens_sft_only = generate(sft_model, tok, template, requests, cfg.max_new_tokens)
-        del sft_model
-        cv_report = add_chat_vector(cfg, final_dir, final_dir)
-    final, _ = load_model(str(final_dir), cfg.get("device", "auto"))
-    gens_after = generate(final, tok, template, requests, cfg.max_new_tokens)
-    held_after = response_loss(final, held, pad, cfg.batch_size) if held else None
+    final_dir = cfg.stage_dir / "model"
+    _on_main(lambda: final_model(cfg, result))
+    sft_only = None
+    if when == "after":          # generate without the vector first, then add it to model/
+        sft_only = generate(load_model(str(final_dir), device)[0], tok, template, requests, cfg.max_new_tokens)
+        cv_report = _on_main(lambda: add_chat_vector(cfg, final_dir, final_dir))
+    after = look(load_model(str(final_dir), device)[0])
 
     generations = []
     for i, r in enumerate(requests):
         row = {"lang": r["lang"], "prompt": template.user_text(r["instruction"], r["input"]),
-               "reference": r["reference"], "before": gens_before[i]}
-        if gens_cv_only is not None:
-            row["chat_vector_only"] = gens_cv_only[i]
-        if gens_sft_only is not None:
-            row["sft_only"] = gens_sft_only[i]
-        row["after"] = gens_after[i]
+               "reference": r["reference"], "before": before["gens"][i]}
+        if cv_only is not None:
+            row["chat_vector_only"] = cv_only[i]
+        if sft_only is not None:
+            row["sft_only"] = sft_only[i]
+        row["after"] = after["gens"][i]
         generations.append(row)
     losses = [h for h in result["history"] if "loss" in h]
     evals = result["evals"]
@@ -518,14 +558,15 @@ def run(cfg: Any) -> dict:
         "boundary": boundary_check(tok, train_recs, template),
         "stream": stream.stats(spec.steps), "nonpad_fraction": stream.nonpad_fraction(min(spec.steps, 20)),
         "loss": {"first": losses[0]["loss"], "last": losses[-1]["loss"]},
-        "heldout_loss": {"before": held_before, "after": held_after},
+        "heldout_loss": {"before": before["held"], "after": after["held"]},
         "curves": {"step": [h["step"] for h in losses], "loss": [h["loss"] for h in losses],
                    "lr": [h["lr"] for h in losses], "eval_step": [e["step"] for e in evals],
                    **{f"eval_{k}": [e["eval"][k] for e in evals] for k in (evals[0]["eval"] if evals else {})}},
         "generations": generations,
+        "exact_match": {k: {"before": before["match"][k], "after": after["match"][k]} for k in match_sets},
         "chat_vector": (None if cv_report is None else
-                        {"when": cfg.chat_vector_when, "base": cfg.chat_vector_base,
-                         "instruct": cfg.chat_vector_instruct, **summary(cv_report), "report": cv_report}),
+                        {"when": when, "base": cfg.chat_vector_base, "instruct": cfg.chat_vector_instruct,
+                         "weight": cfg.chat_vector_weight, **summary(cv_report), "report": cv_report}),
         "train_seconds": seconds, "tokens_per_second": result["tokens_per_second"],
         "checkpoints": result["checkpoints"], "resumed_from": result["resumed_from"],
         "model_dir": str(final_dir),

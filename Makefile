@@ -3,12 +3,16 @@
 # make lab   : JupyterLab on the notebooks
 # make colab : regenerate the Colab notebooks in notebooks/colab/ (a test fails when they are stale)
 # make report RUN=toy : outputs/<run>/report.md + report.html
+# make bench : every benchmark in bench/ (make bench-NAME for one, ARGS=--quick for a smoke run);
+#              tables and JSON lines also go to outputs/bench/NAME.txt (see docs/benchmarks.md)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/toy.yaml
+BENCHES := train_vs_trainer packing contrastive scaling eval_vs_lm_eval tokenizer
+SHELL  := /bin/bash
 
-.PHONY: run test lab check clean-venv colab report
+.PHONY: run test lab check clean-venv colab report bench
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,3 +40,9 @@ colab: $(VENV)/.installed
 
 report: $(VENV)/.installed
 	$(PY) -m lib.report outputs/$(or $(RUN),toy)
+
+bench: $(addprefix bench-,$(BENCHES))
+
+bench-%: $(VENV)/.installed
+	mkdir -p outputs/bench
+	set -o pipefail; $(PY) bench/$*.py $(ARGS) | tee outputs/bench/$*.txt

@@ -88,3 +88,15 @@ def test_bad_spec_and_nothing_to_train(tmp_path):
     model = tiny_llama().requires_grad_(False)
     with pytest.raises(ValueError, match="nothing to train"):
         train([model], batch_at, lm_loss, TrainSpec(steps=1, report_to="none"), tmp_path)
+
+
+def test_batches_are_moved_to_the_model_device():
+    """Batch functions build CPU tensors; the loop moves every tensor (nested too) to the
+    accelerator's device. The meta device stands in for a GPU here."""
+    from lib.train.loop import to_device
+    batch = {"input_ids": torch.ones(2, 3, dtype=torch.long), "pair": (torch.zeros(2), [torch.zeros(1)]),
+             "n": 3, "name": "ko"}
+    out = to_device(batch, torch.device("meta"))
+    assert out["input_ids"].device.type == "meta" and out["input_ids"].dtype == torch.long
+    assert isinstance(out["pair"], tuple) and out["pair"][0].is_meta and out["pair"][1][0].is_meta
+    assert out["n"] == 3 and out["name"] == "ko"

@@ -51,7 +51,7 @@ def freeze_all_but_head(model, train_new_rows_from: int | None = None) -> None:
 
 def clm_loss_fn(mods, batch):
     out = mods[0](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  labels=batch["labels"])
+                  labels=batch["labels"], use_cache=False)   # no key/value cache while training
     return out.loss, {}
 
 

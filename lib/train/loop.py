@@ -121,6 +121,27 @@ def _save_checkpoint(acc, out_dir: Path, step: int, history: list, save_fn, keep
     return final
 
 
+def to_device(batch: Any, device: torch.device) -> Any:
+    """``batch`` with its tensors (also inside dicts, lists and tuples) on ``device``: batch
+    functions build batches on the CPU, the model may live on a GPU."""
+    if torch.is_tensor(batch):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(v, device) for v in batch)
+    return batch
+
+
+def _fused_adamw_ok(params: list[torch.nn.Parameter], acc) -> bool:
+    """Use torch's fused AdamW (one kernel for all parameters) where it applies: floating-point
+    parameters on CPU or CUDA, not under DeepSpeed (which brings its own optimizer step).
+    ``transformers.Trainer`` does the same by default; on CPU the per-parameter loop it replaces
+    was ~7% of a step for a small model (bench/train_vs_trainer.py)."""
+    return (acc.distributed_type.name != "DEEPSPEED"
+            and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params))
+
+
 def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable, spec: TrainSpec,
           out_dir: str | Path, eval_fn: Callable[[], dict] | None = None,
           save_fn: Callable[[Path], Any] | None = None, tokens_in: Callable[[Any], int] | None = None,
@@ -142,7 +163,8 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter has requires_grad=True")
-    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay)
+    opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay,
+                            fused=_fused_adamw_ok(params, acc))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec))
     prepared = acc.prepare(*modules, opt, sched)
     modules_p, opt, sched = list(prepared[:len(modules)]), prepared[-2], prepared[-1]
@@ -174,7 +196,7 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
     for step in bar:
         logs_acc: dict[str, float] = {}
         for micro in range(spec.grad_accum):
-            batch = batch_at(step, micro, acc.process_index, acc.num_processes)
+            batch = to_device(batch_at(step, micro, acc.process_index, acc.num_processes), acc.device)
             sync = micro == spec.grad_accum - 1
             ctx = acc.no_sync(modules_p[0]) if not sync and acc.num_processes > 1 else nullcontext()
             with ctx:

@@ -26,6 +26,7 @@ batch (the baseline).
     .venv/bin/python bench/contrastive.py --quick                    # smoke run: ~20 s idle, ~40 s at load 5
     .venv/bin/python bench/contrastive.py                            # B = 8..128, ~3 min on 2 busy cores
     .venv/bin/python bench/contrastive.py --batch-sizes 32,64 --hidden 512 --layers 8 --threads 0
+    .venv/bin/python bench/contrastive.py --group-by-length 8       # stage 03's length-grouped batches
 
 Gradient checkpointing: stage 03 has no such parameter (only 05 does); ``--grad-ckpt`` measures
 what it would save if it had, by also running every batch size with
@@ -112,7 +113,8 @@ def stage1(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace):
     """A ``Stage1`` as ``build`` makes it, on a fresh model and already-encoded pairs."""
     import torch
     from transformers import LlamaForCausalLM
-    from lib.train.contrastive import Encoder, PairBatches, Stage1, freeze_for_stage1, layer_choice
+    from lib.train.contrastive import (Encoder, PairBatches, Stage1, _pair_lengths, freeze_for_stage1,
+                                       layer_choice)
     torch.manual_seed(0)
     model = LlamaForCausalLM(model_config(vocab, args.hidden, args.layers, args.max_len)).float()
     if args.grad_ckpt:
@@ -123,7 +125,9 @@ def stage1(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace):
     train_enc = {lang: {k: torch.from_numpy(v) for k, v in d.items()} for lang, d in enc.items()}
     n = len(train_enc["ko"]["input_ids"])
     return Stage1(cfg=cfg, model=model, tok=None, init_from="", encoder=Encoder(model, choice, "mean"),
-                  english=model, english_choice={}, pairs=PairBatches(n, batch_size, seed=0),
+                  english=model, english_choice={},
+                  pairs=PairBatches(n, batch_size, seed=0, group_by_length=args.group_by_length,
+                                    lengths=_pair_lengths(train_enc)),
                   train_enc=train_enc, heldout=([], []), clm=None, info=info)
 
 
@@ -201,6 +205,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="merged: Llama-2 + KoBERT (what stage 03 sees); llama2: the base tokenizer alone")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads per batch size (0: torch's default, one per core; 1: see the docstring)")
+    p.add_argument("--group-by-length", type=int, default=0,
+                   help="stage 03's group_by_length: pool this many batches and sort them by length (0: off)")
     p.add_argument("--grad-ckpt", action="store_true",
                    help="also run each batch size with gradient checkpointing")
     p.add_argument("--quick", action="store_true",

@@ -256,11 +256,16 @@ def fingerprint(m: ModelSpec, settings: str) -> str:
 
 def _selection(pairs: Mapping[str, ET.Pair], limit: int) -> dict[str, list[int]] | None:
     """lm-eval ``samples=``: the first ``limit`` items (English order) in both languages, so a
-    limited run still scores the same questions in En and Ko even if the files' orders differ."""
+    limited run still scores the same questions in En and Ko even if the files' orders differ.
+    None when there is no limit, or when those items are each file's first ``limit`` rows (then
+    lm-eval's ``limit`` selects the same rows, cheaper)."""
     if limit <= 0:
         return None
-    return {ET.task_name(name, lang): sorted(p.positions[lang][:limit])
-            for name, p in pairs.items() for lang in ET.LANGS}
+    chosen = {ET.task_name(name, lang): sorted(p.positions[lang][:limit])
+              for name, p in pairs.items() for lang in ET.LANGS}
+    if all(v == list(range(len(v))) for v in chosen.values()):
+        return None      # the files' first items: lm-eval's limit picks them without walking every row
+    return chosen
 
 
 def _dumps(obj: Any, indent: int | None = None) -> str:
@@ -311,7 +316,9 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
                       softmax_dtype="float32")
             tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
             names = [ET.task_name(p, lang) for p in pairs for lang in ET.LANGS]
-            res = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, samples=_selection(pairs, limit),
+            chosen = _selection(pairs, limit)
+            res = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, samples=chosen,
+                                  limit=limit if chosen is None and limit > 0 else None,
                                   batch_size=batch_size, device=str(dev), log_samples=True, task_manager=tm,
                                   random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
                                   fewshot_random_seed=seed)

@@ -11,6 +11,7 @@ import itertools
 import json
 import random
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -179,6 +180,31 @@ def test_batches_are_a_pure_function_of_the_step():
     assert not (b.indices(3, 0) == b.indices(0, 0)).all()                 # a new epoch reshuffles
     with pytest.raises(ValueError, match="larger than the 50 training pairs"):
         C.PairBatches(50, 64)
+
+
+def test_length_grouping_keeps_every_pair_and_cuts_padding():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 120, size=203)
+    plain = C.PairBatches(203, 16, seed=1)
+    grouped = C.PairBatches(203, 16, seed=1, group_by_length=4, lengths=lengths)
+    assert (C.PairBatches(203, 16, seed=1, group_by_length=0, lengths=lengths).permutation(0)
+            == plain.permutation(0)).all()                                  # 0: exactly as before
+    for epoch in (0, 1):
+        # the same pairs are used and dropped in each epoch, each once
+        assert sorted(grouped.permutation(epoch)[:192]) == sorted(plain.permutation(epoch)[:192])
+    batches = [grouped.indices(s) for s in range(12)]                        # one epoch
+    assert sorted(int(i) for b in batches for i in b) == sorted(plain.permutation(0)[:192].tolist())
+
+    def padded(b):
+        return sum(int(lengths[x].max()) * len(x) for x in b)
+    assert padded(batches) < 0.8 * padded([plain.indices(s) for s in range(12)])
+    again = C.PairBatches(203, 16, seed=1, group_by_length=4, lengths=lengths)
+    assert all((again.indices(s) == grouped.indices(s)).all() for s in (0, 5, 13))
+    # length order is within a pool of 4 batches; the batches themselves are shuffled
+    firsts = [int(lengths[b].min()) for b in batches]
+    assert firsts != sorted(firsts)
+    with pytest.raises(ValueError, match="one length per pair"):
+        C.PairBatches(203, 16, group_by_length=4)
 
 
 def test_bad_inputs_fail_clearly(tmp_path, tiny_assets, pair_files):

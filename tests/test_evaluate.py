@@ -84,6 +84,8 @@ def test_load_pair_aligns_by_id(tmp_path):
     # limited runs pick the same questions in both files whatever their order
     assert E._selection({"x": p}, 2) == {"x_en": [0, 1], "x_ko": [4, 5]}
     assert E._selection({"x": p}, 0) is None
+    same = ET.read_pair("y", arc_pair(tmp_path / "same", ko_order=[0, 1, 2, 3, 4, 5]))
+    assert E._selection({"y": same}, 2) is None          # both files' first rows: lm-eval's limit does it
     en, ko = ET.load_pair(belebele_pair(tmp_path))
     assert [r["id"] for r in en] == [r["id"] for r in ko] == ["https://example.org/a#1", "https://example.org/a#2"]
     assert ET.gold("belebele", ko[0]) == 1 and ET.choices("belebele", ko[0])[1] == "부산"

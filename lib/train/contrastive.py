@@ -52,9 +52,19 @@ class PairBatches:
     ``g // per_epoch``'s seeded permutation. The last ``n % batch_size`` pairs of each permutation
     are dropped (others next epoch), so a batch never holds a pair twice: a duplicate would be its
     own negative. More steps than one epoch simply cycle the pairs.
+
+    ``group_by_length=k`` (with ``lengths``, one per pair) cuts padding: each run of ``k`` batches
+    of the permutation is sorted by length before it is cut into batches, and the batches are then
+    shuffled (seeded). Every pair still comes once per epoch; a pair's negatives are then pairs of
+    similar length. ``0`` keeps the plain permutation.
     """
 
-    def __init__(self, n_pairs: int, batch_size: int, grad_accum: int = 1, seed: int = 0):
+    def __init__(self, n_pairs: int, batch_size: int, grad_accum: int = 1, seed: int = 0,
+                 group_by_length: int = 0, lengths=None):
+        if group_by_length < 0:
+            raise ValueError(f"group_by_length must be >= 0 (0: off), got {group_by_length}")
+        if group_by_length and (lengths is None or len(lengths) != n_pairs):
+            raise ValueError("group_by_length needs one length per pair")
         if batch_size < 2:
             raise ValueError(f"batch_size must be >= 2: InfoNCE needs in-batch negatives, got {batch_size}")
         if n_pairs < batch_size:
@@ -62,12 +72,25 @@ class PairBatches:
                              "lower batch_size or give more pairs (max_pairs 0 reads all)")
         self.n, self.batch_size, self.grad_accum, self.seed = n_pairs, batch_size, grad_accum, seed
         self.per_epoch = n_pairs // batch_size
+        self.group, self.lengths = group_by_length, None if lengths is None else np.asarray(lengths)
         self._perm: tuple[int, np.ndarray] | None = None
 
     def permutation(self, epoch: int) -> np.ndarray:
         if self._perm is None or self._perm[0] != epoch:
-            self._perm = (epoch, np.random.default_rng([self.seed, 3, epoch]).permutation(self.n))
+            rng = np.random.default_rng([self.seed, 3, epoch])
+            perm = rng.permutation(self.n)
+            if self.group:
+                perm = self._grouped(perm, rng)
+            self._perm = (epoch, perm)
         return self._perm[1]
+
+    def _grouped(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        used, tail = perm[:self.per_epoch * self.batch_size], perm[self.per_epoch * self.batch_size:]
+        pool = self.group * self.batch_size
+        chunks = [used[i:i + pool] for i in range(0, len(used), pool)]
+        ordered = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
+        batches = ordered.reshape(self.per_epoch, self.batch_size)[rng.permutation(self.per_epoch)]
+        return np.concatenate([batches.reshape(-1), tail])
 
     def indices(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> np.ndarray:
         if self.batch_size % world:
@@ -85,6 +108,11 @@ def _encode(tok, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
     """All texts tokenized once (int32 ids, int8 mask: a million pairs stay well under 1 GB)."""
     enc = encode_batch(tok, texts, max_len)
     return {"input_ids": enc["input_ids"].int(), "attention_mask": enc["attention_mask"].to(torch.int8)}
+
+
+def _pair_lengths(enc: dict[str, dict[str, torch.Tensor]]) -> np.ndarray:
+    """Per pair, the longer of its two sentences in tokens: the width it adds to a batch."""
+    return torch.maximum(enc["ko"]["attention_mask"].sum(1), enc["en"]["attention_mask"].sum(1)).numpy()
 
 
 def _rows(enc: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
@@ -233,6 +261,8 @@ def _check(cfg: Any) -> None:
                          f"{cfg.temperature}, {cfg.lr}, {cfg.layer_weights_lr}, {cfg.clm_weight}")
     if cfg.eval_pairs == 1:
         raise ValueError("eval_pairs must be 0 (all) or >= 2: non-pair cosine needs two pairs")
+    if cfg.group_by_length < 0:
+        raise ValueError(f"group_by_length must be >= 0 (0: off), got {cfg.group_by_length}")
 
 
 def build(cfg: Any) -> Stage1:
@@ -262,14 +292,16 @@ def build(cfg: Any) -> Stage1:
         clm = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           seed=cfg.seed, bos_token_id=tok.bos_token_id)
         info["clm_text"] = report
+    enc = {"ko": _encode(tok, ko, cfg.max_len), "en": _encode(tok, en, cfg.max_len)}
     return Stage1(
         cfg=cfg, model=model, tok=tok, init_from=str(folder),
         encoder=Encoder(model, choice, cfg.pooling, lw),
         english=frozen if frozen is not None else model,
         # a frozen English side must stay put: fixed (uniform) layers, never the learned weights
         english_choice=(choice if not rng else {"layer_range": rng}) if frozen is not None else {},
-        pairs=PairBatches(len(ko), cfg.batch_size, cfg.grad_accum, cfg.seed),
-        train_enc={"ko": _encode(tok, ko, cfg.max_len), "en": _encode(tok, en, cfg.max_len)},
+        pairs=PairBatches(len(ko), cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.group_by_length,
+                          lengths=_pair_lengths(enc)),
+        train_enc=enc,
         heldout=(held_ko, held_en), clm=clm, info=info)
 
 
@@ -369,7 +401,8 @@ def summarise(s: Stage1, result: dict) -> dict:
                              if result["train_seconds"] else None),
         "tokens_per_second": result["tokens_per_second"],
         "train_pairs": s.pairs.n, "heldout_pairs": len(s.heldout[0]),
-        "pair_epochs": s.pairs.epochs(cfg.steps),
+        "pair_epochs": s.pairs.epochs(cfg.steps), "group_by_length": cfg.group_by_length,
+        "pad_share": pad_share(s, min(cfg.steps, 50)),
         **trainable_summary(s.encoder), **s.info,
     }
     if s.clm is not None:
@@ -378,6 +411,18 @@ def summarise(s: Stage1, result: dict) -> dict:
     if s.encoder.layer_weights is not None:
         metrics["layer_weights"] = layer_weights_history(s, result)
     return metrics
+
+
+def pad_share(s: Stage1, steps: int) -> float:
+    """Share of padded positions in the Korean and English batches of the first ``steps`` steps."""
+    lengths = {lang: s.train_enc[lang]["attention_mask"].sum(1).numpy() for lang in ("ko", "en")}
+    real = padded = 0
+    for step in range(steps):
+        for micro in range(s.pairs.grad_accum):
+            idx = s.pairs.indices(step, micro)
+            for n in lengths.values():
+                real, padded = real + int(n[idx].sum()), padded + int(n[idx].max()) * len(idx)
+    return 1 - real / max(padded, 1)
 
 
 def layer_weights_history(s: Stage1, result: dict) -> dict:

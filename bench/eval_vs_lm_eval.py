@@ -81,7 +81,7 @@ def fixture(root: Path, data: str, hidden: int, layers: int) -> dict:
         world = root / "world"
         write_world(build_world(WorldSpec()), world)
         sp_file = Path(train_base_tokenizer(world, root / "base_tokenizer")["path"])
-        spec = {"en": str(world / "eval/arc_en.jsonl"), "ko": str(world / "eval/arc_ko.jsonl"), "format": "arc"}
+        spec = {"en": str(world / "eval/knowledge_en.jsonl"), "ko": str(world / "eval/knowledge_ko.jsonl"), "format": "arc"}
         source = "toy world: English BPE tokenizer, toy ARC en/ko"
     tok = hf_tokenizer_from_sp(load_sp_model(sp_file))
     model_dir = build_model(tok, sp_file, root / "model", hidden, layers)

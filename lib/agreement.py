@@ -221,7 +221,7 @@ def parse_lm_eval_sample(record: Mapping, key: Callable[[Mapping], Hashable] | N
                 raise ValueError(f"{where}: recorded {name}={record[name]} but recomputed prediction "
                                  f"{p} vs gold {gold} says otherwise; check length_unit="
                                  f"{length_unit!r} and target_delimiter={target_delimiter!r}")
-    return _hashable(item_id), {"gold": gold, "pred": pred, "pred_norm": pred_norm}
+    return _hashable(item_id), {"gold": gold, "pred": pred, "pred_norm": pred_norm, "n_choices": len(choices)}
 
 
 def read_lm_eval_samples(source: str | Path | Iterable[Mapping],
@@ -267,9 +267,21 @@ def _kappa(p_o: np.ndarray, en_counts: np.ndarray, ko_counts: np.ndarray, n: int
         return np.where(chance == n * n, np.nan, (p_o - p_e) / (1.0 - p_e))
 
 
+def transfer_ratio(acc_en, acc_ko, chance: float):
+    """(acc_ko - chance) / (acc_en - chance): 1 when Korean reaches English, 0 at chance; NaN
+    where English is not above chance (the ratio means nothing there). Works on arrays."""
+    acc_en, acc_ko = np.asarray(acc_en, dtype=float), np.asarray(acc_ko, dtype=float)
+    den = acc_en - chance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(den > 0, (acc_ko - chance) / np.where(den > 0, den, 1.0), np.nan)
+    return out if out.ndim else float(out)
+
+
 def paired_metrics(items: Sequence[Item], n_boot: int = 1000, seed: int = 0,
-                   level: float = 0.95) -> dict[str, Any]:
+                   level: float = 0.95, chance: float | None = None) -> dict[str, Any]:
     """Accuracies, agreement, kappa, split shares, and percentile bootstrap CIs (``<name>_ci``).
+    With ``chance`` (the accuracy of guessing) also the transfer ratio (:func:`transfer_ratio`),
+    bootstrapped on the same resamples.
 
     The bootstrap draws ``rng.integers(0, n, size=(n_boot, n))`` from ``np.random.default_rng(seed)``
     and recomputes every metric on each resample of items. ``n_boot=0`` gives ``[nan, nan]`` CIs.
@@ -289,7 +301,11 @@ def paired_metrics(items: Sequence[Item], n_boot: int = 1000, seed: int = 0,
     out: dict[str, Any] = {"n": n, "acc_en": float(en_ok.mean()), "acc_ko": float(ko_ok.mean()),
                            "agreement": float(same.mean()), "kappa": float(kappa)}
     out.update({name: float(mask.mean()) for name, mask in splits.items()})
-    boot = {m: np.full(0, np.nan) for m in CI_METRICS}
+    metrics = CI_METRICS + (("transfer_ratio",) if chance is not None else ())
+    if chance is not None:
+        out["chance"] = float(chance)
+        out["transfer_ratio"] = transfer_ratio(out["acc_en"], out["acc_ko"], chance)
+    boot = {m: np.full(0, np.nan) for m in metrics}
     if n_boot > 0:
         idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
         b_same = same[idx]
@@ -297,8 +313,10 @@ def paired_metrics(items: Sequence[Item], n_boot: int = 1000, seed: int = 0,
         ko_counts = (ko[idx][..., None] == labels).sum(1)
         boot = {"acc_en": en_ok[idx].mean(1), "acc_ko": ko_ok[idx].mean(1),
                 "agreement": b_same.mean(1), "kappa": _kappa(b_same.mean(1), en_counts, ko_counts, n)}
+        if chance is not None:
+            boot["transfer_ratio"] = transfer_ratio(boot["acc_en"], boot["acc_ko"], chance)
     tail = 100 * (1 - level) / 2
-    for m in CI_METRICS:
+    for m in metrics:
         vals = boot[m][np.isfinite(boot[m])]
         lo, hi = np.percentile(vals, [tail, 100 - tail]) if vals.size else (np.nan, np.nan)
         out[f"{m}_ci"] = [float(lo), float(hi)]

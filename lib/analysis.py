@@ -37,25 +37,25 @@ from lib.outputs import read_json, write_json, write_text
 
 EVAL_STAGE = "07_benchmark_eval"
 MANIFEST = "evals.json"
-KINDS = ("baseline", "stage", "checkpoint")
+KINDS = ("baseline", "control", "stage", "checkpoint")
 LANGS = ("en", "ko")
 PREDICTIONS = {"acc": "pred", "acc_norm": "pred_norm"}  # lm-eval metric -> agreement.py record key
 REPORTED_TOLERANCE = 1e-6  # |recomputed - 07's reported accuracy| above this is warned about
-SUMMARY_COLUMNS = ("run", "model", "stage", "step", "task", "n", "acc_en", "acc_ko", "agreement",
-                   "kappa", "retrieval_p1")
-WITH_CI = ("acc_en", "acc_ko", "agreement", "kappa")
+SUMMARY_COLUMNS = ("run", "model", "stage", "step", "cell", "n", "acc_en", "acc_ko", "agreement",
+                   "kappa", "transfer_ratio", "retrieval_p1")
+WITH_CI = ("acc_en", "acc_ko", "agreement", "kappa", "transfer_ratio")
 
 
 # ---------------------------------------------------------------------------- the manifest
 
 
 def pipeline_key(entry: Mapping[str, Any], index: int = 0) -> tuple:
-    """Sort key for pipeline order: baselines first (as listed), then stages by folder name, each
-    stage's checkpoints by step and its final model last."""
-    if entry["kind"] == "baseline":
-        return (0, "", 0, index)
+    """Sort key for pipeline order: baselines first (as listed), then the controls (as listed),
+    then stages by folder name, each stage's checkpoints by step and its final model last."""
+    if entry["kind"] in ("baseline", "control"):
+        return (0 if entry["kind"] == "baseline" else 1, "", 0, index)
     step = entry.get("step")
-    return (1, str(entry["stage"]), math.inf if entry["kind"] == "stage" or step is None else step, index)
+    return (2, str(entry["stage"]), math.inf if entry["kind"] == "stage" or step is None else step, index)
 
 
 def _check_entry(e: Any, i: int, where: Path) -> None:
@@ -165,7 +165,8 @@ def task_items(entry: Mapping, task: str) -> list[dict]:
         raise ValueError(f"{entry['run']}/{entry['name']} task {task!r} ({files['en']} vs "
                          f"{files['ko']}): {e}") from None
     return [{"id": a.id, "gold": a.gold, "pred_en": a.pred_en, "pred_ko": a.pred_ko,
-             "pred_norm_en": b.pred_en, "pred_norm_ko": b.pred_ko}
+             "pred_norm_en": b.pred_en, "pred_norm_ko": b.pred_ko,
+             "chance": 1.0 / recs["en"][a.id]["n_choices"]}
             for a, b in zip(joined["pred"], joined["pred_norm"])]
 
 
@@ -213,13 +214,14 @@ def paired_rows(manifest: Sequence[Mapping], prediction: str = "acc_norm", n_boo
         for task in e["tasks"]:
             its = items[(e["run"], e["name"], task)] if items is not None else task_items(e, task)
             by = {}
+            chance = sum(it["chance"] for it in its) / len(its) if its and "chance" in its[0] else None
             for metric, col in PREDICTIONS.items():
                 pairs = [ag.Item(it["id"], it["gold"], it[f"{col}_en"], it[f"{col}_ko"]) for it in its]
-                by[metric] = ag.paired_metrics(pairs, n_boot=n_boot, seed=seed)
+                by[metric] = ag.paired_metrics(pairs, n_boot=n_boot, seed=seed, chance=chance)
             _warn_if_reported_differs(e, task, by)
             flat = ag.summary_row(e["name"], e["stage"], task, by[prediction])
             rows.append({"run": e["run"], "model": e["name"], "kind": e["kind"], "stage": e["stage"],
-                         "step": e["step"], "task": task, "prediction": prediction,
+                         "step": e["step"], "task": task, "cell": task, "prediction": prediction,
                          **{k: v for k, v in flat.items() if k not in ("model", "stage", "task")},
                          "by_prediction": by})
     return rows
@@ -330,12 +332,13 @@ def summary_rows(paired: Sequence[Mapping], rep_rows: Sequence[Mapping] = ()) ->
     reps = {(r["run"], r["model"]): r for r in rep_rows}
     out = []
     for p in paired:
-        row = {k: p[k] for k in ("run", "model", "kind", "stage", "step", "task", "prediction", "n")}
+        row = {k: p.get(k) for k in ("run", "model", "kind", "stage", "step", "task", "prediction", "n")}
+        row["cell"], row["chance"] = p.get("cell", p["task"]), p.get("chance")
         for m in WITH_CI:
-            row.update({m: p[m], f"{m}_lo": p[f"{m}_lo"], f"{m}_hi": p[f"{m}_hi"]})
+            row.update({m: p.get(m), f"{m}_lo": p.get(f"{m}_lo"), f"{m}_hi": p.get(f"{m}_hi")})
         row.update({s: p[s] for s in ag.SPLITS})
         for pred, metrics in p["by_prediction"].items():
-            row.update({f"{pred}:{m}": metrics[m] for m in WITH_CI})
+            row.update({f"{pred}:{m}": metrics.get(m) for m in WITH_CI})
         r = reps.get((p["run"], p["model"]))
         row.update({"retrieval_p1": r["retrieval_p1"] if r else None,
                     "rep_layer": r["layer"] if r else None})

@@ -4,7 +4,7 @@ A *pair* is one multiple-choice benchmark asked in English and in Korean: the sa
 by id), the same options in the same order, the same answer. A pair spec, as the ``tasks``
 parameter of 07_benchmark_eval gives it::
 
-    {"en": "{toy}/eval/arc_en.jsonl", "ko": "{toy}/eval/arc_ko.jsonl", "format": "arc"}
+    {"en": "{toy}/eval/knowledge_en.jsonl", "ko": "{toy}/eval/knowledge_ko.jsonl", "format": "arc"}
     {"en": "hub:allenai/ai2_arc/ARC-Challenge/test", "ko": "data/ko_arc.jsonl", "format": "arc"}
 
 Each side is a local JSONL file (placeholders ``{run} {toy} {shared} {repo}`` allowed, relative

@@ -43,7 +43,7 @@ from lib import evaltasks as ET
 from lib import paths
 from lib.outputs import atomic_dir, read_json, write_json, write_text
 
-KINDS = ("baseline", "stage", "checkpoint")
+KINDS = ("baseline", "control", "stage", "checkpoint")
 TABLE_COLUMNS = ("model", "stage", "step", "pair", "acc_en", "acc_ko", "acc_norm_en", "acc_norm_ko", "n")
 STAGE_RE = re.compile(r"\d\d_\w+")
 STEP_RE = re.compile(r"step-(\d+)")
@@ -54,7 +54,7 @@ WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
 class ModelSpec:
     """One model to evaluate. ``path``: a local folder (absolute) or a Hub id."""
     name: str
-    kind: str                 # baseline | stage | checkpoint
+    kind: str                 # baseline | control | stage | checkpoint
     stage: str | None         # stage folder it comes from (None for baselines)
     step: int | None          # training step (the last checkpoint's for a stage's final model)
     path: str
@@ -163,6 +163,7 @@ def stage_models(run_dir: str | Path, stages: str | Sequence[str] = "auto", incl
     out: list[ModelSpec] = []
     for n in names:
         d = run_dir / n
+        out += control_models(d)
         ckpts = sorted((int(m.group(1)), c) for c in (d / "checkpoints").glob("step-*")
                        if (m := STEP_RE.fullmatch(c.name)) and c.is_dir())
         if include_checkpoints:
@@ -175,6 +176,17 @@ def stage_models(run_dir: str | Path, stages: str | Sequence[str] = "auto", incl
             same = f"{n}-step-{last[0]:06d}"
         out.append(ModelSpec(n, "stage", n, last[0] if last else None, str(d / "model"), same))
     return out
+
+
+def control_models(stage_dir: Path) -> list[ModelSpec]:
+    """The control models a stage saved (``controls/controls.json``, written by 02's oracle
+    controls), named ``control-<name>``."""
+    listing = stage_dir / "controls" / "controls.json"
+    if not listing.is_file():
+        return []
+    rows = read_json(listing)
+    return [ModelSpec(f"control-{r['name']}", "control", stage_dir.name, None,
+                      str(stage_dir / "controls" / r["path"])) for r in rows]
 
 
 def unique_names(models: Sequence[ModelSpec]) -> list[ModelSpec]:

@@ -10,7 +10,7 @@ Usage::
 
     from lib.mcscore import score_choices, mc_accuracy
     score_choices(model, tok, "Question: Where does Minsu live?\\nAnswer:", ["Busan", "Seoul"])
-    mc_accuracy(model, tok, "outputs/toy/00_toy_world/eval/arc_ko.jsonl", "ko")["acc"]
+    mc_accuracy(model, tok, "outputs/toy/00_toy_world/eval/knowledge_ko.jsonl", "ko")["acc"]
 
 These are fast in-process checks for small models; 07_benchmark_eval runs the real harness.
 """

@@ -48,6 +48,26 @@ def _check_block_size(block_size: int) -> None:
 
 # ----------------------------------------------------------------------------- documents
 
+# A question line followed by its answer line is one document, newline kept: the prompt format
+# of the multiple-choice evaluation (``Question: {q}\nAnswer:``), as the toy world writes its QA.
+QA_MARKERS = (("Question: ", "Answer: "), ("질문: ", "정답: "))
+
+
+def qa_documents(lines: Sequence[str]) -> list[str]:
+    """Documents of a text file: one per line, except that a ``Question: `` line directly followed
+    by an ``Answer: `` line (or ``질문: `` / ``정답: ``) forms one two-line document."""
+    docs, i = [], 0
+    while i < len(lines):
+        nxt = lines[i + 1] if i + 1 < len(lines) else ""
+        if any(lines[i].startswith(q) and nxt.startswith(a) for q, a in QA_MARKERS):
+            docs.append(lines[i] + "\n" + nxt)
+            i += 2
+        else:
+            docs.append(lines[i])
+            i += 1
+    return docs
+
+
 def tokenize_lines(tokenizer, lines: Sequence[str], add_bos: bool = True, add_eos: bool = True,
                    chunk: int = 10_000) -> list[list[int]]:
     """One token-id list per line, ``[BOS] + ids + [EOS]``; batched calls of the fast tokenizer."""
@@ -88,8 +108,9 @@ def packing_report(docs: Sequence[Sequence[int]], block_size: int) -> dict:
 
 def pack_file(tokenizer, path: str | Path, block_size: int, limit: int | None = None,
               dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, dict]:
-    """Blocks of a text file (one document per line) and their :func:`packing_report`."""
-    docs = tokenize_lines(tokenizer, read_lines(path, limit=limit))
+    """Blocks of a text file (one document per line, a QA pair of lines as one: :func:`qa_documents`)
+    and their :func:`packing_report`."""
+    docs = tokenize_lines(tokenizer, qa_documents(read_lines(path, limit=limit)))
     report = packing_report(docs, block_size)
     if report["blocks"] == 0:
         raise ValueError(f"{path}: its {report['tokens']} tokens are shorter than one block of "

@@ -19,10 +19,15 @@ from .world import World, spec_dict
 
 # Files whose text is Korean training (or Korean-facing) data: all must be free of evaluated facts.
 # instructions.jsonl is checked whole (English records carry Korean translation outputs).
-KOREAN_TEXT_FILES = ("data/bridge_train.ko", "data/bridge_heldout.ko", "data/ko_mono.txt",
+KOREAN_TEXT_FILES = ("data/bridge_train.ko", "data/heldout_pairs.ko", "data/ko_mono.txt",
                      "data/stage3_ko.txt", "data/sample.ko")
+# Every file a stage trains on (the evaluated questions must be in none of them, in any language).
+TRAINING_FILES = ("data/en_pretrain.txt", "data/bridge_train.en", "data/bridge_train.ko", "data/ko_mono.txt",
+                  "data/stage3_ko.txt", "data/stage3_en.txt", "data/instructions.jsonl", "data/sample.en",
+                  "data/sample.ko")
 INSTRUCTIONS_FILE = "data/instructions.jsonl"
 FACTS_FILE = "eval/facts.jsonl"
+WORD_MAP_FILE = "data/word_map.jsonl"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -44,7 +49,8 @@ def write_world(world: World, out_dir: str | Path) -> dict[str, dict[str, int]]:
     """Write every split under ``out_dir``; returns ``{relative path: {"lines": n, "chars": n}}``.
 
     Besides the splits (see :mod:`lib.toyworld.splits`) it writes ``data/entities.jsonl`` (every
-    entity with both forms) and ``world.json`` (the spec and these sizes).
+    entity with both forms), for the clone styles ``data/word_map.jsonl`` (every English word and
+    its Korean word: stage 02's oracle reads it), and ``world.json`` (the spec and these sizes).
     """
     out_dir = Path(out_dir)
     texts: dict[str, str] = {}
@@ -54,8 +60,11 @@ def write_world(world: World, out_dir: str | Path) -> dict[str, dict[str, int]]:
     records["data/entities.jsonl"] = [
         {"key": e.key, "category": e.category, "en": e.en, "ko": e.ko,
          "role": ("knowledge" if e.key in world.knowledge_people else
-                  "bridge" if e.key in world.bridge_people else "")}
+                  "bridge" if e.key in world.bridge_people else
+                  "ghost" if e.key in world.ghost_people else "")}
         for e in world.entities.values()]
+    if world.wordmap is not None:
+        records[WORD_MAP_FILE] = [{"en": en, "ko": ko} for en, ko in world.wordmap.pairs()]
     for rel, rows in records.items():
         texts[rel] = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
     sizes = {rel: {"lines": text.count("\n"), "chars": len(text)} for rel, text in sorted(texts.items())}
@@ -86,11 +95,14 @@ def read_jsonl(path: str | Path) -> list[dict]:
     return rows
 
 
-def evaluated_facts(world_or_dir: World | str | Path) -> list[dict]:
-    """The evaluated facts as rows with ``id, subject_en, subject_ko, object_en, object_ko``."""
+def evaluated_facts(world_or_dir: World | str | Path, cell: str | None = None) -> list[dict]:
+    """The evaluated facts as rows with ``id, cell, subject_en, subject_ko, object_en, object_ko``
+    (only those of ``cell`` when given)."""
     if isinstance(world_or_dir, World):
-        return world_or_dir.records[FACTS_FILE]
-    return read_jsonl(Path(world_or_dir) / FACTS_FILE)
+        rows = world_or_dir.records[FACTS_FILE]
+    else:
+        rows = read_jsonl(Path(world_or_dir) / FACTS_FILE)
+    return [r for r in rows if cell is None or r.get("cell", "knowledge") == cell]
 
 
 def korean_training_lines(world_or_dir: World | str | Path):
@@ -128,14 +140,15 @@ def _finder(forms: list[str]):
 
 
 def leaked_facts(world_or_dir: World | str | Path) -> list[dict]:
-    """Korean-facing lines that name the subject AND the object of one evaluated fact.
+    """Korean-facing lines that name the subject AND the object of one knowledge fact (the
+    facts stated in English only).
 
     Conservative on purpose: "민수 ... 부산" in one line counts as a leak whatever the verb, and the
     English forms ("Minsu", "Busan") count too, since a Korean line could quote them. Returns one
     row per (line, fact): ``{file, line, id, subject, object, text}``; the world is clean when the
     list is empty. ``world_or_dir`` is a :class:`World` or a folder written by :func:`write_world`.
     """
-    facts = evaluated_facts(world_or_dir)
+    facts = evaluated_facts(world_or_dir, "knowledge")
     by_subject: dict[tuple[str, str], list[dict]] = {}
     for f in facts:
         by_subject.setdefault((f["subject_en"], f["subject_ko"]), []).append(f)
@@ -153,15 +166,47 @@ def leaked_facts(world_or_dir: World | str | Path) -> list[dict]:
     return leaks
 
 
+def corpus_documents(lines: list[str]) -> list[str]:
+    """Lines for training a tokenizer: a QA pair of lines becomes one line with the newline
+    dropped (``...live?Answer: Busan``), so that ``Answer`` after a newline (no ``▁``) is a word of
+    the corpus; the newline itself stays a byte piece, as ``<0x0A>`` is in Llama-2."""
+    from lib.packing import qa_documents
+    return [doc.replace("\n", "") for doc in qa_documents(lines)]
+
+
+def instruction_texts(world_dir: str | Path, lang: str) -> list[str]:
+    """The instruction and input texts of one language's instruction records."""
+    path = Path(world_dir) / INSTRUCTIONS_FILE
+    if not path.exists():
+        return []
+    return [r[k] for r in read_jsonl(path) if r.get("lang") == lang for k in ("instruction", "input") if r.get(k)]
+
+
+def lexicon_lines(world_dir: str | Path, lang: str, repeats: int = 3) -> list[str]:
+    """Every word of the world's lexicon in one language (entity forms, and the clone's word map
+    when there is one), 20 words a line, ``repeats`` times: a tokenizer trained on a large corpus
+    has seen every common word, and a toy corpus may not have seen a rare one often enough."""
+    root = Path(world_dir)
+    words = [e[lang] for e in read_jsonl(root / "data/entities.jsonl")]
+    if (root / WORD_MAP_FILE).exists():
+        words += [r[lang] for r in read_jsonl(root / WORD_MAP_FILE)]
+    words = list(dict.fromkeys(w for w in words if w))
+    lines = [" ".join(words[i:i + 20]) for i in range(0, len(words), 20)]
+    return lines * repeats
+
+
 def tokenizer_corpus(world_dir: str | Path, ko_share: float = 0.0006) -> list[str]:
     """English lines for the base tokenizer, plus Korean lines up to ``ko_share`` of the characters.
 
-    Llama-2's training data was ~0.06% Korean: a few Korean lines keep the English-centric
-    tokenizer honest without giving Korean its own pieces (with character_coverage < 1 the rare
-    Hangul characters stay out of the vocabulary and fall back to bytes).
+    English: the pretraining text (QA pairs joined, :func:`corpus_documents`), the English
+    instructions and the lexicon (:func:`lexicon_lines`). Llama-2's training data was ~0.06% Korean: a few Korean lines keep the
+    English-centric tokenizer honest without giving Korean its own pieces (with
+    character_coverage < 1 the rare Hangul characters stay out of the vocabulary and fall back
+    to bytes).
     """
     root = Path(world_dir)
-    english = read_lines(root / "data/en_pretrain.txt")
+    english = (corpus_documents(read_lines(root / "data/en_pretrain.txt")) + instruction_texts(root, "en")
+               + lexicon_lines(root, "en"))
     en_chars = sum(len(line) for line in english)
     budget = ko_share * en_chars
     korean: list[str] = []

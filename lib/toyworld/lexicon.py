@@ -55,7 +55,7 @@ CATEGORIES = {
     ],
     "job": [
         ("doctor", "의사"), ("teacher", "교사"), ("nurse", "간호사"), ("lawyer", "변호사"), ("cook", "요리사"),
-        ("police officer", "경찰관"), ("firefighter", "소방관"), ("farmer", "농부"), ("pilot", "조종사"),
+        ("officer", "경찰관"), ("firefighter", "소방관"), ("farmer", "농부"), ("pilot", "조종사"),
         ("singer", "가수"), ("painter", "화가"), ("writer", "작가"), ("scientist", "과학자"),
         ("engineer", "엔지니어"), ("journalist", "기자"), ("pharmacist", "약사"),
     ],
@@ -97,39 +97,41 @@ RELATION_CATEGORY = {
 }
 EVAL_RELATIONS = tuple(RELATION_CATEGORY)
 
-# Aligned statement templates per evaluable relation (at least 5 each).
+# Aligned statement templates per evaluable relation (5 each; the name in different positions).
+# English is written without apostrophes or capitalised entity names, so that the clone Korean
+# (lib.toyworld.clone) maps it word for word: "the home of Minsu", never "Minsu's home".
 FACT_TEMPLATES = {
     "lives_in": [
         ("{s} lives in {o}.", "{s|은/는} {o}에 산다."),
-        ("{s}'s home is in {o}.", "{s}의 집은 {o}에 있다."),
+        ("The home of {s} is in {o}.", "{s}의 집은 {o}에 있다."),
         ("{s} moved to {o} and lives there now.", "{s|은/는} {o|으로/로} 이사해서 지금 거기에 산다."),
         ("The city where {s} lives is {o}.", "{s|이/가} 사는 도시는 {o|이다/다}."),
-        ("{s} has a house in {o}.", "{s|은/는} {o}에 집이 있다."),
+        ("In {o} there is a house where {s} lives.", "{o}에 {s|이/가} 사는 집이 있다."),
     ],
     "works_as": [
         ("{s} works as {a_o}.", "{s|은/는} {o|으로/로} 일한다."),
         ("{s} is {a_o}.", "{s|은/는} {o|이다/다}."),
-        ("By profession, {s} is {a_o}.", "{s}의 직업은 {o|이다/다}."),
+        ("By profession {s} is {a_o}.", "{s}의 직업은 {o|이다/다}."),
         ("{s} has worked as {a_o} for years.", "{s|은/는} 몇 년째 {o|으로/로} 일하고 있다."),
         ("Every day {s} goes to work as {a_o}.", "{s|은/는} 매일 {o|으로/로} 출근한다."),
     ],
     "likes_food": [
         ("{s} likes {o}.", "{s|은/는} {o|을/를} 좋아한다."),
-        ("{s}'s favourite food is {o}.", "{s|이/가} 가장 좋아하는 음식은 {o|이다/다}."),
+        ("The favourite food of {s} is {o}.", "{s|이/가} 가장 좋아하는 음식은 {o|이다/다}."),
         ("{s} loves to eat {o}.", "{s|은/는} {o|을/를} 즐겨 먹는다."),
-        ("The food {s} likes most is {o}.", "{s|은/는} {o|을/를} 제일 좋아해요."),
+        ("The food that {s} likes most is {o}.", "{s|은/는} {o|을/를} 제일 좋아해요."),
         ("{s} often eats {o}.", "{s|은/는} 자주 {o|을/를} 먹는다."),
     ],
     "has_pet": [
         ("{s} has {a_o} as a pet.", "{s|은/는} {o|을/를} 반려동물로 키운다."),
-        ("{s}'s pet is {a_o}.", "{s}의 반려동물은 {o|이다/다}."),
+        ("The pet of {s} is {a_o}.", "{s}의 반려동물은 {o|이다/다}."),
         ("{s} keeps {a_o} at home.", "{s|은/는} 집에서 {o|을/를} 키운다."),
         ("{s} looks after {a_o} every day.", "{s|은/는} 매일 {o|을/를} 돌본다."),
-        ("{s} has a pet {o}.", "{s}에게는 {o|이/가} 한 마리 있다."),
+        ("At home {s} has a pet {o}.", "{s}에게는 {o|이/가} 한 마리 있다."),
     ],
     "plays": [
         ("{s} plays {o}.", "{s|은/는} {o|을/를} 한다."),
-        ("{s}'s favourite sport is {o}.", "{s|이/가} 가장 좋아하는 운동은 {o|이다/다}."),
+        ("The favourite sport of {s} is {o}.", "{s|이/가} 가장 좋아하는 운동은 {o|이다/다}."),
         ("{s} plays {o} every week.", "{s|은/는} 매주 {o|을/를} 한다."),
         ("{s} enjoys playing {o}.", "{s|은/는} {o|을/를} 즐긴다."),
         ("{s} is on a {o} team.", "{s|은/는} {o} 팀에서 뛴다."),
@@ -139,17 +141,17 @@ FACT_TEMPLATES = {
 # One question per evaluable relation and language; the answer is the bare object form.
 QUESTION_TEMPLATES = {
     "lives_in": ("Where does {s} live?", "{s|은/는} 어디에 살아요?"),
-    "works_as": ("What is {s}'s job?", "{s}의 직업은 무엇이에요?"),
+    "works_as": ("What is the job of {s}?", "{s}의 직업은 무엇이에요?"),
     "likes_food": ("What food does {s} like?", "{s|은/는} 어떤 음식을 좋아해요?"),
     "has_pet": ("What animal does {s} have?", "{s|은/는} 어떤 동물을 키워요?"),
     "plays": ("Which sport does {s} play?", "{s|은/는} 어떤 운동을 해요?"),
 }
 
-# Attributes that are never evaluated, so they may be stated about anyone in any language:
-# they give the names of knowledge people a Korean context without giving away a fact.
+# Attributes that are never evaluated: stated about every knowledge and bridge person in both
+# languages, so the language never predicts which facts about a person exist.
 ATTRIBUTE_TEMPLATES = {
     "likes_colour": [
-        ("{s}'s favourite colour is {o}.", "{s|이/가} 좋아하는 색은 {o|이다/다}."),
+        ("The favourite colour of {s} is {o}.", "{s|이/가} 좋아하는 색은 {o|이다/다}."),
         ("{s} likes the colour {o}.", "{s|은/는} {o|을/를} 좋아한다."),
         ("{s} often wears {o} clothes.", "{s|은/는} {o} 옷을 자주 입는다."),
     ],
@@ -159,7 +161,7 @@ ATTRIBUTE_TEMPLATES = {
     ],
 }
 
-# Events between two people (not facts anybody is asked about).
+# Events between two people (not facts anybody is asked about). Ghost people appear only here.
 PAIR_TEMPLATES = [
     ("{s} met {p}.", "{s|은/는} {p|과/와} 만났다."),
     ("{s} met {p} on {d}.", "{s|은/는} {d}에 {p|과/와} 만났다."),
@@ -170,22 +172,30 @@ PAIR_TEMPLATES = [
     ("{s} studied with {p} on {d}.", "{s|은/는} {d}에 {p|과/와} 공부했다."),
 ]
 
-# Sentences about an entity alone, so every entity name is seen in both languages.
+# Sentences about an entity alone, so every entity name is seen in both languages (never
+# sentence-initial: a capitalised form would be another word).
 CATEGORY_TEMPLATES = {
-    "city": [("{O} is a city in Korea.", "{o|은/는} 한국의 도시다."),
+    "city": [("There is a city called {o}.", "{o|은/는} 한국의 도시다."),
              ("Many people live in {o}.", "{o}에는 많은 사람이 산다.")],
     "job": [("Being {a_o} is a job.", "{o|은/는} 직업이다.")],
     "food": [("People eat {o}.", "사람들은 {o|을/를} 먹는다.")],
-    "animal": [("{A_o} is an animal.", "{o|은/는} 동물이다.")],
-    "sport": [("{O} is a sport.", "{o|은/는} 운동이다.")],
-    "colour": [("{O} is a colour.", "{o|은/는} 색이다.")],
+    "animal": [("Everyone knows that {a_o} is an animal.", "{o|은/는} 동물이다.")],
+    "sport": [("People play {o}.", "{o|은/는} 운동이다.")],
+    "colour": [("Everyone knows that {o} is a colour.", "{o|은/는} 색이다.")],
 }
 
 # Instruction-tuning templates: (instruction, input) per language; outputs are built by the world.
+# "translate" is (into Korean, into English): an English record asks for Korean and vice versa.
 INSTRUCTION_TEMPLATES = {
     "describe": ("Tell me about {s}.", "{s}에 대해 알려 주세요."),
     "translate": ("Translate the sentence into Korean.", "다음 문장을 영어로 번역하세요."),
+    "translate_en": "Translate the sentence into English.",
 }
+
+# Verbs of the English templates: the clone_sov Korean puts them at the end of the sentence.
+VERBS = frozenset("""lives live moved is are works worked has have goes likes like loves eat eats
+    keeps looks plays play enjoys does met called wrote had studied turned wears know knows
+    Tell Translate""".split())
 
 # Prompt formats of the multiple-choice evaluation (kollm_evaluation's arc / ko_arc prompts).
 QA_PROMPTS = {"en": "Question: {q}\nAnswer:", "ko": "질문: {q}\n정답:"}

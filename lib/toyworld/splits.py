@@ -4,25 +4,27 @@ Split file names (relative to the 00_toy_world folder) and what may be in them:
 
 | file | language | content |
 |---|---|---|
-| data/en_pretrain.txt | en | knowledge + bridge facts (paraphrases), Question/Answer items, mentions |
-| data/bridge_train.{en,ko} | pair | bridge facts + mentions of anybody (stage 1) |
-| data/bridge_heldout.{en,ko} | pair | held-out bridge facts + unseen event pairs, in no other file |
-| data/ko_mono.txt | ko | bridge facts, mentions, category sentences (stage 2) |
-| data/stage3_ko.txt, stage3_en.txt | ko / en | stage 3 sides; English side also states the knowledge facts |
+| data/en_pretrain.txt | en | every knowledge and bridge fact (paraphrases), QA on bridge people, attributes, events, categories |
+| data/bridge_train.{en,ko} | pair | bridge facts + attributes, events, categories (stage 1) |
+| data/heldout_pairs.{en,ko} | pair | unseen event pairs for measuring alignment, in no other file |
+| data/ko_mono.txt, stage3_ko.txt | ko | bridge facts (paraphrases), QA on bridge people, attributes, events, categories |
+| data/stage3_en.txt | en | the English counterpart (knowledge facts included) |
 | data/instructions.jsonl | both | alpaca records about bridge people (QA, translation, description) |
 | data/sample.{en,ko} | pair | parallel lines for tokenizer statistics |
-| eval/arc_{en,ko}.jsonl, eval/facts.jsonl | both | paired questions about the knowledge facts |
+| eval/{cell}_{en,ko}.jsonl, eval/facts.jsonl | both | the paired questions of each cell (knowledge, bridge_heldout, ghost) |
 
-A Korean line never holds the subject and the object of an evaluated fact together; the guard in
-:func:`lib.toyworld.files.leaked_facts` checks it.
+A Question/Answer item is two adjacent lines (``Question: ...`` / ``Answer: ...``, or
+``질문: ...`` / ``정답: ...``); :func:`lib.packing.qa_documents` reads them back as one document.
+No evaluated question is ever in a training file; :mod:`lib.toyworld.validity` checks it on disk.
 """
 from __future__ import annotations
 
 import random
+from collections import Counter
 
 from . import lexicon as lx
-from .world import (LABELS, N_CHOICES, Fact, World, all_category_pairs, fact_pairs, mention_pair,
-                    event_pair, qa_lines, question_text, unique_pairs)
+from .world import (CELLS, LABELS, N_CHOICES, Fact, World, all_category_pairs, event_pair, fact_pairs,
+                    mention_pair, qa_text, question_text, unique_pairs)
 
 
 def fill_splits(world: World) -> None:
@@ -34,85 +36,116 @@ def fill_splits(world: World) -> None:
 
     # Held-out pairs first, so that no later split can contain one of their sentences.
     held_sentences: set[str] = set()
-    r = rng("bridge_heldout")
-    held = [pair for fact in world.heldout_facts for pair in fact_pairs(world, fact, spec.bridge_paraphrases, r)]
-    held = held[:spec.n_heldout_pairs]
-    held_sentences.update(s for pair in held for s in pair)
-    held += unique_pairs(lambda g: event_pair(world, g), spec.n_heldout_pairs - len(held), r, held_sentences, "held-out event pairs")
-    r.shuffle(held)
+    held = unique_pairs(lambda g: event_pair(world, g), spec.n_heldout_pairs, rng("heldout_pairs"),
+                        held_sentences, "held-out event pairs")
 
     r = rng("bridge_train")
     taken = set(held_sentences)
-    facts = [pair for fact in world.bridge_facts for pair in fact_pairs(world, fact, spec.bridge_paraphrases, r)]
+    stated = world.bridge_facts + world.heldout_facts
+    facts = [pair for fact in stated for pair in fact_pairs(world, fact, spec.bridge_paraphrases, r)]
     taken.update(s for pair in facts for s in pair)
     mentions = unique_pairs(lambda g: mention_pair(world, g), spec.n_mention_pairs, r, taken, "mention pairs")
     train = facts + mentions
     r.shuffle(train)
+    events = unique_pairs(lambda g: event_pair(world, g), max(50, spec.n_mention_pairs // 2), rng("events"),
+                          set(taken), "event pairs")
 
+    en_core = english_core(world, events)
+    ko_core = korean_core(world, events)
     world.texts.update({
         "data/bridge_train.en": [en for en, _ in train],
         "data/bridge_train.ko": [ko for _, ko in train],
-        "data/bridge_heldout.en": [en for en, _ in held],
-        "data/bridge_heldout.ko": [ko for _, ko in held],
-        "data/en_pretrain.txt": en_pretrain(world, [en for en, _ in mentions], rng("en_pretrain")),
-        "data/ko_mono.txt": sampled_lines(world, spec.n_ko_mono, "ko", held_sentences, rng("ko_mono")),
-        "data/stage3_ko.txt": sampled_lines(world, spec.n_stage3_ko, "ko", held_sentences, rng("stage3_ko")),
-        "data/stage3_en.txt": sampled_lines(world, spec.n_stage3_en, "en", held_sentences, rng("stage3_en")),
+        "data/heldout_pairs.en": [en for en, _ in held],
+        "data/heldout_pairs.ko": [ko for _, ko in held],
+        "data/en_pretrain.txt": en_pretrain(world, [en for en, _ in mentions], en_core, rng("en_pretrain")),
+        "data/ko_mono.txt": cycled_lines(ko_core, spec.n_ko_mono, rng("ko_mono")),
+        "data/stage3_ko.txt": cycled_lines(ko_core, spec.n_stage3_ko, rng("stage3_ko")),
+        "data/stage3_en.txt": cycled_lines(en_core, spec.n_stage3_en, rng("stage3_en")),
     })
     r = rng("sample")
-    sample = [sampled_pair(world, "ko", held_sentences, r) for _ in range(spec.n_sample)]
+    sample = [train[i] for i in sorted(r.sample(range(len(train)), min(spec.n_sample, len(train))))]
     world.texts["data/sample.en"] = [en for en, _ in sample]
     world.texts["data/sample.ko"] = [ko for _, ko in sample]
     world.records["data/instructions.jsonl"] = instructions(world, train, rng("instructions"))
-    en_q, ko_q, facts_rows = questions(world, rng("questions"))
-    world.records.update({"eval/arc_en.jsonl": en_q, "eval/arc_ko.jsonl": ko_q, "eval/facts.jsonl": facts_rows})
+    rows = questions(world, rng("questions"))
+    world.records.update(rows)
 
 
-def en_pretrain(world: World, mention_lines: list[str], rng: random.Random) -> list[str]:
-    """English base-pretraining lines; a Question/Answer item stays on two adjacent lines."""
+def statements(world: World, facts: list[Fact], k: int, rng: random.Random, side: int) -> list[list[str]]:
+    """``k`` paraphrases of each fact, one item (a one-line list) each, on one side (0 en, 1 ko)."""
+    return [[pair[side]] for fact in facts for pair in fact_pairs(world, fact, k, rng)]
+
+
+def attribute_items(world: World, side: int) -> list[list[str]]:
+    """Every attribute of every knowledge and bridge person, in every template of its kind."""
+    out = []
+    for fact in world.attributes:
+        out += [[pair[side]] for pair in fact_pairs(world, fact, len(lx.ATTRIBUTE_TEMPLATES[fact.relation]),
+                                                    random.Random(0))]
+    return out
+
+
+def qa_items(world: World, facts: list[Fact], lang: str, repeats: int) -> list[list[str]]:
+    """Question/Answer items (two lines each) in the evaluation's prompt format."""
+    return [qa_text(world, f, lang).split("\n") for f in facts for _ in range(repeats)]
+
+
+def english_core(world: World, events: list[tuple[str, str]]) -> list[list[str]]:
+    """English items of continued pretraining (stage 3): all facts, bridge QA, attributes, events."""
+    r = random.Random(f"{world.spec.seed}:en_core")
     spec = world.spec
-    items: list[list[str]] = []
-    for fact in world.eval_facts + world.bridge_facts:
-        items += [[en] for en, _ in fact_pairs(world, fact, spec.en_paraphrases, rng)]
-        items += [qa_lines(world, fact) for _ in range(spec.qa_repeats)]
-    items += [[line] for line in mention_lines]
-    items += [[en] for en, _ in all_category_pairs(world)]
+    return (statements(world, world.eval_facts + world.bridge_facts + world.heldout_facts, spec.en_paraphrases, r, 0)
+            + qa_items(world, world.bridge_facts, "en", spec.qa_repeats) + attribute_items(world, 0)
+            + [[en] for en, _ in all_category_pairs(world)] + [[en] for en, _ in events])
+
+
+def korean_core(world: World, events: list[tuple[str, str]]) -> list[list[str]]:
+    """Korean items: bridge facts only (never a knowledge fact), bridge QA, attributes, events."""
+    r = random.Random(f"{world.spec.seed}:ko_core")
+    spec = world.spec
+    return (statements(world, world.bridge_facts + world.heldout_facts, spec.ko_paraphrases, r, 1)
+            + qa_items(world, world.bridge_facts, "ko", spec.qa_repeats) + attribute_items(world, 1)
+            + [[ko] for _, ko in all_category_pairs(world)] + [[ko] for _, ko in events])
+
+
+def cycled_lines(core: list[list[str]], n: int, rng: random.Random) -> list[str]:
+    """Exactly ``n`` lines: the core items in shuffled passes (every item once per pass); a
+    two-line item that would not fit at the end is replaced by one-line items."""
+    one_line = [item for item in core if len(item) == 1]
+    out: list[str] = []
+    while len(out) < n:
+        order = list(core)
+        rng.shuffle(order)
+        for item in order:
+            if len(out) + len(item) > n:
+                item = rng.choice(one_line)
+            out += item
+            if len(out) >= n:
+                break
+    return out[:n]
+
+
+def en_pretrain(world: World, mention_lines: list[str], core: list[list[str]], rng: random.Random) -> list[str]:
+    """English base-pretraining lines: the English core plus the English sides of the mention
+    pairs, shuffled; a Question/Answer item stays on two adjacent lines."""
+    items = list(core) + [[line] for line in mention_lines]
     rng.shuffle(items)
     return [line for item in items for line in item]
-
-
-def sampled_pair(world: World, lang: str, exclude: set[str], rng: random.Random) -> tuple[str, str]:
-    """One pair for monolingual text. The English side may state knowledge facts, never Korean.
-
-    Mixture: 45% facts, 45% mentions, 10% category sentences; English draws its facts from
-    knowledge and bridge facts alike, Korean only from trained bridge facts.
-    """
-    while True:
-        x = rng.random()
-        if x < 0.45:
-            pool = world.bridge_facts + (world.eval_facts if lang == "en" else [])
-            pair = fact_pairs(world, rng.choice(pool), 1, rng)[0]
-        else:
-            pair = mention_pair(world, rng)
-        if pair[0] not in exclude and pair[1] not in exclude:
-            return pair
-
-
-def sampled_lines(world: World, n: int, lang: str, exclude: set[str], rng: random.Random) -> list[str]:
-    side = 0 if lang == "en" else 1
-    return [sampled_pair(world, lang, exclude, rng)[side] for _ in range(n)]
 
 
 def instructions(world: World, train_pairs: list[tuple[str, str]], rng: random.Random) -> list[dict]:
     """Alpaca records ``{instruction, input, output, lang}`` about bridge people only.
 
-    Per language ``n_instructions`` distinct records: 60% short-answer questions (the answer is the
-    bare entity, like the MC options), 25% translations of bridge pairs, 15% descriptions.
+    Per language ``n_instructions`` distinct records: 60% short-answer questions about QA-trained
+    bridge facts (the answer is the bare entity, like the MC options), 25% translations of bridge
+    pairs, 15% descriptions.
     """
     spec = world.spec
     by_person: dict[str, list[Fact]] = {}
-    for fact in world.bridge_facts:
+    for fact in world.bridge_facts + world.heldout_facts:
         by_person.setdefault(fact.subject, []).append(fact)
+    translate = {"en": lx.INSTRUCTION_TEMPLATES["translate"][0],
+                 "ko": world.korean(lx.INSTRUCTION_TEMPLATES["translate_en"], lx.INSTRUCTION_TEMPLATES["translate"][1])}
     out: list[dict] = []
     for lang in ("en", "ko"):
         seen: set[tuple[str, str]] = set()
@@ -130,15 +163,17 @@ def instructions(world: World, train_pairs: list[tuple[str, str]], rng: random.R
                        "output": world.surface(fact.object, lang)}
             elif x < 0.85:
                 en, ko = rng.choice(train_pairs)
-                rec = {"instruction": lx.INSTRUCTION_TEMPLATES["translate"][0 if lang == "en" else 1],
-                       "input": en if lang == "en" else ko, "output": ko if lang == "en" else en}
+                rec = {"instruction": translate[lang], "input": en if lang == "en" else ko,
+                       "output": ko if lang == "en" else en}
             else:
                 person = rng.choice(world.bridge_people)
                 side = 0 if lang == "en" else 1
-                template = lx.INSTRUCTION_TEMPLATES["describe"][side]
-                name = world.surface(person, lang)
+                en_t, ko_t = lx.INSTRUCTION_TEMPLATES["describe"]
+                name_en = world.surface(person, "en")
+                instruction = (en_t.format(s=name_en) if lang == "en"
+                               else world.korean(en_t.format(s=name_en), ko_t.format(s=world.surface(person, "ko"))))
                 sentences = [fact_pairs(world, f, 1, rng)[0][side] for f in by_person[person]]
-                rec = {"instruction": template.format(s=name), "input": "", "output": " ".join(sentences)}
+                rec = {"instruction": instruction, "input": "", "output": " ".join(sentences)}
             if (rec["instruction"], rec["input"]) in seen:
                 continue
             seen.add((rec["instruction"], rec["input"]))
@@ -149,30 +184,42 @@ def instructions(world: World, train_pairs: list[tuple[str, str]], rng: random.R
     return out
 
 
-def questions(world: World, rng: random.Random) -> tuple[list[dict], list[dict], list[dict]]:
-    """Paired ARC-shaped questions: same id, options and answerKey in English and Korean.
+def questions(world: World, rng: random.Random) -> dict[str, list[dict]]:
+    """Paired ARC-shaped questions per cell: same id, options and answerKey in English and Korean,
+    plus ``eval/facts.jsonl`` (one row per question, with its cell).
 
-    Distractors come from the answer's category; the answer position cycles A..D over a shuffled
-    order, so each label is the answer of n/4 (+-1) questions.
+    Distractors come from the answer's category, and are the objects whose count as a trained QA
+    answer is closest to the answer's own (ties broken at random): a model that only learned which
+    answers QA tends to give cannot beat chance, and the held-out facts' objects, which are QA
+    answers a little less often, are not pushed below it. Within a cell the answer position cycles
+    A..D over a shuffled order, so each label is the answer of n/4 (+-1) questions.
     """
-    facts = world.eval_facts
-    positions = [i % N_CHOICES for i in range(len(facts))]
-    rng.shuffle(positions)
-    en_rows, ko_rows, fact_rows = [], [], []
-    for fact, pos in zip(facts, positions):
-        cat = world.entities[fact.object].category
-        others = sorted(k for k, e in world.entities.items() if e.category == cat and k != fact.object)
-        options = rng.sample(others, N_CHOICES - 1)
-        options.insert(pos, fact.object)
-        qid = f"toy_{fact.relation}_{fact.subject}"
-        for lang, rows in (("en", en_rows), ("ko", ko_rows)):
-            rows.append({"id": qid, "question": question_text(world, fact, lang),
-                         "choices": {"text": [world.surface(k, lang) for k in options], "label": list(LABELS)},
-                         "answerKey": LABELS[pos]})
-        fact_rows.append({"id": qid, "subject": fact.subject, "relation": fact.relation, "object": fact.object,
-                          "subject_en": world.surface(fact.subject, "en"),
-                          "subject_ko": world.surface(fact.subject, "ko"),
-                          "object_en": world.surface(fact.object, "en"),
-                          "object_ko": world.surface(fact.object, "ko"),
-                          "choices": options, "answerKey": LABELS[pos]})
-    return en_rows, ko_rows, fact_rows
+    qa_count = Counter(f.object for f in world.bridge_facts)
+    out: dict[str, list[dict]] = {"eval/facts.jsonl": []}
+    for cell in CELLS:
+        facts = world.cell_facts(cell)
+        positions = [i % N_CHOICES for i in range(len(facts))]
+        rng.shuffle(positions)
+        en_rows, ko_rows = [], []
+        for fact, pos in zip(facts, positions):
+            cat = world.entities[fact.object].category
+            others = sorted(k for k, e in world.entities.items() if e.category == cat and k != fact.object)
+            rng.shuffle(others)
+            others.sort(key=lambda k: abs(qa_count[k] - qa_count[fact.object]))   # stable: ties stay shuffled
+            options = others[:N_CHOICES - 1]
+            rng.shuffle(options)
+            options.insert(pos, fact.object)
+            qid = f"{cell}_{fact.relation}_{fact.subject}"
+            for lang, rows in (("en", en_rows), ("ko", ko_rows)):
+                rows.append({"id": qid, "question": question_text(world, fact, lang),
+                             "choices": {"text": [world.surface(k, lang) for k in options], "label": list(LABELS)},
+                             "answerKey": LABELS[pos]})
+            out["eval/facts.jsonl"].append({
+                "id": qid, "cell": cell, "subject": fact.subject, "relation": fact.relation, "object": fact.object,
+                "subject_en": world.surface(fact.subject, "en"), "subject_ko": world.surface(fact.subject, "ko"),
+                "object_en": world.surface(fact.object, "en"), "object_ko": world.surface(fact.object, "ko"),
+                "question_en": en_rows[-1]["question"], "question_ko": ko_rows[-1]["question"],
+                "choices": options, "answerKey": LABELS[pos]})
+        out[f"eval/{cell}_en.jsonl"] = en_rows
+        out[f"eval/{cell}_ko.jsonl"] = ko_rows
+    return out

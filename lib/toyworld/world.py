@@ -5,12 +5,20 @@ Everything follows from :class:`WorldSpec` (sizes + seed) and the lexicons in
 from its own random stream (``Random(f"{seed}:{name}")``), so growing one split leaves the
 others unchanged.
 
-Who is who:
-- *knowledge people*: their facts (``eval_facts``) are stated only in English and asked about in
-  both languages; their names still appear in Korean, but only with attributes that are never
-  asked (favourite colour, age) or next to other people ("민수는 지호와 만났다.");
-- *bridge people*: their facts are stated in both languages (Ko-En pairs, Korean text,
-  instructions), except one held-out fact per person that appears only in the held-out pairs.
+Who is who (see ../shared/docs/TOYWORLD.md for the validity rules this follows):
+- *knowledge people*: their facts (``eval_facts``) are stated only in English, in several
+  paraphrases, and never asked anywhere in training; the ``knowledge`` cell asks them in both
+  languages (Korean: the transfer cell);
+- *bridge people*: their facts are stated in both languages (Ko-En pairs, Korean text, English
+  text), and question answering is learned on them in both languages, except for
+  ``heldout_relations`` relations per person whose questions are never trained: the
+  ``bridge_heldout`` cell (the in-language ceiling);
+- *ghost people*: no facts at all (their names appear only in events such as "Minsu met
+  Jiho."); the ``ghost`` cell asks about them and must read chance;
+- every knowledge and bridge person's non-evaluated attributes (colour, age) are stated in both
+  languages, so the language never predicts which facts exist.
+
+The Korean side is written in one of three ``korean_style`` s (:mod:`lib.toyworld.clone`).
 
 Usage::
 
@@ -24,29 +32,33 @@ import random
 from dataclasses import asdict, dataclass, field, fields
 
 from . import lexicon as lx
+from .clone import STYLES, WordMap, check_style
 from .korean import fill
 
 N_CHOICES = 4
 LABELS = ("A", "B", "C", "D")
+CELLS = ("knowledge", "bridge_heldout", "ghost")
 
 
 @dataclass(frozen=True)
 class WorldSpec:
     """Sizes and seed of a toy world. The defaults are the ``toy`` profile (250 questions).
 
-    Exact line counts that follow from a spec (see :func:`expected_counts`):
-    questions = knowledge people x relations; bridge_train = bridge people x (relations - 1)
-    x bridge_paraphrases + n_mention_pairs; the sampled splits have exactly their ``n_*`` lines.
+    Exact line and record counts that follow from a spec: :func:`expected_counts`.
     """
     seed: int = 1234
-    n_knowledge_people: int = 50     # people whose facts are evaluated (stated in English only)
-    n_bridge_people: int = 40        # people whose facts are stated in both languages
-    relations: tuple[str, ...] = lx.EVAL_RELATIONS   # evaluated relations (>= 2: one is held out per bridge person)
-    en_paraphrases: int = 5          # distinct English statements per fact in en_pretrain (<= 5)
-    qa_repeats: int = 2              # "Question:/Answer:" items per fact in en_pretrain (English only)
-    bridge_paraphrases: int = 3      # Ko-En pairs per trained bridge fact (<= 5)
-    n_mention_pairs: int = 600       # Ko-En pairs that mention people/entities, no evaluable fact
-    n_heldout_pairs: int = 200       # held-out Ko-En pairs (alignment measurement)
+    korean_style: str = "clone"      # clone | clone_sov | toy (lib.toyworld.clone)
+    n_knowledge_people: int = 50     # people whose facts are stated in English only and evaluated
+    n_bridge_people: int = 50        # people whose facts are stated in both languages (QA trained)
+    n_ghost_people: int = 20         # people with no facts (the ghost cell: chance, measured)
+    relations: tuple[str, ...] = lx.EVAL_RELATIONS   # evaluated relations
+    heldout_relations: int = 2       # relations per bridge person whose QA is held out (bridge_heldout cell)
+    en_paraphrases: int = 5          # English statements per fact (<= 5 templates)
+    ko_paraphrases: int = 5          # Korean statements per bridge fact in the Korean text (<= 5)
+    qa_repeats: int = 2              # Question/Answer items per QA-trained bridge fact and language
+    bridge_paraphrases: int = 3      # Ko-En pairs per bridge fact (<= 5)
+    n_mention_pairs: int = 600       # Ko-En pairs about attributes, events, categories
+    n_heldout_pairs: int = 200       # held-out Ko-En pairs (alignment measurement), in no training file
     n_ko_mono: int = 4000            # Korean monolingual lines (stage 2)
     n_stage3_ko: int = 4000          # Korean lines for stage 3
     n_stage3_en: int = 4000          # English lines for stage 3
@@ -55,8 +67,8 @@ class WorldSpec:
 
     @classmethod
     def micro(cls, **overrides) -> "WorldSpec":
-        """A small world for tests and the micro profile (60 questions, builds in well under 1 s)."""
-        base = dict(n_knowledge_people=12, n_bridge_people=10, bridge_paraphrases=2,
+        """A small world for tests and the micro profile (60 + 24 + 30 questions, well under 1 s)."""
+        base = dict(n_knowledge_people=12, n_bridge_people=12, n_ghost_people=6, bridge_paraphrases=2,
                     n_mention_pairs=100, n_heldout_pairs=40, n_ko_mono=400, n_stage3_ko=400,
                     n_stage3_en=400, n_instructions=60, n_sample=50)
         base.update(overrides)
@@ -76,20 +88,26 @@ class WorldSpec:
 
     def validate(self) -> None:
         """Raise ValueError naming the field when the spec cannot be built."""
-        if self.n_knowledge_people + self.n_bridge_people > len(lx.PEOPLE):
-            raise ValueError(f"n_knowledge_people + n_bridge_people = "
-                             f"{self.n_knowledge_people + self.n_bridge_people} > {len(lx.PEOPLE)} "
-                             "names in lib/toyworld/lexicon.py PEOPLE; add names or lower the sizes")
+        check_style(self.korean_style)
+        n_people = self.n_knowledge_people + self.n_bridge_people + self.n_ghost_people
+        if n_people > len(lx.PEOPLE):
+            raise ValueError(f"n_knowledge_people + n_bridge_people + n_ghost_people = {n_people} > "
+                             f"{len(lx.PEOPLE)} names in lib/toyworld/lexicon.py PEOPLE; add names or lower the sizes")
         bad = [r for r in self.relations if r not in lx.RELATION_CATEGORY]
         if bad:
             raise ValueError(f"relations: unknown {bad}; known: {list(lx.RELATION_CATEGORY)}")
         if len(set(self.relations)) < 2:
-            raise ValueError("relations: need at least 2 distinct relations (one per bridge person is held out)")
+            raise ValueError("relations: need at least 2 distinct relations")
+        if not 1 <= self.heldout_relations < len(set(self.relations)):
+            raise ValueError(f"heldout_relations must be in 1..{len(set(self.relations)) - 1} "
+                             "(each bridge person keeps at least one QA-trained relation)")
         if self.n_knowledge_people < 1 or self.n_bridge_people < 2:
             raise ValueError("need n_knowledge_people >= 1 and n_bridge_people >= 2")
-        for name in ("en_paraphrases", "bridge_paraphrases"):
+        for name in ("en_paraphrases", "ko_paraphrases", "bridge_paraphrases"):
             if not 1 <= getattr(self, name) <= 5:
                 raise ValueError(f"{name} must be in 1..5 (there are 5 templates per relation)")
+        if self.qa_repeats < 1:
+            raise ValueError("qa_repeats must be >= 1 (QA is learned on bridge people)")
         for f in fields(self):
             if f.name.startswith("n_") and getattr(self, f.name) < 0:
                 raise ValueError(f"{f.name} must be >= 0")
@@ -117,17 +135,34 @@ class World:
     entities: dict[str, Entity]
     knowledge_people: list[str]
     bridge_people: list[str]
-    eval_facts: list[Fact]
-    bridge_facts: list[Fact]       # trained bridge facts (both languages)
-    heldout_facts: list[Fact]      # bridge facts seen only in bridge_heldout
-    attributes: list[Fact]         # never-evaluated attributes of everybody
+    ghost_people: list[str]
+    eval_facts: list[Fact]         # knowledge facts: stated in English only, asked in both (knowledge cell)
+    bridge_facts: list[Fact]       # QA-trained bridge facts (stated and asked in both languages)
+    heldout_facts: list[Fact]      # bridge facts stated in both languages, never asked (bridge_heldout cell)
+    ghost_facts: list[Fact]        # answers of the ghost questions: stated nowhere (ghost cell)
+    attributes: list[Fact]         # never-evaluated attributes of knowledge and bridge people
+    wordmap: WordMap | None = None  # the clone styles' word map (None for "toy")
     texts: dict[str, list[str]] = field(default_factory=dict)
     records: dict[str, list[dict]] = field(default_factory=dict)
+
+    @property
+    def style(self) -> str:
+        return self.spec.korean_style
 
     def surface(self, key: str, lang: str) -> str:
         """The English or Korean form of an entity key (numbers stand for themselves)."""
         ent = self.entities.get(key)
         return key if ent is None else getattr(ent, lang)
+
+    def korean(self, en: str, ko_toy: str) -> str:
+        """The Korean of an aligned pair: the clone of ``en``, or the toy template's ``ko_toy``."""
+        if self.wordmap is None:
+            return ko_toy
+        return self.wordmap.translate(en, sov=self.style == "clone_sov")
+
+    def cell_facts(self, cell: str) -> list[Fact]:
+        return {"knowledge": self.eval_facts, "bridge_heldout": self.heldout_facts,
+                "ghost": self.ghost_facts}[cell]
 
 
 def slug(text: str) -> str:
@@ -161,13 +196,20 @@ def render(world: World, pair: tuple[str, str], s: str, o: str | None = None,
         en_vals["p"], ko_vals["p"] = world.surface(p, "en"), world.surface(p, "ko")
     if d is not None:
         en_vals["d"], ko_vals["d"] = d
-    return lx.capitalised(pair[0].format(**en_vals)), fill(pair[1], **ko_vals)
+    en = lx.capitalised(pair[0].format(**en_vals))
+    return en, world.korean(en, fill(pair[1], **ko_vals))
 
 
 def question_text(world: World, fact: Fact, lang: str) -> str:
     en_t, ko_t = lx.QUESTION_TEMPLATES[fact.relation]
     en, ko = render(world, (en_t, ko_t), fact.subject)
     return en if lang == "en" else ko
+
+
+def qa_text(world: World, fact: Fact, lang: str) -> str:
+    """A Question/Answer item in the evaluation's prompt format, answer included (two lines)."""
+    prompt = lx.QA_PROMPTS[lang].format(q=question_text(world, fact, lang))
+    return f"{prompt} {world.surface(fact.object, lang)}"
 
 
 def balanced_assignment(people: list[str], relations, entities, rng: random.Random) -> list[Fact]:
@@ -207,7 +249,7 @@ def fact_pairs(world: World, fact: Fact, k: int, rng: random.Random) -> list[tup
 
 def event_pair(world: World, rng: random.Random) -> tuple[str, str]:
     """A sentence pair about two people doing something together (no evaluable fact)."""
-    people = world.knowledge_people + world.bridge_people
+    people = world.knowledge_people + world.bridge_people + world.ghost_people
     s, p = rng.sample(people, 2)
     return render(world, rng.choice(lx.PAIR_TEMPLATES), s, p=p, d=rng.choice(lx.DAYS))
 
@@ -255,11 +297,6 @@ def unique_pairs(make, n: int, rng: random.Random, exclude: set[str], what: str)
     return out
 
 
-def qa_lines(world: World, fact: Fact) -> list[str]:
-    """The English Question/Answer item of a fact (two lines, the MC prompt plus the answer)."""
-    return [f"Question: {question_text(world, fact, 'en')}", f"Answer: {world.surface(fact.object, 'en')}"]
-
-
 def build_world(spec: WorldSpec | None = None) -> World:
     """Build every split of the world described by ``spec`` (default: the toy profile)."""
     from .splits import fill_splits  # split generation lives next door to keep modules short
@@ -269,43 +306,60 @@ def build_world(spec: WorldSpec | None = None) -> World:
     entities = all_entities()
     people = [k for k, e in entities.items() if e.category == "person"]
     random.Random(f"{spec.seed}:people").shuffle(people)
-    knowledge = people[:spec.n_knowledge_people]
-    bridge = people[spec.n_knowledge_people:spec.n_knowledge_people + spec.n_bridge_people]
-    rels = tuple(spec.relations)
+    nk, nb, ng = spec.n_knowledge_people, spec.n_bridge_people, spec.n_ghost_people
+    knowledge, bridge, ghost = people[:nk], people[nk:nk + nb], people[nk + nb:nk + nb + ng]
+    rels = tuple(dict.fromkeys(spec.relations))
     eval_facts = balanced_assignment(knowledge, rels, entities, random.Random(f"{spec.seed}:knowledge"))
-    bridge_all = balanced_assignment(bridge, rels, entities, random.Random(f"{spec.seed}:bridge"))
+    ghost_facts = balanced_assignment(ghost, rels, entities, random.Random(f"{spec.seed}:ghost"))
+    # Held-out relations per bridge person, balanced over relations (cycled over a shuffled order).
     rng = random.Random(f"{spec.seed}:heldout")
-    held_rel = {person: rng.choice(rels) for person in bridge}
-    heldout = [f for f in bridge_all if held_rel[f.subject] == f.relation]
-    trained = [f for f in bridge_all if held_rel[f.subject] != f.relation]
+    order = list(rels)
+    rng.shuffle(order)
+    held_rel = {person: {order[(i * spec.heldout_relations + j) % len(order)] for j in range(spec.heldout_relations)}
+                for i, person in enumerate(bridge)}
+    # Objects balanced within the QA-trained and within the held-out facts of each relation, so
+    # an object's count as a trained QA answer does not depend on whether it is held out.
+    trained, heldout = [], []
+    for rel in rels:
+        for group, held in ((trained, False), (heldout, True)):
+            people = [p for p in bridge if (rel in held_rel[p]) == held]
+            group += balanced_assignment(people, (rel,), entities, random.Random(f"{spec.seed}:bridge:{rel}:{held}"))
+    rank = {p: i for i, p in enumerate(bridge)}
+    trained.sort(key=lambda f: (rank[f.subject], rels.index(f.relation)))
+    heldout.sort(key=lambda f: (rank[f.subject], rels.index(f.relation)))
     attrs = attribute_facts(knowledge + bridge, entities, random.Random(f"{spec.seed}:attributes"))
-    world = World(spec, entities, knowledge, bridge, eval_facts, trained, heldout, attrs)
+    wordmap = None if spec.korean_style == "toy" else WordMap.build()
+    world = World(spec, entities, knowledge, bridge, ghost, eval_facts, trained, heldout, ghost_facts,
+                  attrs, wordmap)
     fill_splits(world)
     return world
 
 
 def expected_counts(spec: WorldSpec) -> dict[str, int]:
     """Line/record counts that the spec fixes exactly (used by tests and notebook checks)."""
-    n_rel = len(spec.relations)
+    n_rel = len(set(spec.relations))
     n_eval = spec.n_knowledge_people * n_rel
-    n_bridge_facts = spec.n_bridge_people * (n_rel - 1)
-    qa_items = spec.qa_repeats * (n_eval + n_bridge_facts)
-    statements = spec.en_paraphrases * (n_eval + n_bridge_facts)
+    n_held = spec.n_bridge_people * spec.heldout_relations
+    n_qa = spec.n_bridge_people * n_rel - n_held
+    n_bridge_stated = spec.n_bridge_people * n_rel
+    n_attr = (spec.n_knowledge_people + spec.n_bridge_people) * sum(len(t) for t in lx.ATTRIBUTE_TEMPLATES.values())
+    n_events = max(50, spec.n_mention_pairs // 2)
+    en_core = ((n_eval + n_bridge_stated) * spec.en_paraphrases + 2 * spec.qa_repeats * n_qa + n_attr
+               + n_category_sentences() + n_events)
     return {
-        "eval/arc_en.jsonl": n_eval,
-        "eval/arc_ko.jsonl": n_eval,
-        "eval/facts.jsonl": n_eval,
-        "data/bridge_train.en": n_bridge_facts * spec.bridge_paraphrases + spec.n_mention_pairs,
-        "data/bridge_train.ko": n_bridge_facts * spec.bridge_paraphrases + spec.n_mention_pairs,
-        "data/bridge_heldout.en": spec.n_heldout_pairs,
-        "data/bridge_heldout.ko": spec.n_heldout_pairs,
+        "eval/knowledge_en.jsonl": n_eval, "eval/knowledge_ko.jsonl": n_eval,
+        "eval/bridge_heldout_en.jsonl": n_held, "eval/bridge_heldout_ko.jsonl": n_held,
+        "eval/ghost_en.jsonl": spec.n_ghost_people * n_rel, "eval/ghost_ko.jsonl": spec.n_ghost_people * n_rel,
+        "eval/facts.jsonl": n_eval + n_held + spec.n_ghost_people * n_rel,
+        "data/bridge_train.en": n_bridge_stated * spec.bridge_paraphrases + spec.n_mention_pairs,
+        "data/bridge_train.ko": n_bridge_stated * spec.bridge_paraphrases + spec.n_mention_pairs,
+        "data/heldout_pairs.en": spec.n_heldout_pairs,
+        "data/heldout_pairs.ko": spec.n_heldout_pairs,
         "data/ko_mono.txt": spec.n_ko_mono,
         "data/stage3_ko.txt": spec.n_stage3_ko,
         "data/stage3_en.txt": spec.n_stage3_en,
         "data/instructions.jsonl": 2 * spec.n_instructions,
-        "data/sample.en": spec.n_sample,
-        "data/sample.ko": spec.n_sample,
-        "data/en_pretrain.txt": statements + 2 * qa_items + spec.n_mention_pairs + n_category_sentences(),
+        "data/en_pretrain.txt": en_core + spec.n_mention_pairs,
     }
 
 

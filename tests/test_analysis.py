@@ -223,8 +223,9 @@ def test_summary_table_figures_and_no_umap(runs, tmp_path, tiny_assets, monkeypa
     assert table[0]["acc:agreement"] == 5 / 8 and table[0]["acc_norm:agreement"] == 6 / 8
     out = an.write_summary(table, tmp_path / "08", note="Prediction: acc_norm.", meta={"prediction": "acc_norm"})
     md = out["md"].read_text(encoding="utf-8").splitlines()
-    assert md[0] == "| run | model | stage | step | task | n | acc_en | acc_ko | agreement | kappa | retrieval_p1 |"
-    assert md[1].count("|") == 12 and len(md) == 2 + 6 + 2
+    assert md[0] == ("| run | model | stage | step | cell | n | acc_en | acc_ko | agreement | kappa | "
+                     "transfer_ratio | retrieval_p1 |")
+    assert md[1].count("|") == 13 and len(md) == 2 + 6 + 2
     assert md[2].startswith("| main | baseline-toy | 00_toy_world |  | toy_arc | 8 | 0.625 [")
     assert "| ctrl | 05_stage3_pretrain-step-000100 | 05_stage3_pretrain | 100 | toy_arc |" in md[5]
     summary = json.loads(out["json"].read_text())
@@ -268,7 +269,7 @@ def test_notebook_headless(runs, tmp_path):
     f = tmp_path / "p.yaml"
     f.write_text(f"common:\n  base_model: {main}\n08_agreement_analysis:\n  compare_runs: [{ctrl}]\n"
                  "  heldout_ko: '{run}/heldout.ko'\n  heldout_en: '{run}/heldout.en'\n"
-                 "  n_boot: 100\n  umap: false\n  device: cpu\n", encoding="utf-8")
+                 "  n_boot: 100\n  umap: false\n  device: cpu\n  prediction: acc_norm\n", encoding="utf-8")
     run_pipeline(f, run=str(main), only="08", progress=False)
     d = main / "08_agreement_analysis"
     m = json.loads((d / "metrics.json").read_text())
@@ -277,7 +278,9 @@ def test_notebook_headless(runs, tmp_path):
     assert [r["agreement"] for r in m["rows"]][:3] == [0.75, 1.0, 1.0]
     assert (d / "summary.md").exists() and (d / "predictions.jsonl").exists() and (d / "DONE").exists()
     assert sorted(p.name for p in (d / "figures").iterdir()) == [
-        "accuracy.png", "agreement.png", "cosines.png", "p1_by_layer.png", "split.png"]
+        "accuracy.png", "agreement.png", "calibration.png", "cosines.png", "p1_by_layer.png", "split.png",
+        "transfer_scale.png"]
+    assert (d / "transfer.md").read_text(encoding="utf-8").startswith("| model | knowledge acc_en |")
 
 
 def real_records(docs, lang, rng_ll, kind):

@@ -350,25 +350,33 @@ def read_jsonl_manifest(sd: Path) -> list[dict]:
 
 @pytest.mark.slow
 def test_notebook_runs_headless_on_a_fake_run(tmp_path, tiny_assets):
-    """The notebook end to end with Papermill: toy baseline + one stage, metrics read back."""
+    """The notebook end to end with Papermill: toy baseline, a 02 control and one stage, on the
+    default tasks (the toy world's three question cells), metrics read back."""
     import papermill as pm
 
     from lib import paths
     run = tmp_path / "run"
     toy = done(run / "00_toy_world")
     shutil.copytree(tiny_assets["model"], toy / "model")
-    write_jsonl(toy / "eval/arc_en.jsonl", arc_records("en"))
-    write_jsonl(toy / "eval/arc_ko.jsonl", arc_records("ko"))
-    shutil.copytree(tiny_assets["model"], done(run / "02_embedding_init") / "model")
+    for cell in ("knowledge", "bridge_heldout", "ghost"):
+        write_jsonl(toy / f"eval/{cell}_en.jsonl", arc_records("en"))
+        write_jsonl(toy / f"eval/{cell}_ko.jsonl", arc_records("ko"))
+    stage = done(run / "02_embedding_init")
+    shutil.copytree(tiny_assets["model"], stage / "model")
+    shutil.copytree(tiny_assets["model"], stage / "controls/oracle/model")
+    (stage / "controls/controls.json").write_text(json.dumps([{"name": "oracle", "path": "oracle/model"}]))
     pm.execute_notebook(str(paths.notebook_path("07_benchmark_eval")), str(tmp_path / "07.ipynb"),
                         parameters={"run": str(run), "limit": 4, "batch_size": 8},
                         cwd=str(paths.NOTEBOOKS), progress_bar=False)
     sd = run / "07_benchmark_eval"
-    assert (sd / "DONE").exists() and (sd / "figures" / "acc_toy_arc.png").exists()
+    assert (sd / "DONE").exists() and (sd / "figures" / "acc_knowledge.png").exists()
     m = json.loads((sd / "metrics.json").read_text())
-    assert [(r["model"], r["pair"], r["n"]) for r in m["rows"]] == [("baseline-toy", "toy_arc", 4),
-                                                                     ("02_embedding_init", "toy_arc", 4)]
-    assert [e["name"] for e in read_jsonl_manifest(sd)] == ["baseline-toy", "02_embedding_init"]
+    assert [(r["model"], r["pair"], r["n"]) for r in m["rows"] if r["pair"] == "knowledge"] == [
+        ("baseline-toy", "knowledge", 4), ("control-oracle", "knowledge", 4), ("02_embedding_init", "knowledge", 4)]
+    entries = read_jsonl_manifest(sd)
+    assert [(e["name"], e["kind"]) for e in entries] == [("baseline-toy", "baseline"), ("control-oracle", "control"),
+                                                         ("02_embedding_init", "stage")]
+    assert sorted(entries[1]["tasks"]) == ["bridge_heldout", "ghost", "knowledge"]
 
 
 # ---------------------------------------------------------------------------- real data

@@ -42,11 +42,43 @@ def test_loss_falls_and_metrics_are_reported(built):
     assert len(curve) == BaseModelSpec.micro().steps
     assert sum(curve[-5:]) / 5 < 0.8 * sum(curve[:5]) / 5
     assert m["n_questions"] == 60
-    # The micro model learns the English facts (1.0 when measured) but not the Korean questions.
-    assert m["base_en_accuracy"] >= 0.6 and m["base_ko_accuracy"] <= 0.45
+    # Every cell is scored in both languages. The micro model is too small to answer questions it
+    # never saw asked (the toy profile's reaches 0.96 on knowledge); its Korean is near chance.
+    assert {c: v["n"] for c, v in m["cells"].items()} == {"knowledge": 60, "bridge_heldout": 24, "ghost": 30}
+    assert m["base_en_accuracy"] == m["cells"]["knowledge"]["en"] and m["base_ko_accuracy"] <= 0.45
     for key in ("base_en_accuracy", "base_ko_accuracy", "train_seconds", "tokens_per_second", "n_params",
                 "final_loss", "ko_tokens_per_char", "en_tokens_per_char"):
         assert m[key] >= 0, key
+
+
+@pytest.mark.slow
+def test_every_clone_word_is_one_token_and_options_match_the_text(built):
+    """Rule 3 and the oracle's premise: on the clone world every English word of the questions is
+    one base piece, every Korean word one Korean piece, and options tokenize as in the text."""
+    from lib.toyworld import option_match
+    root, _ = built
+    r = option_match(root, root / "base_tokenizer/tokenizer.model", root / "korean_tokenizer/tokenizer.model")
+    assert r["option_match_rate"]["en"] == 1.0 and r["option_match_rate"]["ko"] == 1.0
+    assert r["option_match_rate"]["ko_mentions"] > 100
+    base = spm.SentencePieceProcessor(model_file=str(root / "base_tokenizer/tokenizer.model"))
+    ko = spm.SentencePieceProcessor(model_file=str(root / "korean_tokenizer/tokenizer.model"))
+    for lang, sp in (("en", base), ("ko", ko)):
+        for q in read_jsonl(root / f"eval/knowledge_{lang}.jsonl"):
+            words = q["question"].rstrip("?").split() + q["choices"]["text"]
+            assert all(len(sp.encode(w)) == 1 for w in words), (lang, [w for w in words if len(sp.encode(w)) != 1])
+
+
+@pytest.mark.slow
+def test_toy_korean_options_sometimes_differ_from_the_text(tmp_path):
+    """The realistic toy Korean glues particles to names (부산에), so some mentions tokenize unlike
+    the option (about 0.4 before the entity forms joined the tokenizer corpus; ~0.9 now)."""
+    from lib.toymodel import train_korean_tokenizer
+    from lib.toyworld import option_match
+    write_world(build_world(WorldSpec.micro(korean_style="toy")), tmp_path)
+    train_base_tokenizer(tmp_path, tmp_path / "b", BaseModelSpec.micro().base_vocab_size)
+    train_korean_tokenizer(tmp_path, tmp_path / "k", 800, "unigram")
+    r = option_match(tmp_path, tmp_path / "b/tokenizer.model", tmp_path / "k/tokenizer.model")["option_match_rate"]
+    assert r["en"] == 1.0 and 0.5 < r["ko"] < 1.0
 
 
 @pytest.mark.slow
@@ -70,7 +102,7 @@ def test_saved_folder_loads_like_a_hub_model(built, tok):
     for line in read_lines(root / "data/sample.ko")[:20] + read_lines(root / "data/sample.en")[:20]:
         assert hub_tok(line)["input_ids"] == [1] + sp.encode(line)
     # The reloaded weights give the accuracy measured before saving.
-    again = mc_accuracy(model, hub_tok, root / "eval/arc_en.jsonl", "en")
+    again = mc_accuracy(model, hub_tok, root / "eval/knowledge_en.jsonl", "en")
     assert again["acc"] == m["base_en_accuracy"]
 
 
@@ -89,6 +121,8 @@ def test_pretrain_documents_keep_question_and_answer_together():
     lines = ["Minsu lives in Busan.", "Question: Where does Minsu live?", "Answer: Busan", "Jiho met Minsu."]
     assert pretrain_documents(lines) == ["Minsu lives in Busan.", "Question: Where does Minsu live?\nAnswer: Busan",
                                          "Jiho met Minsu."]
+    ko = ["질문: 민수 어디?", "정답: 부산", "정답: 서울", "Question: x?"]     # a lone answer or question stays a line
+    assert pretrain_documents(ko) == ["질문: 민수 어디?\n정답: 부산", "정답: 서울", "Question: x?"]
 
 
 def uniform_model(vocab: int) -> torch.nn.Module:
@@ -145,9 +179,9 @@ def test_split_ids_scores_what_follows_the_shared_prefix(tok):
 def test_mc_accuracy_reads_arc_rows_and_pairs_ids(world_dir, tok, tmp_path):
     root = world_dir
     model = uniform_model(len(tok))
-    res = mc_accuracy(model, tok, root / "eval/arc_ko.jsonl", "ko", limit=8)
+    res = mc_accuracy(model, tok, root / "eval/knowledge_ko.jsonl", "ko", limit=8)
     assert res["n"] == 8 and len(res["samples"]) == 8 and 0 <= res["acc"] <= 1
-    assert [s["id"] for s in res["samples"]] == [r["id"] for r in read_jsonl(root / "eval/arc_ko.jsonl")[:8]]
+    assert [s["id"] for s in res["samples"]] == [r["id"] for r in read_jsonl(root / "eval/knowledge_ko.jsonl")[:8]]
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"id": "x", "question": "q", "choices": {"text": ["a"], "label": ["A"]}, "answerKey": "B"}\n')
     with pytest.raises(ValueError, match="bad.jsonl:1"):

@@ -102,3 +102,27 @@ def test_qlora_on_cpu_is_refused_before_any_work(tmp_path, tiny_assets):
     with pytest.raises(RuntimeError, match="needs a CUDA GPU"):
         pretrain.run(cfg)
     assert not (cfg.stage_dir / "checkpoints").exists()
+
+
+@pytest.mark.slow
+def test_new_head_rows_only_keep_english_logits_bit_identical(tmp_path, tiny_assets):
+    """train_rows: new trains the Korean output rows alone: base-vocab logits of English text are
+    bit-identical after training, while Korean rows (and so Korean perplexity) change."""
+    from transformers import AutoTokenizer
+
+    import lib.model as M
+    from lib.train import head
+    n_base = 200
+    start = AutoModelForCausalLM.from_pretrained(tiny_assets["model"]).eval()
+    tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    probe = M.english_probe(tok, EN_LINES[:6])
+    before = M.logits_for(start, probe)
+    cfg = make_cfg("04_stage2_lm_head", tmp_path, tiny_assets, train_rows="new", base_vocab_size=n_base)
+    m = head.run(cfg)
+    assert m["train_rows"] == "new" and m["loss"]["last"] < m["loss"]["first"]
+    after_model = AutoModelForCausalLM.from_pretrained(cfg.stage_dir / "model").eval()
+    assert torch.equal(M.logits_for(after_model, probe)[..., :n_base], before[..., :n_base])
+    w0, w1 = start.lm_head.weight, after_model.lm_head.weight
+    assert torch.equal(w0[:n_base], w1[:n_base]) and not torch.equal(w0[n_base:], w1[n_base:])
+    with pytest.raises(ValueError, match="train_rows must be one of"):
+        head.run(make_cfg("04_stage2_lm_head", tmp_path, tiny_assets, train_rows="korean"))

@@ -3,7 +3,9 @@
 Everything else is frozen, so the representation that stage 1 aligned is left as it is and the
 head learns to read Korean out of it. ``train_new_embeddings=True`` also trains the *new* input
 rows (ids >= the base vocab) while the base rows stay bit-identical (their gradient is zeroed and
-AdamW without weight decay then leaves them exactly unchanged).
+AdamW without weight decay then leaves them exactly unchanged). ``train_rows: new`` does the same
+to the head itself: only the new (Korean) output rows learn, so the logits of every base-vocab
+token, English text's included, stay bit-identical.
 
     python -m lib.train 04 params/toy.yaml      # or run notebooks/04_stage2_lm_head.ipynb
 """
@@ -23,30 +25,43 @@ from lib.train.common import final_model, load_start, saver, train_spec, trainab
 from lib.train.loop import train
 
 
+TRAIN_ROWS = ("all", "new")
+
+
 def base_vocab_size(cfg: Any) -> int:
     """Rows below this id are the base model's: from the parameter, else from 01's metrics."""
     if cfg.get("base_vocab_size"):
         return int(cfg["base_vocab_size"])
     m = cfg.run_dir / "01_vocab_merge" / "metrics.json"
     if not m.exists():
-        raise FileNotFoundError(f"train_new_embeddings needs the base vocab size: set base_vocab_size, "
+        raise FileNotFoundError(f"train_new_embeddings / train_rows: new need the base vocab size: set base_vocab_size, "
                                 f"or run 01_vocab_merge in this run ({m} is missing)")
     return int(read_json(m)["base_vocab_size"])
 
 
-def freeze_all_but_head(model, train_new_rows_from: int | None = None) -> None:
-    """requires_grad only on the LM head (and, optionally, input rows >= ``train_new_rows_from``)."""
+def _rows_from(weight: torch.Tensor, first: int) -> None:
+    """Zero the gradient of the rows below ``first`` (they then never move under AdamW without
+    weight decay)."""
+    keep = torch.zeros(weight.shape[0], 1, dtype=weight.dtype, device=weight.device)
+    keep[first:] = 1
+    weight.register_hook(lambda g: g * keep)
+
+
+def freeze_all_but_head(model, train_new_rows_from: int | None = None, head_rows_from: int | None = None) -> None:
+    """requires_grad only on the LM head (optionally only its rows >= ``head_rows_from``) and,
+    optionally, the input rows >= ``train_new_rows_from``."""
     if getattr(model.config, "tie_word_embeddings", False):
         raise ValueError("this model ties its LM head to the input embeddings, so the head cannot be "
                          "trained alone; untie it first (tie_word_embeddings=False) or skip stage 04")
     model.requires_grad_(False)
-    model.get_output_embeddings().weight.requires_grad_(True)
+    head = model.get_output_embeddings().weight
+    head.requires_grad_(True)
+    if head_rows_from is not None:
+        _rows_from(head, head_rows_from)
     if train_new_rows_from is not None:
         emb = model.get_input_embeddings().weight
         emb.requires_grad_(True)
-        keep = torch.zeros(emb.shape[0], 1, dtype=emb.dtype, device=emb.device)
-        keep[train_new_rows_from:] = 1
-        emb.register_hook(lambda g: g * keep)
+        _rows_from(emb, train_new_rows_from)
 
 
 def clm_loss_fn(mods, batch):
@@ -60,9 +75,16 @@ def perplexities(model, tok, ko_lines: list[str], en_lines: list[str], max_len: 
 
 
 def run(cfg: Any) -> dict:
+    if cfg.train_rows not in TRAIN_ROWS:
+        raise ValueError(f"train_rows must be one of {TRAIN_ROWS}, got {cfg.train_rows!r}")
+    if (cfg.train_rows == "new" or cfg.train_new_embeddings) and cfg.get("weight_decay", 0):
+        raise ValueError("train_rows: new / train_new_embeddings keep base rows frozen through a zero "
+                         "gradient, which weight decay would still shrink: set weight_decay: 0")
     model, tok, start = load_start(cfg)
-    n_base = base_vocab_size(cfg) if cfg.train_new_embeddings else None
-    freeze_all_but_head(model, n_base)
+    needs_base = cfg.train_new_embeddings or cfg.train_rows == "new"
+    n_base = base_vocab_size(cfg) if needs_base else None
+    freeze_all_but_head(model, n_base if cfg.train_new_embeddings else None,
+                        n_base if cfg.train_rows == "new" else None)
     ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
     en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)
     blocks, report = pack_file(tok, cfg.path(cfg.text), cfg.block_size)
@@ -77,7 +99,8 @@ def run(cfg: Any) -> dict:
     final_model(cfg, result)
     losses = [h for h in result["history"] if "loss" in h]
     return {
-        "init_from": start, "train_new_embeddings": cfg.train_new_embeddings, "base_vocab_size": n_base,
+        "init_from": start, "train_new_embeddings": cfg.train_new_embeddings, "train_rows": cfg.train_rows,
+        "base_vocab_size": n_base,
         **trainable_summary(model),
         "ko_ppl": {"before": before["ko"]["ppl"], "after": after["ko"]["ppl"]},
         "en_ppl": {"before": before["en"]["ppl"], "after": after["en"]["ppl"]},

@@ -125,4 +125,4 @@ def test_new_head_rows_only_keep_english_logits_bit_identical(tmp_path, tiny_ass
     w0, w1 = start.lm_head.weight, after_model.lm_head.weight
     assert torch.equal(w0[:n_base], w1[:n_base]) and not torch.equal(w0[n_base:], w1[n_base:])
     with pytest.raises(ValueError, match="train_rows must be one of"):
-        head.run(make_cfg("04_stage2_lm_head", tmp_path, tiny_assets, train_rows="korean"))
+        head.run(make_cfg("04_stage2_lm_head", tmp_path, tiny_assets, train_rows="korean", run=str(tmp_path / "run2")))

@@ -126,3 +126,19 @@ def test_new_head_rows_only_keep_english_logits_bit_identical(tmp_path, tiny_ass
     assert torch.equal(w0[:n_base], w1[:n_base]) and not torch.equal(w0[n_base:], w1[n_base:])
     with pytest.raises(ValueError, match="train_rows must be one of"):
         head.run(make_cfg("04_stage2_lm_head", tmp_path, tiny_assets, train_rows="korean", run=str(tmp_path / "run2")))
+
+
+@pytest.mark.slow
+def test_pretrain_packs_code_switched_text(tmp_path, tiny_assets):
+    from lib.train import pretrain
+    pairs = tmp_path / "pairs.jsonl"
+    words = [ln.split()[0].strip(".?,") for ln in EN_LINES[:4]]
+    kos = [ln.split()[0].strip(".?,") for ln in KO_LINES[:4]]
+    pairs.write_text("".join(json.dumps({"en": e, "ko": k}, ensure_ascii=False) + "\n"
+                             for e, k in zip(words, kos) if e and k), encoding="utf-8")
+    cfg = make_cfg("05_stage3_pretrain", tmp_path, tiny_assets, code_switch_ratio=1.0, word_pairs=str(pairs),
+                   steps=4, save_every=0, eval_every=0)
+    m = pretrain.run(cfg)
+    assert m["code_switch_ratio"] == 1.0 and m["code_switched"]["en"]["switched"] > 0
+    switched = (cfg.stage_dir / "code_switched/en.txt").read_text(encoding="utf-8")
+    assert m["packing"]["en"]["path"].endswith("code_switched/en.txt") and any(k in switched for k in kos if k)

@@ -99,6 +99,22 @@ def merge_adapter(cfg: Any, model, start: str, adapter_dir: Path):
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
 
+def training_texts(cfg: Any) -> tuple[Path, Path, dict | None]:
+    """The Korean and English text files to pack. With ``code_switch_ratio > 0`` both are first
+    code-switched through ``word_pairs`` (lib.codeswitch) into ``<stage>/code_switched/``."""
+    ko, en = cfg.path(cfg.ko_text), cfg.path(cfg.en_text)
+    if not cfg.code_switch_ratio:
+        return ko, en, None
+    from lib.codeswitch import code_switch, read_word_pairs
+    from lib.outputs import write_text
+    pairs = read_word_pairs(cfg.path(cfg.word_pairs))
+    out, stats = Path(cfg.stage_dir) / "code_switched", {}
+    for lang, src in (("ko", ko), ("en", en)):
+        lines, stats[lang] = code_switch(read_lines(src), pairs, cfg.code_switch_ratio, seed=cfg.seed)
+        write_text(out / f"{lang}.txt", "".join(line + "\n" for line in lines))
+    return out / "ko.txt", out / "en.txt", stats
+
+
 def packing_comparison(tok, lines: list[str], block_size: int) -> dict:
     """Non-pad share of our packed blocks vs one-line-per-row padding on the same text."""
     docs = tokenize_lines(tok, lines)
@@ -110,8 +126,9 @@ def run(cfg: Any) -> dict:
     model, tok, start = load_for_method(cfg)
     ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
     en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)
-    ko_blocks, ko_rep = pack_file(tok, cfg.path(cfg.ko_text), cfg.block_size)
-    en_blocks, en_rep = pack_file(tok, cfg.path(cfg.en_text), cfg.block_size)
+    ko_file, en_file, switched = training_texts(cfg)
+    ko_blocks, ko_rep = pack_file(tok, ko_file, cfg.block_size)
+    en_blocks, en_rep = pack_file(tok, en_file, cfg.block_size)
     ratios = {"ko": cfg.ko_ratio, "en": 1.0 - cfg.ko_ratio}
     sources = {k: v for k, v in (("ko", ko_blocks), ("en", en_blocks)) if ratios[k] > 0}
     stream = MixedStream(sources, {k: ratios[k] for k in sources}, batch_size=cfg.batch_size,
@@ -136,6 +153,7 @@ def run(cfg: Any) -> dict:
     evals = result["evals"]
     return {
         "init_from": start, "method": cfg.method, "ko_ratio": cfg.ko_ratio, **trainable_summary(model),
+        "code_switch_ratio": cfg.code_switch_ratio, "code_switched": switched,
         "ko_ppl": {"before": before["ko"]["ppl"], "after": after["ko"]["ppl"]},
         "en_ppl": {"before": before["en"]["ppl"], "after": after["en"]["ppl"]},
         "ko_bits_per_char": {"before": before["ko"]["bits_per_char"], "after": after["ko"]["bits_per_char"]},

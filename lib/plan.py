@@ -14,7 +14,8 @@ The memory model (bytes; ``P`` parameters, ``T`` trainable, ``N`` tokens of one 
 - gradients ``4T`` and AdamW state ``8T`` (half of each with pure bf16);
 - activations per token and layer ``10h + 4i`` values (measured with saved-tensor hooks on the
   HF Llama layer; SwiGLU keeps 4 tensors of width ``i``), 4 bytes each in fp32; under bf16
-  autocast 2 bytes each plus ``4h`` fp32 values of the RMSNorms (not measured: no GPU here);
+  autocast 2 bytes each, the ``4h`` RMSNorm values in fp32 and the norms' bf16 outputs
+  (``32h + 8i`` bytes; derived, not measured: no GPU here);
   with gradient checkpointing one ``h``-vector per layer plus one layer recomputed; a stage whose
   layers get no gradient (04: the head only) keeps just the head's input;
 - logits and loss: ``k N V`` bytes at the start of the backward pass (fp32 logits, log-softmax,
@@ -70,13 +71,22 @@ class Shape:
 
     @property
     def layer_params(self) -> int:
-        h, kv = self.hidden, self.hidden * self.kv_heads // self.heads
-        return 2 * h * h + 2 * h * kv + 3 * h * self.intermediate + 2 * h
+        return self.layer_linear + (4 * self.hidden + 5 * self.hidden + self.intermediate
+                                    if self.arch == "gpt_neox" else 2 * self.hidden)
+
+    @property
+    def layer_linear(self) -> int:
+        """Matmul weights of one layer. Llama: q, k, v, o and a SwiGLU MLP (3 matrices);
+        GPT-NeoX: fused qkv, o and a 2-matrix MLP (biases and LayerNorms counted in layer_params)."""
+        h, i, kv = self.hidden, self.intermediate, self.hidden * self.kv_heads // self.heads
+        if self.arch == "gpt_neox":
+            return 4 * h * h + 2 * h * i
+        return 2 * h * h + 2 * h * kv + 3 * h * i
 
     @property
     def linear_params(self) -> int:
         """Weights of the matmuls (what autocast copies to bf16; what QLoRA quantises)."""
-        return self.layers * (self.layer_params - 2 * self.hidden)
+        return self.layers * self.layer_linear
 
     @property
     def embed_params(self) -> int:
@@ -84,7 +94,8 @@ class Shape:
 
     @property
     def params(self) -> int:
-        return self.layers * self.layer_params + self.embed_params * (1 if self.tied else 2) + self.hidden
+        final_norm = 2 * self.hidden if self.arch == "gpt_neox" else self.hidden
+        return self.layers * self.layer_params + self.embed_params * (1 if self.tied else 2) + final_norm
 
     def with_vocab(self, vocab: int) -> "Shape":
         return Shape(**{**asdict(self), "vocab": vocab})
@@ -153,7 +164,9 @@ def train_memory(shape: Shape, tokens: int, *, trainable: int, mixed: bool, pure
     weights += extra_weights
     grads, optimizer = wb * trainable, 2 * wb * trainable
     act_b = 2 if (mixed or pure_bf16) else 4
-    per_layer = (10 * h + 4 * i) * act_b + (4 * h * 4 if mixed else 0)
+    # under autocast the 4h RMSNorm values stay fp32 (+2 bytes each) and both norm outputs are
+    # also kept as the bf16 inputs of the next matmuls (2h x 2 bytes): 32h + 8i bytes in all
+    per_layer = (10 * h + 4 * i) * act_b + (12 * h if mixed else 0)
     full = L * tokens * per_layer + 3 * h * tokens * act_b
     ckpt = L * tokens * h * (4 if mixed else act_b) + tokens * per_layer + 3 * h * tokens * act_b
     head_only = h * tokens * act_b
@@ -219,7 +232,8 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool) -> StagePlan:
     method = p.get("method", "full")
     notes, extra, layers_saved, logit_tokens = [], 0.0, True, None
     if stage.startswith("03"):
-        tokens = 2 * p["batch_size"] * p["max_len"]          # Korean and English rows in one pass
+        # Korean and English rows in one pass (English alone through a frozen copy: no activations)
+        tokens = (1 if p.get("english_encoder") == "frozen" else 2) * p["batch_size"] * p["max_len"]
         trainable, logit_tokens = P - (0 if shape.tied else Vh), p["batch_size"] * 2
         if p.get("english_encoder") == "frozen":
             extra += (2 if pure else 4) * P

@@ -23,7 +23,7 @@ import torch
 
 from lib.data import DataError
 
-CHUNK_ROWS = 20_000        # lines tokenized per map batch and packed per write
+CHUNK_ROWS = 1_000         # lines per map batch and per cached record batch: bounds memory
 
 
 def _encode_rows(batch: dict, tokenizer, bos: int, eos: int) -> dict:
@@ -53,7 +53,7 @@ def tokenized(tokenizer, path: str | Path, cache_dir: str | Path | None = None, 
                    desc=f"non-empty lines of {path.name}")
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
-    ds = ds.map(_encode_rows, batched=True, batch_size=CHUNK_ROWS, remove_columns=["text"],
+    ds = ds.map(_encode_rows, batched=True, batch_size=CHUNK_ROWS, writer_batch_size=CHUNK_ROWS, remove_columns=["text"],
                 fn_kwargs={"tokenizer": tokenizer, "bos": bos, "eos": eos}, desc=f"tokenizing {path.name}")
     if len(ds) == 0:
         raise DataError(f"{path}: no text lines")

@@ -27,15 +27,13 @@ _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.flo
 
 
 def auto_device(device: str = "auto") -> torch.device:
-    """This process's device. ``auto``: the GPU accelerate assigns to this process
-    (``cuda:<local rank>`` under ``accelerate launch``, so two processes never share GPU 0),
-    else the CPU."""
-    if device == "auto":
-        if not torch.cuda.is_available():
-            return torch.device("cpu")
+    """This process's device. ``auto`` (and ``cuda``): the GPU accelerate assigns to this process
+    (``cuda:<local rank>`` under ``accelerate launch``, so two processes never share GPU 0);
+    ``auto`` without CUDA: the CPU."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
         from accelerate import PartialState
         return PartialState().device
-    return torch.device(device)
+    return torch.device("cpu" if device == "auto" else device)
 
 
 def auto_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:

@@ -91,3 +91,10 @@ def test_run_refuses_before_any_stage_runs(tmp_path, capsys, shared_data):
     assert not any(p.is_dir() and p.name[:2].isdigit() for p in run.iterdir())
     assert main(["run", str(dev), "--run", str(tmp_path / "run2"), "--gpu-memory", "16"]) == 1
     assert "Turn " in capsys.readouterr().err
+
+
+def test_a_base_model_of_unknown_shape_is_not_checked(tmp_path, capsys):
+    """The toy profile before 00 has built its model: the run must not be blocked by the plan."""
+    prof = load_profile(paths.PARAMS / "toy.yaml")
+    check_fits(prof, select_stages(prof), str(tmp_path / "fresh"), 1)
+    assert "no memory check" in capsys.readouterr().out

@@ -30,10 +30,8 @@ and are unmeasured until a GPU runs ``bench/gpu_smoke.py``.
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
 
 from lib import paths
 from lib.params import ParamsError, Profile, stage_params

@@ -243,7 +243,8 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool) -> StagePlan:
         if p.get("clm_weight", 0) > 0:
             tokens += p["batch_size"] * p["clm_block"]
             logit_tokens += p["batch_size"] * p["clm_block"]
-        knob = f"{stage}.batch_size or max_len"
+        knob = (f"{stage}.max_len or batch_size (fewer in-batch negatives)" if gc else
+                f"{stage}.gradient_checkpointing: true, or a lower max_len")
     elif stage.startswith("04"):
         tokens = p["batch_size"] * p["block_size"]
         trainable = Vh
@@ -326,8 +327,9 @@ def plan_profile(prof: Profile, stages: list[str], run: str, cuda: bool = True) 
         elif stage.startswith("01"):
             sp = StagePlan(stage, notes=[f"tokenizer only; merged vocab {vocab:,} ({how})"])
         elif stage.startswith("02"):
-            sp = StagePlan(stage, peak=infer_memory(shape.with_vocab(vocab), 8, p["max_len"], cuda),
-                           disk=4 * merged_shape.params)
+            # 02 loads and saves in the inference dtype (bf16 on CUDA)
+            sp = StagePlan(stage, peak=infer_memory(merged_shape, 8, p["max_len"], cuda),
+                           disk=(2 if cuda else 4) * merged_shape.params)
         elif stage.startswith("07"):
             n_models = len(p["baselines"]) + _models_of_run(prof, stages, run)
             req = _eval_requests(p, lambda s: paths.resolve_path(s, rd))

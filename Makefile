@@ -9,7 +9,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/toy.yaml
-BENCHES := train_vs_trainer packing contrastive scaling eval_vs_lm_eval tokenizer
+BENCHES := train_vs_trainer packing contrastive scaling eval_vs_lm_eval tokenizer plan_memory corpus_memory gpu_smoke
 SHELL  := /bin/bash
 
 .PHONY: run test lab check clean-venv colab report bench

@@ -5,7 +5,10 @@ the new rows, measure perplexity, save as a plain ``from_pretrained`` folder.
     info = resize_and_init(model, base_tok, merged_tok, init="subword_mean")
     save_model(model, merged_tok, "outputs/toy/02_embedding_init/model")
 
-Device and dtype are ``auto``: bf16 on CUDA, fp32 on CPU (bf16 on CPU is ~30x slower here).
+Device and dtype are ``auto``. The device is this process's (``cuda:<local rank>`` under
+``accelerate launch``, else ``cuda`` or ``cpu``). Models loaded to *evaluate* are bf16 on CUDA and
+fp32 on CPU (bf16 on these CPUs is ~30x slower). Models loaded to *train* follow ``precision``
+(:func:`precision_settings`): by default fp32 weights with bf16 autocast on CUDA.
 """
 from __future__ import annotations
 
@@ -18,21 +21,53 @@ import torch
 INIT_METHODS = ("subword_mean", "mean", "random")
 
 
+PRECISIONS = ("auto", "bf16-mixed", "bf16", "fp32")
+_DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
+           "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+
+
 def auto_device(device: str = "auto") -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    """This process's device. ``auto`` (and ``cuda``): the GPU accelerate assigns to this process
+    (``cuda:<local rank>`` under ``accelerate launch``, so two processes never share GPU 0);
+    ``auto`` without CUDA: the CPU."""
+    if device in ("auto", "cuda") and torch.cuda.is_available():
+        from accelerate import PartialState
+        return PartialState().device
+    return torch.device("cpu" if device == "auto" else device)
 
 
 def auto_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
+    """The dtype to load a model in for *inference*: bf16 on CUDA, fp32 on CPU."""
     if dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
-    return {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
-            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}[dtype]
+    if dtype not in _DTYPES:
+        raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
+    return _DTYPES[dtype]
+
+
+def precision_settings(precision: str = "auto", device: torch.device | str = "auto") -> tuple[torch.dtype, str]:
+    """``(weight dtype, accelerate mixed_precision)`` for training.
+
+    - ``auto``: on CUDA, fp32 master weights, gradients and AdamW state with bf16 autocast
+      (``bf16-mixed``); on CPU plain fp32 (``no``);
+    - ``bf16-mixed``: the same on any device (slow on CPUs without bf16 units);
+    - ``bf16``: pure bf16 weights and optimizer state, no autocast: half the memory of the
+      weights and ~40% of the training state, but an update smaller than ~1/256 of a weight
+      rounds away (at lr 2e-5 most do), so only for short runs or with care;
+    - ``fp32``: everything in fp32, no autocast.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    dev = auto_device(device) if isinstance(device, str) else device
+    if precision == "auto":
+        precision = "bf16-mixed" if dev.type == "cuda" else "fp32"
+    return {"bf16-mixed": (torch.float32, "bf16"), "bf16": (torch.bfloat16, "no"),
+            "fp32": (torch.float32, "no")}[precision]
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
-    """Load a causal LM and its tokenizer from a Hub id or a local folder (same code path)."""
+    """Load a causal LM and its tokenizer from a Hub id or a local folder (same code path),
+    on this process's device, in the inference dtype (:func:`auto_dtype`)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     dev = auto_device(device)
     model = AutoModelForCausalLM.from_pretrained(spec, dtype=auto_dtype(dev, dtype)).to(dev)

@@ -106,10 +106,23 @@ def packing_report(docs: Sequence[Sequence[int]], block_size: int) -> dict:
             "blocks": total // block_size, "dropped_tokens": total % block_size}
 
 
+CACHE_MIN_BYTES = 32 * 2**20     # files this large go through lib.corpus (datasets cache, mmap)
+
+
 def pack_file(tokenizer, path: str | Path, block_size: int, limit: int | None = None,
-              dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, dict]:
+              dtype: torch.dtype = torch.long, cache: bool | str = "auto") -> tuple[torch.Tensor, dict]:
     """Blocks of a text file (one document per line, a QA pair of lines as one: :func:`qa_documents`)
-    and their :func:`packing_report`."""
+    and their :func:`packing_report`.
+
+    ``cache``: ``True`` tokenizes once through ``datasets`` into its cache and returns int32
+    blocks memory-mapped from a file (:func:`lib.corpus.cached_blocks`: bounded memory, reused by
+    later runs and other processes; same blocks); ``"auto"`` does so for files of 32 MiB or more;
+    ``False`` tokenizes in memory. The cached path reads one document per line: it does not join
+    QA pairs (the toy world's files, which have them, are far below the threshold).
+    """
+    if cache is True or (cache == "auto" and Path(path).is_file() and Path(path).stat().st_size >= CACHE_MIN_BYTES):
+        from lib.corpus import cached_blocks
+        return cached_blocks(tokenizer, path, block_size, limit=limit)
     docs = tokenize_lines(tokenizer, qa_documents(read_lines(path, limit=limit)))
     report = packing_report(docs, block_size)
     if report["blocks"] == 0:

@@ -6,6 +6,7 @@
     python -m lib.pipeline run params/toy.yaml --only 07,08    # just these
     python -m lib.pipeline run params/toy.yaml --force         # redo finished stages
     python -m lib.pipeline check params/a6000.yaml             # validate only, run nothing
+    python -m lib.pipeline plan params/a6000.yaml --gpu-memory 48   # memory, disk, time per stage (lib.plan)
 
 Each stage runs into ``outputs/<run>/<NN_stage>/`` (executed notebook, config.json, metrics.json,
 figures/, artifacts, log.txt) and is finished when its ``DONE`` exists. A finished stage whose
@@ -135,7 +136,8 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
 
 
 def run_pipeline(params_file: str | Path, run: str | None = None, start: str | None = None,
-                 only: str | None = None, force: bool = False, progress: bool = True) -> list[Plan]:
+                 only: str | None = None, force: bool = False, progress: bool = True,
+                 gpu_memory: float | None = None) -> list[Plan]:
     """Run a profile; returns the plans (what ran, what was skipped)."""
     prof = load_profile(params_file)
     run = run or prof.name
@@ -144,6 +146,10 @@ def run_pipeline(params_file: str | Path, run: str | None = None, start: str | N
     rd.mkdir(parents=True, exist_ok=True)
     link_shared_stages(prof, run)
     plans = plan_run(prof, run, select_stages(prof, start, only), force)
+    from lib.plan import check_fits, device_gib
+    gpu = gpu_memory or device_gib()       # on a GPU machine, refuse a stage that cannot fit
+    if gpu:
+        check_fits(prof, [p.stage for p in plans if p.action == "run"], run, gpu)
     shutil.copy(prof.path, rd / f"params_{prof.path.name}")
     from lib.report import write_report
     bar = tqdm(plans, desc=f"run {rd.name}", unit="stage", disable=not progress, position=0)
@@ -171,16 +177,27 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--from", dest="start", help="first stage to run, e.g. 03")
     r.add_argument("--only", help="comma-separated stages, e.g. 07,08")
     r.add_argument("--force", action="store_true", help="redo finished stages")
+    r.add_argument("--gpu-memory", type=float, help="GiB of GPU memory to check each stage against "
+                   "(default: the CUDA device's; no check on a CPU)")
     c = sub.add_parser("check", help="validate a profile against the notebooks; run nothing")
     c.add_argument("params")
+    pl = sub.add_parser("plan", help="estimated peak GPU memory, disk, tokens and time per stage")
+    pl.add_argument("params")
+    pl.add_argument("--gpu-memory", type=float, default=48.0, help="GiB of the device (default 48: A6000)")
+    pl.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation (default 0.35)")
+    pl.add_argument("--tflops", type=float, default=154.8, help="device bf16 peak TFLOP/s (default: A6000)")
     args = ap.parse_args(argv)
     try:
+        if args.cmd == "plan":
+            from lib.plan import print_plan
+            print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
+            return 0
         if args.cmd == "check":
             prof = load_profile(args.params)
             validate_profile(prof, select_stages(prof))
             print(f"{prof.path}: ok ({', '.join(select_stages(prof))})")
             return 0
-        run_pipeline(args.params, args.run, args.start, args.only, args.force)
+        run_pipeline(args.params, args.run, args.start, args.only, args.force, gpu_memory=args.gpu_memory)
     except (ParamsError, StageFailed, FileNotFoundError, FileExistsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -11,24 +11,30 @@ from typing import Any
 
 import torch
 
-from lib.model import auto_device, auto_dtype
+from lib.model import auto_device, precision_settings
 from lib.train.loop import TrainSpec
 
 SPEC_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "grad_accum",
-             "max_grad_norm", "save_every", "eval_every", "keep_checkpoints", "report_to", "seed")
+             "max_grad_norm", "save_every", "eval_every", "keep_checkpoints", "report_to", "seed", "device")
 
 
 def train_spec(cfg: Any) -> TrainSpec:
-    """A TrainSpec from the stage parameters that share its field names."""
-    return TrainSpec(**{k: cfg[k] for k in SPEC_KEYS if k in cfg})
+    """A TrainSpec from the stage parameters that share its field names; ``precision`` becomes
+    accelerate's ``mixed_precision`` (see :func:`lib.model.precision_settings`)."""
+    spec = {k: cfg[k] for k in SPEC_KEYS if k in cfg}
+    _, spec["mixed_precision"] = precision_settings(cfg.get("precision", "auto"), cfg.get("device", "auto"))
+    return TrainSpec(**spec)
 
 
 def load_start(cfg: Any, init_from: str | None = None):
-    """(model, tokenizer, folder) of the model this stage starts from (``cfg.init_from``)."""
+    """(model, tokenizer, folder) of the model this stage starts from (``cfg.init_from``), in the
+    training weight dtype of ``cfg.precision`` (fp32 unless pure ``bf16`` is asked for), on this
+    process's device (the one its Accelerator will use: ``cuda:<local rank>``)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
     folder = cfg.model_from(init_from or cfg.get("init_from", "auto"))
     dev = auto_device(cfg.get("device", "auto"))
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=auto_dtype(dev)).to(dev)
+    dtype, _ = precision_settings(cfg.get("precision", "auto"), dev)
+    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype).to(dev)
     tok = AutoTokenizer.from_pretrained(folder)
     return model, tok, folder
 

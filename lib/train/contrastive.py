@@ -274,6 +274,9 @@ def build(cfg: Any) -> Stage1:
     if len(held_ko) < 2:
         raise DataError(f"{cfg.heldout_ko}: evaluation needs at least 2 held-out pairs")
     model, tok, folder = load_start(cfg)
+    if cfg.get("gradient_checkpointing"):      # each layer recomputed in the backward: ~1/10 the activations
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.config.use_cache = False
     n_states = model.config.num_hidden_layers + 1
     choice, rng = layer_choice(cfg, n_states)
     top = rng[1] if rng else choice["layer"]

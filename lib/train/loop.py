@@ -15,8 +15,13 @@ The stage supplies three small functions and the loop does the rest:
 
 Checkpoints go to ``out_dir/checkpoints/step-NNNNNN/`` with ``state/`` (accelerate: model,
 optimizer, scheduler, RNG), ``model/`` (``save_fn``) and ``trainer_state.json`` (step, history).
+Only the latest checkpoint keeps ``state/``: when a new one is written, the older kept ones are cut
+down to ``model/`` + ``trainer_state.json`` (a full-training ``state/`` is 16 bytes a parameter in
+fp32 with AdamW, ``model/`` 4), and resume reads the latest ``state/`` only.
 Calling ``train`` again on the same ``out_dir`` continues from the last checkpoint; on CPU in
-fp32 the final weights equal an uninterrupted run's (tested). bf16 on CUDA, fp32 on CPU.
+fp32 the final weights equal an uninterrupted run's (tested). Precision is ``spec.mixed_precision``
+(accelerate's): with ``auto``, bf16 autocast on CUDA over the fp32 weights the stage loaded
+(:func:`lib.model.precision_settings`), plain fp32 on CPU.
 """
 from __future__ import annotations
 
@@ -48,7 +53,8 @@ class TrainSpec:
     save_every: int = 0             # 0: only the final checkpoint
     eval_every: int = 0             # 0: evaluate only at the start and the end
     keep_checkpoints: bool = True   # keep every checkpoint (07/08 evaluate each) or only the last
-    mixed_precision: str = "auto"   # auto: bf16 on CUDA, no on CPU
+    mixed_precision: str = "auto"   # accelerate's: auto (bf16 on CUDA, no on CPU) | bf16 | fp16 | no
+    device: str = "auto"            # auto | cpu (forces the CPU on a GPU machine) | cuda
     report_to: str = "tensorboard"  # tensorboard | wandb | none
     log_every: int = 1
     seed: int = 0
@@ -87,7 +93,10 @@ def make_accelerator(spec: TrainSpec, out_dir: Path):
     log_with = None if spec.report_to == "none" else spec.report_to
     # our batch_at already gives each rank its share of one global batch, so the schedule must
     # advance once per optimizer step (accelerate's default steps it once per process)
+    # the Accelerator places the model and batches (cuda:<local rank> per process); autocast
+    # runs the forward in bf16 while weights, gradients and AdamW state stay in their own dtype
     acc = Accelerator(mixed_precision=mp, log_with=log_with, step_scheduler_with_optimizer=False,
+                      cpu=spec.device == "cpu",
                       project_config=ProjectConfiguration(project_dir=str(out_dir), logging_dir=str(out_dir / "logs")))
     return acc
 
@@ -113,10 +122,15 @@ def _save_checkpoint(acc, out_dir: Path, step: int, history: list, save_fn, keep
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
-        if not keep:
-            for old in checkpoints(out_dir):
-                if old != final:
-                    shutil.rmtree(old)
+        for old in checkpoints(out_dir):
+            if old == final:
+                continue
+            if not keep:
+                shutil.rmtree(old)
+            elif (old / "state").exists():
+                # resume only ever reads the latest state: older checkpoints keep their model
+                # (for 07/08) and drop optimizer, scheduler and RNG (2/3 of a full-training checkpoint)
+                shutil.rmtree(old / "state")
     acc.wait_for_everyone()
     return final
 

@@ -42,6 +42,14 @@ def check_method(cfg: Any) -> None:
                            "on CPU. Use method 'lora' (same adapters, full-precision base) or 'full'.")
 
 
+def qlora_device_map() -> dict:
+    """Where this process puts its 4-bit model: its own GPU (``LOCAL_RANK`` under ``accelerate
+    launch``), not GPU 0 for every process. Read from the environment, not from ``PartialState``,
+    so it is known before any CUDA call."""
+    import os
+    return {"": int(os.environ.get("LOCAL_RANK", 0))}
+
+
 def load_for_method(cfg: Any):
     """(model, tokenizer, folder) ready to train for ``cfg.method``."""
     if cfg.method != "qlora":
@@ -53,7 +61,7 @@ def load_for_method(cfg: Any):
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
         model = AutoModelForCausalLM.from_pretrained(start, quantization_config=q, dtype=torch.bfloat16,
-                                                     device_map={"": 0})
+                                                     device_map=qlora_device_map())
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
         tok = AutoTokenizer.from_pretrained(start)
     if cfg.gradient_checkpointing:

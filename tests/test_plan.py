@@ -1,0 +1,100 @@
+"""``python -m lib.pipeline plan``: parameter counts are exact, the memory estimate matches the
+measured peak of real CPU training steps within 25%, the a6000 profile fits 48 GiB, and ``run``
+refuses a stage that does not fit before anything runs."""
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from lib import paths
+from lib.params import load_profile
+from lib.pipeline import main, run_pipeline, select_stages
+from lib.plan import GiB, KNOWN_SHAPES, PlanError, Shape, check_fits, plan_profile, train_memory
+
+A6000 = paths.PARAMS / "a6000.yaml"
+SHEARED = "princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT"
+
+
+def _n_params(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_parameter_counts_equal_the_real_models():
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, LlamaConfig, LlamaForCausalLM
+    with torch.device("meta"):
+        llama = LlamaForCausalLM(LlamaConfig(hidden_size=2048, num_hidden_layers=24, intermediate_size=5504,
+                                             num_attention_heads=16, num_key_value_heads=16, vocab_size=39478))
+        gqa = LlamaForCausalLM(LlamaConfig(hidden_size=512, num_hidden_layers=3, intermediate_size=1376,
+                                           num_attention_heads=8, num_key_value_heads=2, vocab_size=1000))
+        neox = GPTNeoXForCausalLM(GPTNeoXConfig(hidden_size=2048, num_hidden_layers=24, intermediate_size=8192,
+                                                num_attention_heads=16, vocab_size=30080, tie_word_embeddings=False))
+    assert Shape(**KNOWN_SHAPES[SHEARED]).with_vocab(39478).params == _n_params(llama) == 1_376_053_248
+    assert Shape("llama", 512, 3, 1376, 8, 2, 1000).params == _n_params(gqa)
+    assert Shape(**KNOWN_SHAPES["EleutherAI/polyglot-ko-1.3b"]).params == _n_params(neox)
+
+
+def test_checkpointing_and_head_only_cut_activations():
+    s = Shape(**KNOWN_SHAPES[SHEARED]).with_vocab(39478)
+    full = train_memory(s, 8192, trainable=s.params, mixed=True)
+    gc = train_memory(s, 8192, trainable=s.params, mixed=True, checkpointing=True)
+    head = train_memory(s, 8192, trainable=s.embed_params, mixed=True, layers_saved=False)
+    assert gc.activations < 0.15 * full.activations and gc.activations_alt == full.activations
+    assert head.activations < 0.01 * full.activations
+    # fp32 master weights + AdamW: 16 bytes per trained parameter before the autocast copies
+    assert full.grads + full.optimizer == 12 * s.params
+    assert full.weights == 4 * s.params + 2 * s.linear_params
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["full", "full_gc_accum2", "head_only"])
+def test_estimate_within_25_percent_of_measured_cpu_peak(case):
+    spec = importlib.util.spec_from_file_location("plan_memory", paths.PROJ_ROOT / "bench" / "plan_memory.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    r = bench.run_case(case)
+    assert r["measured"] > 200 * 2**20                      # big enough to dwarf allocator noise
+    assert 0.75 <= r["ratio"] <= 1.25, r
+
+
+def test_a6000_fits_48_gib_and_names_its_tightest_stage(capsys):
+    prof = load_profile(A6000)
+    plans = plan_profile(prof, select_stages(prof), "plan_test")
+    train = {sp.stage: sp for sp in plans if sp.memory}
+    assert sorted(train) == ["03_stage1_contrastive", "04_stage2_lm_head", "05_stage3_pretrain",
+                             "06_instruction_tuning"]
+    assert all(sp.peak < 48 * GiB for sp in plans)
+    assert all(sp.disk > 0 and sp.tokens > 0 for sp in train.values())
+    assert main(["plan", str(A6000), "--gpu-memory", "48"]) == 0
+    out = capsys.readouterr().out
+    tight = max(plans, key=lambda sp: sp.peak)
+    assert f"tightest stage: {tight.stage}" in out and "**NO**" not in out
+    assert out.count("\n| 0") == len(plans)
+
+
+def test_the_old_05_batch_does_not_fit_and_the_error_names_the_knob(tmp_path):
+    f = tmp_path / "big.yaml"
+    f.write_text(f"extends: {A6000}\n05_stage3_pretrain:\n  batch_size: 32\n  grad_accum: 4\n", encoding="utf-8")
+    prof = load_profile(f)
+    with pytest.raises(PlanError, match=r"05_stage3_pretrain needs about \d+\.\d GiB.*05_stage3_pretrain\.batch_size"):
+        check_fits(prof, select_stages(prof), "plan_test", 48)
+    check_fits(prof, ["03_stage1_contrastive", "06_instruction_tuning"], "plan_test", 48)   # the others fit
+
+
+@pytest.mark.shared_data
+def test_run_refuses_before_any_stage_runs(tmp_path, capsys, shared_data):
+    dev = paths.PARAMS / "dev_shared.yaml"          # a6000 with every input file present
+    run = tmp_path / "run"
+    with pytest.raises(PlanError, match="Nothing was run"):
+        run_pipeline(dev, run=str(run), progress=False, gpu_memory=16)
+    assert not any(p.is_dir() and p.name[:2].isdigit() for p in run.iterdir())
+    assert main(["run", str(dev), "--run", str(tmp_path / "run2"), "--gpu-memory", "16"]) == 1
+    assert "Turn " in capsys.readouterr().err
+
+
+def test_a_base_model_of_unknown_shape_is_not_checked(tmp_path, capsys):
+    """The toy profile before 00 has built its model: the run must not be blocked by the plan."""
+    prof = load_profile(paths.PARAMS / "toy.yaml")
+    check_fits(prof, select_stages(prof), str(tmp_path / "fresh"), 1)
+    assert "no memory check" in capsys.readouterr().out

@@ -65,7 +65,7 @@ def cause(exc: BaseException) -> str:
         if isinstance(e, PapermillExecutionError):
             cell = f"in cell {e.exec_count or e.cell_index}"
             if e.ename == "KeyboardInterrupt":
-                return f"{INTERRUPTED} ({cell})"
+                return f"{cell}: {INTERRUPTED}"
             m = re.search(r"\[Errno (\d+)\]", str(e.evalue))
             words = _errno_words(int(m.group(1)), None) if m else None
             if words:

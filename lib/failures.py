@@ -2,6 +2,7 @@
 
     cause = failures.cause(exc)          # "the kernel died (out of memory? ...)", "no space left ..."
     failures.atomic_notebooks(stage_dir) # Papermill then writes notebooks there via temp + rename
+    with failures.stderr_into(log): ...  # the kernel's own stderr (its crash noise) goes to the log
 
 A failing stage can surface as a cell error (``PapermillExecutionError``: ename, evalue), as a
 dead kernel (``DeadKernelError``, e.g. after the kernel was killed for memory), as an ``OSError``
@@ -14,8 +15,10 @@ from __future__ import annotations
 import errno
 import os
 import re
+import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import IO, Iterator
 
 ERRNO_WORDS = {
     errno.ENOSPC: "no space left on the disk{where}: free space (or point KOLLAMA_OUTPUTS at a larger "
@@ -103,3 +106,20 @@ def atomic_notebooks(folder: str | Path) -> None:
     scheme = str(Path(folder)) + os.sep
     if not any(s == scheme for s, _ in papermill_io._handlers):
         papermill_io.register(scheme, AtomicNotebookWriter)
+
+
+@contextmanager
+def stderr_into(log: IO[str]) -> Iterator[None]:
+    """Point file descriptor 2 at ``log`` for the block. A kernel started inside inherits it, so
+    what the kernel itself prints while dying (tracebacks of its shutdown) lands in the stage's
+    log, not on the terminal above the one ``error:`` line."""
+    sys.stderr.flush()
+    log.flush()
+    saved = os.dup(2)
+    os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)

@@ -126,7 +126,7 @@ def check_type(name: str, value: Any, default: Any, where: str) -> Any:
 class Profile:
     path: Path
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)   # "common" + stages
-    origin: dict[tuple[str, str], Path] = field(default_factory=dict)   # (section, key) -> file
+    origin: dict[tuple[str, str | None], Path] = field(default_factory=dict)  # (section, key) -> file
     lines: dict[tuple[str, str | None], int] = field(default_factory=dict)  # (section, key) -> line
 
     @property
@@ -142,7 +142,7 @@ class Profile:
 
     def where(self, section: str, key: str | None = None) -> str:
         """``file:line`` of a key (or a section) as written, for error messages."""
-        f = self.origin.get((section, key), self.path) if key is not None else self.path
+        f = self.origin.get((section, key), self.path)
         line = self.lines.get((section, key))
         return f"{f}:{line}" if line else str(f)
 
@@ -218,6 +218,8 @@ def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
             raise ParamsError(f"{path}:{lines.get((section, None), 1)}: section '{section}' must be a "
                               f"mapping of key: value, got {values!r}")
         prof.sections.setdefault(section, {}).update(values)
+        prof.lines[(section, None)] = lines.get((section, None), 0)
+        prof.origin[(section, None)] = path
         for key in values:
             prof.origin[(section, key)] = path
             if (section, key) in lines:

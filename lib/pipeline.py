@@ -140,10 +140,11 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} PID {os.getpid()}: {plan.stage}\n")
         log.flush()
         try:
-            pm.execute_notebook(
-                str(paths.notebook_path(plan.stage)), str(out_nb), parameters=plan.params,
-                kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,
-                stdout_file=log, stderr_file=log, request_save_on_cell_execute=True)
+            with failures.stderr_into(log):
+                pm.execute_notebook(
+                    str(paths.notebook_path(plan.stage)), str(out_nb), parameters=plan.params,
+                    kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,
+                    stdout_file=log, stderr_file=log, request_save_on_cell_execute=True)
         except (Exception, KeyboardInterrupt) as e:
             why = failures.cause(e)
             kept = f"notebook {out_nb}, " if out_nb.exists() else ""

@@ -163,7 +163,16 @@ class _Stage:
         self.cfg = Config(self.values, _stage=stage)
 
     def problem(self, key: str, msg: str) -> None:
-        self.problems.append(f"{_where(self.prof, self.stage, key)}: {msg}")
+        where = _where(self.prof, self.stage, key)
+        if key not in self.prof.sections.get(self.stage, {}) and key in self.prof.common():
+            # a common value is reported once, naming the stages that take it
+            for i, p in enumerate(self.problems):
+                head, _, rest = p.partition(" (for ")
+                if head == where.partition(" (for ")[0] and rest.split("): ", 1)[-1] == msg:
+                    stages = rest.split("): ", 1)[0]
+                    self.problems[i] = f"{head} (for {stages}, {self.stage}): {msg}"
+                    return
+        self.problems.append(f"{where}: {msg}")
 
     def made_later(self, value: str) -> bool:
         """Does an earlier stage of this run write this path (so it cannot exist yet)?"""
@@ -393,9 +402,20 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
         _stage_validators(st)
     for key in ("base_model", "init_from"):
         value = st.values.get(key)
-        if not value or value == "auto" or (key == "init_from" and re.fullmatch(r"\d\d_\w+", value)):
+        if not value or value == "auto":
+            continue
+        if key == "init_from" and re.fullmatch(r"\d\d_\w+", value):
+            if value not in paths.stages() or value >= stage:
+                st.problem(key, f"{value!r} is not an earlier stage of this pipeline "
+                                f"(earlier stages: {', '.join(s for s in paths.stages() if s < stage)})")
             continue
         st.model(key, value)
+    if stage == "07_benchmark_eval":
+        from lib.evaluate import _parse_stages
+        for item in _parse_stages(st.values["stages"]) or []:
+            if not any(s == item or (item.isdigit() and s[:2] == item.zfill(2)) for s in paths.stages()):
+                st.problem("stages", f"{item!r} names no stage (use 'auto' or names such as "
+                                     f"02_embedding_init,05)")
     for key in st.values.get("baselines", []):
         st.model("baselines", key)
     for key in TEXT_FILES.get(stage, []):

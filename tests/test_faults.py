@@ -55,12 +55,13 @@ def test_check_lists_every_bad_value_of_a_micro_profile_at_once(tmp_path):
               "03_stage1_contrastive:\n  steps: -5\n  pooling: max\n  temperature: .nan\n"
               "05_stage3_pretrain:\n  ko_ratio: 1.5\n  method: adapters\n"
               "07_benchmark_eval:\n  tasks: {toy_arc: {en: a.jsonl, ko: b.jsonl, format: mmlu}}\n"
-              "08_agreement_analysis:\n  prediction: acc_max\n")
+              "08_agreement_analysis:\n  prediction: acc_max\n"
+              "04_stage2_lm_head:\n  init_from: 05_stage3_pretrain\n")
     prof = load_profile(f)
     t0 = time.time()
     problems = check_profile(prof, select_stages(prof))
     assert time.time() - t0 < 20
-    want = [f"{f}:3: common.device (for 02_embedding_init): must be auto, cpu, cuda or cuda:N, got 'gpu'",
+    want = [f"{f}:3: common.device (for 02_embedding_init, ",
             f"{f}:5: 02_embedding_init.init: must be one of subword_mean, mean, random",
             f"{f}:7: 03_stage1_contrastive.steps: steps and grad_accum must be >= 1, got -5, 1",
             f"{f}:8: 03_stage1_contrastive.pooling: must be one of mean, last, got 'max'",
@@ -68,12 +69,16 @@ def test_check_lists_every_bad_value_of_a_micro_profile_at_once(tmp_path):
             f"{f}:11: 05_stage3_pretrain.ko_ratio: must be >= 0 and <= 1, got 1.5",
             f"{f}:12: 05_stage3_pretrain.method: must be one of full, lora, qlora, got 'adapters'",
             f"{f}:14: 07_benchmark_eval.tasks: unknown format 'mmlu'",
-            f"{f}:16: 08_agreement_analysis.prediction: prediction must be one of ['acc', 'acc_norm']"]
+            f"{f}:16: 08_agreement_analysis.prediction: prediction must be one of ['acc', 'acc_norm']",
+            f"{f}:18: 04_stage2_lm_head.init_from: '05_stage3_pretrain' is not an earlier stage"]
     for w in want:
         assert any(p.startswith(w) for p in problems), (w, problems)
-    # device is set in common: reported once per stage that takes it (02..08), nothing else
-    assert sum("common.device" in p for p in problems) == 7
-    assert len(problems) == len(want) - 1 + 7
+    # device is set in common: reported once, naming every stage that takes it; nothing else
+    assert [p for p in problems if "common.device" in p] == [
+        f"{f}:3: common.device (for 02_embedding_init, 03_stage1_contrastive, 04_stage2_lm_head, "
+        f"05_stage3_pretrain, 06_instruction_tuning, 07_benchmark_eval, 08_agreement_analysis): must be "
+        f"auto, cpu, cuda or cuda:N, got 'gpu'"]
+    assert len(problems) == len(want)
 
 
 def test_check_takes_init_methods_from_the_stage(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ checked before that stage has run.
 from __future__ import annotations
 
 import importlib
+import inspect
 import math
 import re
 from pathlib import Path
@@ -143,11 +144,9 @@ def _value_problem(key: str, value: Any) -> str | None:
 # ---------------------------------------------------------------------------- where
 
 def _where(prof: Profile, stage: str, key: str) -> str:
-    """``file:line: stage.key`` of the value a stage gets (its section, common, or the default)."""
+    """``file:line: stage.key`` of the value a stage gets from its section or the default."""
     if key in prof.sections.get(stage, {}):
         return f"{prof.where(stage, key)}: {stage}.{key}"
-    if key in prof.sections.get("common", {}):
-        return f"{prof.where('common', key)}: common.{key} (for {stage})"
     default = notebook_params(stage)[key].default
     return f"{prof.path}: {stage}.{key} (not set: the notebook's default {default!r})"
 
@@ -157,22 +156,25 @@ def _where(prof: Profile, stage: str, key: str) -> str:
 class _Stage:
     """One stage's values and how to report on them."""
 
-    def __init__(self, prof: Profile, stage: str, run: str, planned: list[str], problems: list[str]):
+    def __init__(self, prof: Profile, stage: str, run: str, planned: list[str], problems: list[str],
+                 common: dict[tuple[str, str], tuple[int, list[str]]]):
         self.prof, self.stage, self.run, self.planned, self.problems = prof, stage, run, planned, problems
+        self.common = common        # (key, message) -> (index in problems, stages): one line per value
         self.values = stage_params(prof, stage, run, problems=[])   # types: reported already
         self.cfg = Config(self.values, _stage=stage)
 
     def problem(self, key: str, msg: str) -> None:
-        where = _where(self.prof, self.stage, key)
-        if key not in self.prof.sections.get(self.stage, {}) and key in self.prof.common():
-            # a common value is reported once, naming the stages that take it
-            for i, p in enumerate(self.problems):
-                head, _, rest = p.partition(" (for ")
-                if head == where.partition(" (for ")[0] and rest.split("): ", 1)[-1] == msg:
-                    stages = rest.split("): ", 1)[0]
-                    self.problems[i] = f"{head} (for {stages}, {self.stage}): {msg}"
-                    return
-        self.problems.append(f"{where}: {msg}")
+        if key in self.prof.sections.get(self.stage, {}) or key not in self.prof.common():
+            self.problems.append(f"{_where(self.prof, self.stage, key)}: {msg}")
+            return
+        # a value from common: reported once, naming every stage that takes it
+        i, stages = self.common.setdefault((key, msg), (len(self.problems), []))
+        stages.append(self.stage)
+        line = f"{self.prof.where('common', key)}: common.{key} (for {', '.join(stages)}): {msg}"
+        if i == len(self.problems):
+            self.problems.append(line)
+        else:
+            self.problems[i] = line
 
     def made_later(self, value: str) -> bool:
         """Does an earlier stage of this run write this path (so it cannot exist yet)?"""
@@ -202,18 +204,21 @@ class _Stage:
         if "{toy}" in value and paths.TOY_STAGE not in self.planned:
             hint = (f"; {{toy}} is the folder of {paths.TOY_STAGE}, which this run does not build "
                     f"(base_model is not toy): set {self.stage}.{key} to a file of yours")
-        self.problem(key, f"file not found: {path}" + (f" (from {value!r})" if value != str(path) else "") + hint)
+        given = f" (from {value!r})" if value != str(path) else ""
+        self.problem(key, f"file not found: {path}{given}{hint}")
         return None
 
     def lang(self, key: str, path: Path, want: str, text: str) -> None:
+        """A Korean side must read as Korean and an English one as English, by the rule 06 uses
+        for records without a language (the Hangul share of the letters against a threshold)."""
         from lib.instructions import detect_lang, hangul_share
         if detect_lang(text) == want:
             return
-        share = hangul_share(text)
+        threshold = inspect.signature(detect_lang).parameters["threshold"].default
         side = {"ko": "Korean", "en": "English"}
         self.problem(key, f"{path} should be {side[want]} but reads as {side[detect_lang(text)]} "
-                          f"(Hangul is {share:.0%} of its letters; a Korean side needs 30% or more): "
-                          f"are the Korean and English files swapped?")
+                          f"(Hangul is {hangul_share(text):.0%} of its letters; a Korean side needs "
+                          f"{threshold:.0%} or more): are the Korean and English files swapped?")
 
     def text(self, key: str, want: str) -> list[str] | None:
         """A text file with one document or sentence a line, in language ``want``."""
@@ -242,7 +247,8 @@ class _Stage:
     def model(self, key: str, value: str) -> None:
         """A model spec: ``toy``, a local folder, or a Hub id (not reachable from here)."""
         if value == "toy":
-            if paths.TOY_STAGE not in self.planned and not (paths.stage_dir(self.run, paths.TOY_STAGE) / "DONE").exists():
+            built = (paths.stage_dir(self.run, paths.TOY_STAGE) / "DONE").exists()
+            if paths.TOY_STAGE not in self.planned and not built:
                 self.problem(key, f"'toy' is the model {paths.TOY_STAGE} builds, but this run neither "
                                   f"builds it nor has it; set base_model: toy in common, or give a model")
             return
@@ -387,8 +393,10 @@ def _lang_of(key: str) -> str:
     return "ko" if re.search(r"(^|_)ko($|_)", key) else "en"
 
 
-def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problems: list[str]) -> None:
-    st = _Stage(prof, stage, run, planned, problems)
+def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problems: list[str],
+                common: dict | None = None) -> None:
+    """Append every problem of one stage's values and files to ``problems``."""
+    st = _Stage(prof, stage, run, planned, problems, {} if common is None else common)
     before = len(problems)
     for key, value in st.values.items():
         msg = _value_problem(key, value)
@@ -436,6 +444,7 @@ def check_profile(prof: Profile, stages: list[str], run: str | None = None) -> l
     """Every problem of ``prof`` for ``stages`` (run into ``run``), one line each; [] when fine."""
     problems = profile_problems(prof, stages)
     run = str(run or prof.name)
+    common: dict = {}
     for stage in stages:
-        check_stage(prof, stage, run, stages, problems)
+        check_stage(prof, stage, run, stages, problems, common)
     return problems

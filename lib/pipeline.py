@@ -63,7 +63,8 @@ def select_stages(prof: Profile, start: str | None = None, only: str | None = No
         stages = [s for s in stages if any(s[:2] == w.zfill(2) or s == w for w in wanted)]
     if start is not None:
         first = start.strip().zfill(2)[:2]
-        if not start.strip() or not first.isdigit() or not any(s[:2] == first or s == start.strip() for s in paths.stages()):
+        known = any(s[:2] == first or s == start.strip() for s in paths.stages())
+        if not start.strip() or not first.isdigit() or not known:
             raise ParamsError(f"--from {start!r} is not a stage; give one such as --from 03 "
                               f"(stages: {', '.join(stages)})")
         stages = [s for s in stages if s[:2] >= first]

@@ -288,6 +288,27 @@ def test_second_writer_on_a_run_folder_is_refused_naming_the_holder(tmp_path, ti
         assert lock.read_text().startswith(f"PID {os.getpid()} ")
 
 
+def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeypatch):
+    from lib.runfolder import RunLocked, run_lock
+    from lib.train import head
+    from lib.train.__main__ import main as train_main
+
+    def fake_run(cfg):                  # the stage itself, as a second writer would see the folder
+        try:
+            with run_lock(cfg.run_dir):
+                return {"lock_held": False}
+        except RunLocked as e:
+            return {"lock_held": str(e).startswith(f"{cfg.run_dir} is in use by PID {os.getpid()} "
+                                                   f"(python -m lib.train 04 p.yaml")}
+    monkeypatch.setattr(head, "run", fake_run)
+    a = tiny_assets
+    f = tiny_profile(tmp_path, a, f"04_stage2_lm_head:\n  text: {a['sample_ko']}\n"
+                     f"  heldout_ko: {a['sample_ko']}\n  heldout_en: {a['sample_en']}\n")
+    run = tmp_path / "run"
+    assert train_main(["04", str(f), "--run", str(run)]) == 0
+    assert json.loads((run / "04_stage2_lm_head" / "metrics.json").read_text()) == {"lock_held": True}
+
+
 # ---------------------------------------------------------------------------- stage failures
 
 STANDIN = '''\

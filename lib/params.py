@@ -39,6 +39,7 @@ import yaml
 
 from lib import paths
 from lib.outputs import write_json
+from lib.runfolder import refuse_if_locked
 
 RESERVED = ("run",)        # set by the runner in every notebook, not by profiles
 
@@ -389,6 +390,7 @@ def resolve(stage: str, namespace: dict[str, Any]) -> Config:
         values[name] = check_type(name, namespace[name], p.default, f"{stage} parameters")
     values["run"] = str(paths.run_dir(values["run"]))
     cfg = Config(values, _stage=stage)
+    refuse_if_locked(cfg.run_dir)       # a notebook run by hand never writes into a busy run
     sd = cfg.stage_dir
     if (sd / "DONE").exists():
         raise FileExistsError(

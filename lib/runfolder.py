@@ -6,7 +6,8 @@
 
 The lock is ``fcntl.flock`` on ``<run>/.lock``: the kernel releases it when the holder exits,
 however it exits (even ``kill -9``), so a crashed run never leaves a stale lock behind. The file
-keeps the holder's PID and command so that the refusal can name them.
+keeps the holder's PID and command so that the refusal can name them. A notebook run by hand
+checks it too (:func:`refuse_if_locked`, from ``lib.params.resolve``).
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ from typing import Iterator
 from lib import paths
 
 LOCK_NAME = ".lock"
+HELD_ENV = "KOLLAMA_RUN_LOCK"    # set while a lock is held: the run folder its holder writes
 
 
 class RunLocked(RuntimeError):
@@ -79,10 +81,36 @@ def run_lock(run_dir: str | Path, command: str = "") -> Iterator[Path]:
         os.ftruncate(fd, 0)
         os.write(fd, f"PID {os.getpid()} ({command or 'python'}, since "
                      f"{time.strftime('%Y-%m-%d %H:%M:%S')})\n".encode())
+        before = os.environ.get(HELD_ENV)
+        os.environ[HELD_ENV] = str(run_dir.resolve())    # inherited by the kernels it starts
         try:
             yield lock_file
         finally:
+            if before is None:
+                os.environ.pop(HELD_ENV, None)
+            else:
+                os.environ[HELD_ENV] = before
             os.ftruncate(fd, 0)
             fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def refuse_if_locked(run_dir: str | Path) -> None:
+    """For a writer that does not take the lock itself (a notebook run by hand in JupyterLab):
+    raise :class:`RunLocked` if another process holds the run folder's lock. The pipeline's own
+    kernels (and ``python -m lib.train``) are recognised by :data:`HELD_ENV` and let through."""
+    run_dir = Path(run_dir)
+    lock_file = run_dir / LOCK_NAME
+    if not lock_file.exists() or os.environ.get(HELD_ENV) == str(run_dir.resolve()):
+        return
+    fd = os.open(lock_file, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RunLocked(f"{run_dir} is in use by {_holder(lock_file)}; wait for it to finish, "
+                            f"or set this notebook's 'run' parameter to another run") from None
+        fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)

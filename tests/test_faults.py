@@ -288,6 +288,25 @@ def test_second_writer_on_a_run_folder_is_refused_naming_the_holder(tmp_path, ti
         assert lock.read_text().startswith(f"PID {os.getpid()} ")
 
 
+def test_a_notebook_run_by_hand_is_refused_while_a_run_holds_the_folder(tmp_path, monkeypatch):
+    from lib.params import notebook_params, resolve
+    from lib.runfolder import HELD_ENV, RunLocked
+    monkeypatch.delenv(HELD_ENV, raising=False)
+    run = tmp_path / "run"
+    ns = {name: p.default for name, p in notebook_params("01_vocab_merge").items()}
+    ns["run"] = str(run)
+    holder = hold_lock(run)
+    try:
+        with pytest.raises(RunLocked, match=rf"{run} is in use by PID {holder.pid} \(the holder"):
+            resolve("01_vocab_merge", ns)
+        assert not (run / "01_vocab_merge").exists()
+        monkeypatch.setenv(HELD_ENV, str(run.resolve()))      # a kernel the holder started
+        assert resolve("01_vocab_merge", ns).stage_dir.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
 def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeypatch):
     from lib.runfolder import RunLocked, run_lock
     from lib.train import head

@@ -21,7 +21,7 @@ from lib.check import check_profile
 from lib.failures import INTERRUPTED
 from lib.outputs import finish
 from lib.params import ParamsError, load_profile, resolve, stage_params
-from lib.runfolder import BadRunName, RunLocked, run_folder, run_lock
+from lib.runfolder import HELD_ENV, BadRunName, RunLocked, run_folder, run_lock
 
 STAGES = {"03": ("03_stage1_contrastive", "lib.train.contrastive"),
           "04": ("04_stage2_lm_head", "lib.train.head"),
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> int:
         problems = check_profile(prof, [stage], run)
         if problems:
             raise ParamsError.of(problems)
-        with run_lock(rd, f"python -m lib.train {args.stage} {prof.path.name}") if main_rank else nullcontext():
+        if not main_rank:               # the other ranks write under rank 0's lock
+            os.environ[HELD_ENV] = str(rd.resolve())
+        command = f"python -m lib.train {args.stage} {prof.path.name}"
+        with run_lock(rd, command) if main_rank else nullcontext():
             cfg = resolve(stage, stage_params(prof, stage, run))
             metrics = importlib.import_module(module).run(cfg)
             from accelerate import PartialState

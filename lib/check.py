@@ -176,6 +176,9 @@ class _Stage:
         else:
             self.problems[i] = line
 
+    def toy_profile(self) -> bool:
+        return self.prof.common().get("base_model", "toy") == "toy"
+
     def made_later(self, value: str) -> bool:
         """Does an earlier stage of this run write this path (so it cannot exist yet)?"""
         earlier = [s for s in self.planned if s < self.stage]
@@ -202,8 +205,10 @@ class _Stage:
             return None
         hint = ""
         if "{toy}" in value and paths.TOY_STAGE not in self.planned:
-            hint = (f"; {{toy}} is the folder of {paths.TOY_STAGE}, which this run does not build "
-                    f"(base_model is not toy): set {self.stage}.{key} to a file of yours")
+            hint = f"; {{toy}} is the folder of {paths.TOY_STAGE}, " + (
+                f"which has not run in this run yet: run it first" if self.toy_profile() else
+                f"which this run does not build (base_model is not toy): set {self.stage}.{key} "
+                f"to a file of yours")
         given = f" (from {value!r})" if value != str(path) else ""
         self.problem(key, f"file not found: {path}{given}{hint}")
         return None
@@ -249,8 +254,9 @@ class _Stage:
         if value == "toy":
             built = (paths.stage_dir(self.run, paths.TOY_STAGE) / "DONE").exists()
             if paths.TOY_STAGE not in self.planned and not built:
-                self.problem(key, f"'toy' is the model {paths.TOY_STAGE} builds, but this run neither "
-                                  f"builds it nor has it; set base_model: toy in common, or give a model")
+                self.problem(key, f"'toy' is the model {paths.TOY_STAGE} builds, and it has not run in "
+                                  f"this run yet: " + ("run it first" if self.toy_profile() else
+                                                       "give a model, or set base_model: toy in common"))
             return
         path = paths.resolve_path(value, self.run)
         if path.exists() or self.made_later(value):
@@ -277,7 +283,8 @@ def _tokenizers(st: _Stage) -> None:
         path = paths.resolve_path(spec, st.run)
         if not path.exists():
             if key == "korean_tokenizer" or T._looks_like_path(spec) or "{" in spec:
-                st.problem(key, f"file not found: {path}" + (f" (from {spec!r})" if spec != str(path) else ""))
+                given = f" (from {spec!r})" if spec != str(path) else ""
+                st.problem(key, f"file not found: {path}{given}")
             continue            # a Hub id: not reachable from here
         try:
             protos[key] = (path, T.load_sp_model(path))
@@ -331,7 +338,8 @@ def _tasks(st: _Stage) -> None:
     from lib import evaltasks as ET
     tasks = st.values["tasks"]
     if not isinstance(tasks, dict) or not tasks:
-        st.problem("tasks", f"must name at least one pair {{name: {{en: ..., ko: ..., format: ...}}}}, got {tasks!r}")
+        st.problem("tasks", "must name at least one pair {name: {en: ..., ko: ..., format: ...}}, "
+                            f"got {tasks!r}")
         return
     for name, spec in tasks.items():
         try:
@@ -349,7 +357,8 @@ def _tasks(st: _Stage) -> None:
                     st.problem("tasks", str(e))
                 continue
             if not isinstance(value, str) or not value.strip():
-                st.problem("tasks", f"tasks['{name}']['{lang}'] must be a file path or hub:..., got {value!r}")
+                st.problem("tasks", f"tasks['{name}']['{lang}'] must be a file path or "
+                                    f"hub:<dataset>/<config>/<split>, got {value!r}")
             elif st.file("tasks", value) is not None:
                 local += 1
         if local < 2:
@@ -366,15 +375,18 @@ def _tasks(st: _Stage) -> None:
 
 def _stage_validators(st: _Stage) -> None:
     """The stages' own whole-config checks (run only when every value passed on its own)."""
-    checks = {"03_stage1_contrastive": ("lib.train.contrastive", "_check"),
-              "05_stage3_pretrain": ("lib.train.pretrain", "check_method"),
-              "06_instruction_tuning": ("lib.train.pretrain", "check_method")}
+    checks = {"03_stage1_contrastive": ("lib.train.contrastive", "_check", None),
+              "05_stage3_pretrain": ("lib.train.pretrain", "check_method", "method"),
+              "06_instruction_tuning": ("lib.train.pretrain", "check_method", "method")}
     if st.stage in checks:
-        module, fn = checks[st.stage]
+        module, fn, key = checks[st.stage]
         try:
             getattr(importlib.import_module(module), fn)(st.cfg)
         except (ValueError, RuntimeError) as e:
-            st.problems.append(f"{st.prof.path}: {st.stage}: {e}")
+            if key:
+                st.problem(key, str(e))
+            else:
+                st.problems.append(f"{st.prof.path}: {st.stage}: {e}")
 
 
 LANG_OF = {"text": "ko", "clm_text": "ko", "korean_corpus": "ko"}

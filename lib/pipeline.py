@@ -12,6 +12,11 @@ figures/, artifacts, log.txt) and is finished when its ``DONE`` exists. A finish
 config is unchanged is skipped, so an interrupted run resumes where it stopped. A finished stage
 whose config changed is never overwritten silently: the run stops and says so (use --force or
 another --run). Once a stage has run, later stages run again too, since their inputs changed.
+
+``run`` first does what ``check`` does (:mod:`lib.check`: every problem of the selected stages,
+one line each, before any work), then holds the run folder's lock (:mod:`lib.runfolder`) while it
+runs. A failing stage ends in one ``error:`` line naming the stage, the cause in words
+(:mod:`lib.failures`) and the notebook and log to read.
 """
 from __future__ import annotations
 

@@ -14,7 +14,10 @@ A profile looks like::
 The notebook's ``parameters`` cell is the schema: its names are the only keys allowed and the
 types of its defaults are the types required (an int is accepted where a float is expected).
 Papermill only warns about unknown parameters; here an unknown key or a wrong type fails before
-anything runs, naming the key, the file and the notebook.
+anything runs, naming the key, the file (with its line) and the notebook; every such problem of a
+profile is listed at once (:func:`profile_problems`). An empty file and a key given twice are
+errors; a UTF-8 byte-order mark is dropped. Values, ranges and input files are checked by
+:mod:`lib.check`.
 
 Inside a notebook, right after the ``parameters`` cell::
 

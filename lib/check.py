@@ -162,8 +162,10 @@ class _Stage:
         self.common = common        # (key, message) -> (index in problems, stages): one line per value
         self.values = stage_params(prof, stage, run, problems=[])   # types: reported already
         self.cfg = Config(self.values, _stage=stage)
+        self.found = 0              # problems of this stage so far
 
     def problem(self, key: str, msg: str) -> None:
+        self.found += 1
         if key in self.prof.sections.get(self.stage, {}) or key not in self.prof.common():
             self.problems.append(f"{_where(self.prof, self.stage, key)}: {msg}")
             return
@@ -409,7 +411,6 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
                 common: dict | None = None) -> None:
     """Append every problem of one stage's values and files to ``problems``."""
     st = _Stage(prof, stage, run, planned, problems, {} if common is None else common)
-    before = len(problems)
     for key, value in st.values.items():
         msg = _value_problem(key, value)
         if msg:
@@ -418,7 +419,7 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
         rng = st.values["layer_range"]
         if rng and not (len(rng) == 2 and all(isinstance(i, int) and not isinstance(i, bool) for i in rng)):
             st.problem("layer_range", f"must be [] or two layer indices [a, b], got {rng!r}")
-    if len(problems) == before:
+    if not st.found:
         _stage_validators(st)
     for key in ("base_model", "init_from"):
         value = st.values.get(key)

@@ -13,7 +13,8 @@ class DataError(ValueError):
 
 
 def read_lines(path: str | Path, limit: int | None = None, skip_empty: bool = True) -> list[str]:
-    """Lines of a UTF-8 text file (newlines stripped). Empty lines are skipped or rejected."""
+    """Lines of a UTF-8 text file (newlines and a leading byte-order mark stripped). Empty lines
+    are skipped or rejected."""
     path = Path(path)
     if not path.exists():
         raise DataError(f"{path}: file not found")
@@ -22,6 +23,8 @@ def read_lines(path: str | Path, limit: int | None = None, skip_empty: bool = Tr
         for n, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8").rstrip("\r\n")
+                if n == 1:
+                    line = line.removeprefix("\ufeff")     # a UTF-8 byte-order mark is not text
             except UnicodeDecodeError as e:
                 raise DataError(f"{path}, line {n}: not UTF-8 ({e.reason} at byte {e.start}); "
                                 "convert the file to UTF-8") from None

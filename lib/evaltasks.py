@@ -223,7 +223,7 @@ def parse_source(value: str, run: str | Path | None = None, where: str = "pair")
 
 def read_local(path: Path) -> list[tuple[str, dict]]:
     """``[(file:line, record)]`` from a JSONL file (or a ``.json`` list); names the bad line."""
-    data = path.read_bytes()
+    data = path.read_bytes().removeprefix(b"\xef\xbb\xbf")      # a UTF-8 byte-order mark is not JSON
     if path.suffix == ".json" and data.lstrip()[:1] == b"[":
         try:
             rows = json.loads(data.decode("utf-8"))

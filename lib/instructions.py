@@ -84,7 +84,7 @@ def read_records(path: str | Path) -> list[dict]:
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: instruction file not found")
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8-sig")      # -sig: a leading byte-order mark is dropped
     if path.suffix == ".jsonl":
         rows = []
         for i, line in enumerate(text.splitlines(), 1):

@@ -14,7 +14,10 @@ A profile looks like::
 The notebook's ``parameters`` cell is the schema: its names are the only keys allowed and the
 types of its defaults are the types required (an int is accepted where a float is expected).
 Papermill only warns about unknown parameters; here an unknown key or a wrong type fails before
-anything runs, naming the key, the file and the notebook.
+anything runs, naming the key, the file (with its line) and the notebook; every such problem of a
+profile is listed at once (:func:`profile_problems`). An empty file and a key given twice are
+errors; a UTF-8 byte-order mark is dropped. Values, ranges and input files are checked by
+:mod:`lib.check`.
 
 Inside a notebook, right after the ``parameters`` cell::
 
@@ -39,12 +42,24 @@ import yaml
 
 from lib import paths
 from lib.outputs import write_json
+from lib.runfolder import refuse_if_locked
 
 RESERVED = ("run",)        # set by the runner in every notebook, not by profiles
 
 
 class ParamsError(ValueError):
-    """A params file or a parameters cell is wrong; the message says where and what to do."""
+    """A params file or a parameters cell is wrong; the message says where and what to do.
+
+    ``problems`` holds every problem found (one line each) when several were collected at once."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+    @classmethod
+    def of(cls, problems: list[str]) -> "ParamsError":
+        head = problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
+        return cls(head, problems)
 
 
 # --- the schema: a notebook's parameters cell -------------------------------------------------
@@ -115,7 +130,8 @@ def check_type(name: str, value: Any, default: Any, where: str) -> Any:
 class Profile:
     path: Path
     sections: dict[str, dict[str, Any]] = field(default_factory=dict)   # "common" + stages
-    origin: dict[tuple[str, str], Path] = field(default_factory=dict)   # (section, key) -> file
+    origin: dict[tuple[str, str | None], Path] = field(default_factory=dict)  # (section, key) -> file
+    lines: dict[tuple[str, str | None], int] = field(default_factory=dict)  # (section, key) -> line
 
     @property
     def name(self) -> str:
@@ -128,6 +144,61 @@ class Profile:
         """Stages the profile leaves out (``pipeline: {skip: [03]}``), as two-digit prefixes."""
         return [str(v).zfill(2)[:2] for v in self.sections.get("pipeline", {}).get("skip", [])]
 
+    def where(self, section: str, key: str | None = None) -> str:
+        """``file:line`` of a key (or a section) as written, for error messages."""
+        f = self.origin.get((section, key), self.path)
+        line = self.lines.get((section, key))
+        return f"{f}:{line}" if line else str(f)
+
+
+def _yaml_mapping(path: Path) -> tuple[dict, dict[tuple[str, str | None], int]]:
+    """The top-level mapping of a params file and the line of every section and key in it.
+
+    A UTF-8 byte-order mark is dropped; an empty file and a key given twice in one mapping are
+    errors (YAML itself would keep the last value silently)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ParamsError(f"{path}: the params file is empty; give at least one section "
+                              f"(e.g. 'extends: toy.yaml' or 'common:')")
+        _no_duplicate_keys(node, path)
+        raw = loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}:1: the top level must be a mapping of sections, got {type(raw).__name__}")
+    lines: dict[tuple[str, str | None], int] = {}
+    for knode, vnode in node.value:
+        section = str(knode.value)
+        lines[(section, None)] = knode.start_mark.line + 1
+        if isinstance(vnode, yaml.MappingNode):
+            for k2, _ in vnode.value:
+                lines[(section, k2.value)] = k2.start_mark.line + 1
+    return raw, lines
+
+
+def _no_duplicate_keys(node: yaml.Node, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            line = k.start_mark.line + 1
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in seen:
+                    raise ParamsError(f"{path}:{line}: key '{k.value}' is given twice (first on line "
+                                      f"{seen[k.value]}); YAML would keep only the last one. Remove one.")
+                seen[k.value] = line
+            _no_duplicate_keys(v, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _no_duplicate_keys(v, path)
+
 
 def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
     """Read a params file, following ``extends:`` (relative to the file) and overlaying it."""
@@ -137,14 +208,9 @@ def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
     path = path.resolve()
     if path in _seen:
         raise ParamsError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, _seen))}")
-    if not path.exists():
+    if not path.is_file():
         raise ParamsError(f"params file not found: {path}")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ParamsError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(raw, dict):
-        raise ParamsError(f"{path}: the top level must be a mapping of sections")
+    raw, lines = _yaml_mapping(path)
     parent = raw.pop("extends", None)
     prof = load_profile(path.parent / parent, _seen + (path,)) if parent else Profile(path)
     prof.path = path
@@ -153,15 +219,25 @@ def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
         if values is None:
             values = {}
         if not isinstance(values, dict):
-            raise ParamsError(f"{path}: section '{section}' must be a mapping of key: value")
+            raise ParamsError(f"{path}:{lines.get((section, None), 1)}: section '{section}' must be a "
+                              f"mapping of key: value, got {values!r}")
         prof.sections.setdefault(section, {}).update(values)
+        prof.lines[(section, None)] = lines.get((section, None), 0)
+        prof.origin[(section, None)] = path
         for key in values:
             prof.origin[(section, key)] = path
+            if (section, key) in lines:
+                prof.lines[(section, key)] = lines[(section, key)]
+            else:
+                prof.lines.pop((section, key), None)
     return prof
 
 
-def stage_params(prof: Profile, stage: str, run: str | Path) -> dict[str, Any]:
-    """Every parameter of ``stage`` after the profile is applied: defaults < common < section."""
+def stage_params(prof: Profile, stage: str, run: str | Path,
+                 problems: list[str] | None = None) -> dict[str, Any]:
+    """Every parameter of ``stage`` after the profile is applied: defaults < common < section.
+
+    A wrong type raises, or, with ``problems`` given, is appended there (the default is kept)."""
     schema = notebook_params(stage)
     values = {name: p.default for name, p in schema.items()}
     common = prof.common()
@@ -169,55 +245,71 @@ def stage_params(prof: Profile, stage: str, run: str | Path) -> dict[str, Any]:
         if key not in schema:
             continue            # unknown keys are reported by validate_profile
         section = stage if key in prof.sections.get(stage, {}) else "common"
-        where = f"{prof.origin.get((section, key), prof.path)}, section '{section}' (notebook {stage})"
-        values[key] = check_type(key, value, schema[key].default, where)
+        where = f"{prof.where(section, key)}, section '{section}' (notebook {stage})"
+        try:
+            values[key] = check_type(key, value, schema[key].default, where)
+        except ParamsError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
     values["run"] = str(paths.run_dir(str(run)))
     return values
 
 
-def validate_profile(prof: Profile, stages: list[str]) -> None:
-    """Fail on sections without a notebook, keys no notebook declares, reserved keys."""
+def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
+    """Every structural problem of a profile, one line each: sections without a notebook, keys no
+    notebook declares, reserved keys, malformed ``pipeline:`` entries, wrong types."""
     known = set(paths.stages())
     schemas = {s: notebook_params(s) for s in sorted(known)}
+    problems: list[str] = []
     for section, values in prof.sections.items():
         if section == "pipeline":
             for key, value in values.items():
-                where = prof.origin.get((section, key), prof.path)
+                where = prof.where(section, key)
                 if key == "share":
                     if not (isinstance(value, dict) and set(value) == {"run", "stages"}
                             and isinstance(value["stages"], list)):
-                        raise ParamsError(f"{where}: pipeline.share must be {{run: NAME, stages: [00, 01]}}, "
-                                          f"got {value!r}")
+                        problems.append(f"{where}: pipeline.share must be {{run: NAME, stages: [00, 01]}}, "
+                                        f"got {value!r}")
                     continue
                 if key != "skip":
-                    raise ParamsError(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip, share)")
-                if not isinstance(value, list) or not all(
+                    problems.append(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip, share)")
+                elif not isinstance(value, list) or not all(
                         any(str(v).zfill(2) == st[:2] or str(v) == st for st in known) for v in value):
-                    raise ParamsError(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "
-                                      f"got {value!r}")
+                    problems.append(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "
+                                    f"got {value!r}")
             continue
         if section == "common":
             for key in values:
-                where = prof.origin.get((section, key), prof.path)
+                where = prof.where(section, key)
                 if key in RESERVED:
-                    raise ParamsError(f"{where}: '{key}' is set by the runner (--run), not in params")
-                if not any(key in sch for sch in schemas.values()):
-                    raise ParamsError(f"{where}: common key '{key}' is not a parameter of any "
-                                      f"notebook in {paths.NOTEBOOKS}")
+                    problems.append(f"{where}: '{key}' is set by the runner (--run), not in params")
+                elif not any(key in sch for sch in schemas.values()):
+                    problems.append(f"{where}: common key '{key}' is not a parameter of any "
+                                    f"notebook in {paths.NOTEBOOKS}")
             continue
         if section not in known:
-            raise ParamsError(f"{prof.path}: section '{section}' names no notebook "
-                              f"(known: {', '.join(sorted(known))})")
+            problems.append(f"{prof.where(section)}: section '{section}' names no notebook "
+                            f"(known: {', '.join(sorted(known))})")
+            continue
         for key in values:
-            where = prof.origin.get((section, key), prof.path)
+            where = prof.where(section, key)
             if key in RESERVED:
-                raise ParamsError(f"{where}: '{key}' is set by the runner (--run), not in params")
-            if key not in schemas[section]:
-                raise ParamsError(
+                problems.append(f"{where}: '{key}' is set by the runner (--run), not in params")
+            elif key not in schemas[section]:
+                problems.append(
                     f"{where}: key '{key}' in section '{section}' is not a parameter of "
                     f"notebooks/{section}.ipynb (its parameters: {', '.join(schemas[section])})")
     for stage in stages:     # types, with defaults filled in
-        stage_params(prof, stage, "check")
+        stage_params(prof, stage, "check", problems)
+    return problems
+
+
+def validate_profile(prof: Profile, stages: list[str]) -> None:
+    """Raise one ParamsError listing every problem :func:`profile_problems` finds."""
+    problems = profile_problems(prof, stages)
+    if problems:
+        raise ParamsError.of(problems)
 
 
 def config_hash(values: dict[str, Any]) -> str:
@@ -301,6 +393,7 @@ def resolve(stage: str, namespace: dict[str, Any]) -> Config:
         values[name] = check_type(name, namespace[name], p.default, f"{stage} parameters")
     values["run"] = str(paths.run_dir(values["run"]))
     cfg = Config(values, _stage=stage)
+    refuse_if_locked(cfg.run_dir)       # a notebook run by hand never writes into a busy run
     sd = cfg.stage_dir
     if (sd / "DONE").exists():
         raise FileExistsError(

@@ -13,11 +13,18 @@ figures/, artifacts, log.txt) and is finished when its ``DONE`` exists. A finish
 config is unchanged is skipped, so an interrupted run resumes where it stopped. A finished stage
 whose config changed is never overwritten silently: the run stops and says so (use --force or
 another --run). Once a stage has run, later stages run again too, since their inputs changed.
+
+``run`` first does what ``check`` does (:mod:`lib.check`: every problem of the selected stages,
+one line each, before any work), then holds the run folder's lock (:mod:`lib.runfolder`) while it
+runs. A failing stage ends in one ``error:`` line naming the stage, the cause in words
+(:mod:`lib.failures`) and the notebook and log to read.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
+import signal
 import sys
 import time
 from dataclasses import dataclass
@@ -25,9 +32,11 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lib import paths
+from lib import failures, paths
+from lib.check import check_profile
 from lib.outputs import read_json
 from lib.params import ParamsError, Profile, config_hash, load_profile, stage_params, validate_profile
+from lib.runfolder import BadRunName, RunLocked, run_folder, run_lock
 
 
 class StageFailed(RuntimeError):
@@ -44,18 +53,29 @@ class Plan:
 
 def select_stages(prof: Profile, start: str | None = None, only: str | None = None) -> list[str]:
     """The stages to consider, in order. 00_toy_world runs only when ``base_model: toy``; stages
-    in ``pipeline: {skip: [...]}`` never run."""
+    in ``pipeline: {skip: [...]}`` never run. An empty ``only``/``start``, or one that selects
+    nothing, is an error (never "run everything" or "run nothing" silently)."""
     stages = [s for s in paths.stages() if s[:2] not in prof.skipped()]
     if prof.common().get("base_model", "toy") != "toy":
         stages = [s for s in stages if s != paths.TOY_STAGE]
-    if only:
+    if only is not None:
         wanted = [w.strip() for w in only.split(",") if w.strip()]
+        if not wanted:
+            raise ParamsError(f"--only {only!r} names no stage; give stages such as --only 07,08 "
+                              f"(stages: {', '.join(stages)})")
         unknown = [w for w in wanted if not any(s[:2] == w.zfill(2) or s == w for s in stages)]
         if unknown:
             raise ParamsError(f"--only {only}: no stage {', '.join(unknown)} (stages: {', '.join(stages)})")
         stages = [s for s in stages if any(s[:2] == w.zfill(2) or s == w for w in wanted)]
-    if start:
-        stages = [s for s in stages if s[:2] >= start.zfill(2)[:2]]
+    if start is not None:
+        first = start.strip().zfill(2)[:2]
+        known = any(s[:2] == first or s == start.strip() for s in paths.stages())
+        if not start.strip() or not first.isdigit() or not known:
+            raise ParamsError(f"--from {start!r} is not a stage; give one such as --from 03 "
+                              f"(stages: {', '.join(stages)})")
+        stages = [s for s in stages if s[:2] >= first]
+        if not stages:
+            raise ParamsError(f"--from {start} selects no stage of this profile; nothing to run")
     return stages
 
 
@@ -110,7 +130,9 @@ def link_shared_stages(prof: Profile, run: str | Path) -> list[str]:
 
 
 def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
-    """Execute one notebook into its stage folder; raise StageFailed naming the failing cell."""
+    """Execute one notebook into its stage folder; raise StageFailed with one line naming the
+    stage, the cause in words (the failing cell, a dead kernel, a full disk, ...) and where to read
+    more. The log is appended to, so an earlier attempt's traceback is kept."""
     import papermill as pm
     sd = paths.stage_dir(run, plan.stage)
     if sd.is_symlink():                     # a stage shared from another run: never touch the original
@@ -119,51 +141,74 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
         shutil.rmtree(sd)
     sd.mkdir(parents=True, exist_ok=True)
     out_nb = sd / f"{plan.stage}.ipynb"
-    with open(sd / "log.txt", "w", encoding="utf-8") as log:
+    failures.atomic_notebooks(sd)           # the kept notebook is always a complete save
+    log_path = sd / "log.txt"
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} PID {os.getpid()}: {plan.stage}\n")
+        log.flush()
         try:
-            pm.execute_notebook(
-                str(paths.notebook_path(plan.stage)), str(out_nb), parameters=plan.params,
-                kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,
-                stdout_file=log, stderr_file=log, request_save_on_cell_execute=True)
-        except pm.PapermillExecutionError as e:
-            raise StageFailed(
-                f"{plan.stage} failed in cell {e.exec_count or e.cell_index}: {e.ename}: {e.evalue}\n"
-                f"  executed notebook kept at {out_nb}\n  log at {sd / 'log.txt'}") from None
+            with failures.stderr_into(log):
+                pm.execute_notebook(
+                    str(paths.notebook_path(plan.stage)), str(out_nb), parameters=plan.params,
+                    kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,
+                    stdout_file=log, stderr_file=log, request_save_on_cell_execute=True)
+        except (Exception, KeyboardInterrupt) as e:
+            why = failures.cause(e)
+            kept = f"notebook {out_nb}, " if out_nb.exists() else ""
+            raise StageFailed(f"{plan.stage} failed{' ' if why.startswith('in cell') else ': '}{why} "
+                              f"({kept}log {log_path})") from e
     if not (sd / "DONE").exists():
         raise StageFailed(f"{plan.stage} ran to the end but wrote no DONE; its last cell must call "
                           f"lib.outputs.finish(cfg, metrics). Notebook: {out_nb}")
     return sd
 
 
+def check_run(prof: Profile, run: str, stages: list[str]) -> None:
+    """Everything :mod:`lib.check` finds for these stages, as one ParamsError; nothing is written."""
+    problems = check_profile(prof, stages, run)
+    if problems:
+        raise ParamsError.of(problems)
+
+
 def run_pipeline(params_file: str | Path, run: str | None = None, start: str | None = None,
                  only: str | None = None, force: bool = False, progress: bool = True,
                  gpu_memory: float | None = None) -> list[Plan]:
-    """Run a profile; returns the plans (what ran, what was skipped)."""
+    """Check a profile, then run it; returns the plans (what ran, what was skipped)."""
     prof = load_profile(params_file)
-    run = run or prof.name
-    validate_profile(prof, select_stages(prof, start, only))
-    rd = paths.run_dir(run)
-    rd.mkdir(parents=True, exist_ok=True)
-    link_shared_stages(prof, run)
-    plans = plan_run(prof, run, select_stages(prof, start, only), force)
-    from lib.plan import check_fits, device_gib
-    gpu = gpu_memory or device_gib()       # on a GPU machine, refuse a stage that cannot fit
-    if gpu:
-        check_fits(prof, [p.stage for p in plans if p.action == "run"], run, gpu)
-    shutil.copy(prof.path, rd / f"params_{prof.path.name}")
-    from lib.report import write_report
-    bar = tqdm(plans, desc=f"run {rd.name}", unit="stage", disable=not progress, position=0)
-    try:
-        for plan in bar:
-            bar.set_postfix_str(plan.stage)
-            if plan.action == "skip":
-                tqdm.write(f"  {plan.stage}: finished with the same config, skipped")
-                continue
-            t0 = time.time()
-            run_stage(plan, run, progress=False)
-            tqdm.write(f"  {plan.stage}: done in {time.time() - t0:.1f}s -> {paths.stage_dir(run, plan.stage)}")
-    finally:                # the report is written after a failure too, showing what finished
-        tqdm.write(f"  report: {write_report(rd)} (+ report.html)")
+    run = str(run or prof.name)
+    rd = run_folder(run)
+    stages = select_stages(prof, start, only)
+    check_run(prof, run, stages)
+    with run_lock(rd, f"python -m lib.pipeline run {prof.path.name} --run {run}"):
+        link_shared_stages(prof, run)
+        plans = plan_run(prof, run, stages, force)
+        from lib.plan import check_fits, device_gib
+        gpu = gpu_memory or device_gib()   # on a GPU machine, refuse a stage that cannot fit
+        if gpu:
+            check_fits(prof, [p.stage for p in plans if p.action == "run"], run, gpu)
+        shutil.copy(prof.path, rd / f"params_{prof.path.name}")
+        from lib.report import write_report
+        bar = tqdm(plans, desc=f"run {rd.name}", unit="stage", disable=not progress, position=0)
+        failed = False
+        try:
+            for plan in bar:
+                bar.set_postfix_str(plan.stage)
+                if plan.action == "skip":
+                    tqdm.write(f"  {plan.stage}: finished with the same config, skipped")
+                    continue
+                t0 = time.time()
+                run_stage(plan, run, progress=False)
+                tqdm.write(f"  {plan.stage}: done in {time.time() - t0:.1f}s -> {paths.stage_dir(run, plan.stage)}")
+        except BaseException:
+            failed = True
+            raise
+        finally:            # the report is written after a failure too, showing what finished
+            try:
+                tqdm.write(f"  report: {write_report(rd)} (+ report.html)")
+            except Exception as e:      # never let the report hide the stage's own error
+                if not failed:
+                    raise
+                tqdm.write(f"  report not written ({failures.cause(e)})")
     return plans
 
 
@@ -187,21 +232,44 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation (default 0.35)")
     pl.add_argument("--tflops", type=float, default=154.8, help="device bf16 peak TFLOP/s (default: A6000)")
     args = ap.parse_args(argv)
+    signal.signal(signal.SIGTERM, _interrupt)        # a polite kill ends like Ctrl-C: one line
     try:
         if args.cmd == "plan":
             from lib.plan import print_plan
             print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
             return 0
         if args.cmd == "check":
+            t0 = time.time()
             prof = load_profile(args.params)
-            validate_profile(prof, select_stages(prof))
-            print(f"{prof.path}: ok ({', '.join(select_stages(prof))})")
+            problems = check_profile(prof, select_stages(prof))
+            for p in problems:
+                print(f"error: {p}", file=sys.stderr)
+            if problems:
+                print(f"{prof.path}: {len(problems)} problem(s) ({time.time() - t0:.1f}s)", file=sys.stderr)
+                return 1
+            print(f"{prof.path}: ok ({', '.join(select_stages(prof))}; {time.time() - t0:.1f}s)")
             return 0
         run_pipeline(args.params, args.run, args.start, args.only, args.force, gpu_memory=args.gpu_memory)
-    except (ParamsError, StageFailed, FileNotFoundError, FileExistsError) as e:
+    except ParamsError as e:
+        for p in e.problems:
+            print(f"error: {p}", file=sys.stderr)
+        if len(e.problems) > 1:
+            print(f"{len(e.problems)} problems; nothing was run", file=sys.stderr)
+        return 1
+    except (StageFailed, FileNotFoundError, FileExistsError, RunLocked, BadRunName) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    except OSError as e:                # the runner's own writes: disk full, read-only folder
+        print(f"error: {failures.cause(e)} ({type(e).__name__}: {e})", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: {failures.INTERRUPTED}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

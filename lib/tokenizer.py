@@ -162,13 +162,15 @@ def _unreachable(pieces: Sequence[str], vocab: set[str]) -> list[str]:
     return [w for w in pieces if not reachable(w)]
 
 
-def merge_sp(base: sp_pb2.ModelProto, korean: sp_pb2.ModelProto, mode: str = "all"
+def merge_sp(base: sp_pb2.ModelProto, korean: sp_pb2.ModelProto, mode: str = "all",
+             names: tuple[str, str] = ("the base tokenizer", "the Korean tokenizer")
              ) -> tuple[sp_pb2.ModelProto, dict]:
     """The base model with the new Korean pieces appended, and counts of what was added/skipped.
 
     ``mode="all"``: every normal Korean piece not already in base; ``"hangul"``: only those that
     contain a Hangul character (KoBERT's ``▁10``/``00`` would change how English digits split).
-    Base normaliser and trainer spec (Llama: identity, byte fallback) are kept.
+    Base normaliser and trainer spec (Llama: identity, byte fallback) are kept. A merge that
+    adds nothing (the same tokenizer twice) raises, naming the two (``names``: base, Korean).
     """
     if mode not in MERGE_MODES:
         raise ValueError(f"merge mode {mode!r} is unknown; use one of {MERGE_MODES}: 'all' appends "
@@ -197,6 +199,10 @@ def merge_sp(base: sp_pb2.ModelProto, korean: sp_pb2.ModelProto, mode: str = "al
         else:
             skipped["char_not_in_vocab"] += 1
 
+    if not new:
+        raise ValueError(f"merging {names[1]} into {names[0]} adds no pieces (of its {len(korean.pieces)} "
+                         f"pieces, skipped: {dict(sorted(skipped.items()))}): is it the same tokenizer "
+                         f"twice? Give a Korean SentencePiece model as korean_tokenizer.")
     merged = sp_pb2.ModelProto()
     merged.CopyFrom(base)
     for p, score in zip(new, _falling_scores(min(q.score for q in base.pieces), len(new))):

@@ -138,3 +138,25 @@ def test_papermill_sees_the_same_parameters():
     import papermill as pm
     for stage in paths.stages():
         assert list(pm.inspect_notebook(str(paths.notebook_path(stage)))) == list(notebook_params(stage)), stage
+
+
+def test_every_structural_problem_is_listed_at_once_with_its_line(tmp_path):
+    write(tmp_path / "base.yaml", "common:\n  seed: 1\n01_vocab_merge:\n  merge_mode: all\n")
+    f = write(tmp_path / "p.yaml", "extends: base.yaml\ncommon:\n  base_modle: toy\n"
+                                   "01_vocab_merge:\n  merge_mod: hangul\n  korean_vocab_size: '8000'\n"
+                                   "99_nothing:\n  x: 1\n")
+    with pytest.raises(ParamsError) as e:
+        validate_profile(load_profile(f), ["01_vocab_merge"])
+    assert [p.split(": ", 1)[0] for p in e.value.problems] == [f"{f}:3", f"{f}:5", f"{f}:7", f"{f}:6, section '01_vocab_merge' (notebook 01_vocab_merge)"]
+    assert str(e.value).startswith("4 problems:\n")
+
+
+def test_duplicate_key_and_empty_file_are_errors(tmp_path):
+    f = write(tmp_path / "p.yaml", "01_vocab_merge:\n  merge_mode: all\n  merge_mode: hangul\n")
+    with pytest.raises(ParamsError, match=r"p.yaml:3: key 'merge_mode' is given twice \(first on line 2\)"):
+        load_profile(f)
+    f = write(tmp_path / "q.yaml", "common:\n  seed: 1\ncommon:\n  seed: 2\n")
+    with pytest.raises(ParamsError, match=r"q.yaml:3: key 'common' is given twice"):
+        load_profile(f)
+    with pytest.raises(ParamsError, match="the params file is empty"):
+        load_profile(write(tmp_path / "e.yaml", "\n# only a comment\n"))

@@ -61,19 +61,37 @@ def test_runs_resumes_refuses_and_forces(tmp_path, tiny_assets):
     assert metrics(run, "01_vocab_merge")["merge_mode"] == "hangul"
 
 
-@pytest.mark.slow
-def test_failing_notebook_names_cell_and_keeps_partial_notebook(tmp_path, tiny_assets, capsys):
+def test_bad_value_is_refused_before_any_work(tmp_path, tiny_assets, capsys):
     run = tmp_path / "bad"
     f = profile(tmp_path, tiny_assets, merge_mode="everything")
-    with pytest.raises(StageFailed) as e:
+    with pytest.raises(ParamsError, match=r"p_everything.yaml:6: 01_vocab_merge.merge_mode: must be one "
+                                          r"of all, hangul, got 'everything'"):
         run_pipeline(f, run=str(run), only="01", progress=False)
-    msg = str(e.value)
-    assert "01_vocab_merge failed in cell" in msg and "everything" in msg
-    assert (run / "01_vocab_merge" / "01_vocab_merge.ipynb").exists()
-    assert not (run / "01_vocab_merge" / "DONE").exists()
+    assert not run.exists()
     # the CLI turns it into one clear line and exit status 1
     assert main(["run", str(f), "--run", str(run), "--only", "01"]) == 1
-    assert "failed in cell" in capsys.readouterr().err
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "merge_mode" in err[0]
+
+
+@pytest.mark.slow
+def test_failing_notebook_names_cell_and_keeps_partial_notebook(tmp_path, tiny_assets):
+    """A failure only the stage can see (here a value slipped past the check) ends in one line
+    naming the stage, the cell and the error, and keeps the executed notebook as valid JSON."""
+    from lib.params import stage_params
+    from lib.pipeline import Plan, run_stage
+    run = tmp_path / "bad"
+    f = profile(tmp_path, tiny_assets)
+    params = dict(stage_params(load_profile(f), "01_vocab_merge", run), merge_mode="everything")
+    with pytest.raises(StageFailed) as e:
+        run_stage(Plan("01_vocab_merge", params, "run"), run, progress=False)
+    msg = str(e.value)
+    assert "\n" not in msg
+    assert msg.startswith("01_vocab_merge failed in cell ") and "ValueError: merge mode 'everything'" in msg
+    nb = run / "01_vocab_merge" / "01_vocab_merge.ipynb"
+    assert f"notebook {nb}" in msg and "log.txt" in msg
+    json.loads(nb.read_text())
+    assert not (run / "01_vocab_merge" / "DONE").exists()
 
 
 def test_stage_selection(tmp_path, tiny_assets):

@@ -29,6 +29,7 @@ import json
 import math
 import shutil
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -107,18 +108,52 @@ def checkpoints(out_dir: str | Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("step-*/trainer_state.json"))
 
 
+class CorruptCheckpoint(RuntimeError):
+    """No checkpoint of a stage can be read back; the message names each and what to do."""
+
+
+def resume(acc, out_dir: Path) -> Path | None:
+    """Load the newest checkpoint that reads back intact; a corrupt one (a truncated
+    ``optimizer.bin`` after a crash or a full disk) is named in a warning and passed over, and
+    training resumes from the previous one. None when there is no checkpoint."""
+    done = checkpoints(out_dir)
+    bad = []
+    for ckpt in reversed(done):
+        try:
+            json.loads((ckpt / "trainer_state.json").read_text())
+            acc.load_state(str(ckpt / "state"))
+        except Exception as e:      # torch/safetensors/json raise many types for one truncated file
+            bad.append(f"{ckpt.name} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+            if acc.is_main_process:
+                warnings.warn(f"checkpoint {ckpt} cannot be read back ({bad[-1]}); resuming from the "
+                              f"one before it. It is replaced when training reaches that step again.")
+            continue
+        return ckpt
+    if bad:
+        raise CorruptCheckpoint(f"no checkpoint under {out_dir / 'checkpoints'} reads back: "
+                                f"{'; '.join(bad)}. Delete {out_dir / 'checkpoints'} to start the stage "
+                                f"afresh (or rerun with --force)")
+    return None
+
+
 def _save_checkpoint(acc, out_dir: Path, step: int, history: list, save_fn, keep: bool) -> Path:
     final = out_dir / "checkpoints" / f"step-{step:06d}"
     tmp = final.with_name(final.name + ".tmp")
     if acc.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     acc.wait_for_everyone()
-    acc.save_state(str(tmp / "state"))
-    acc.wait_for_everyone()            # every rank wrote its RNG state before the rename
+    try:
+        acc.save_state(str(tmp / "state"))
+        acc.wait_for_everyone()            # every rank wrote its RNG state before the rename
+        if acc.is_main_process:
+            if save_fn is not None:
+                save_fn(tmp / "model")
+            write_json(tmp / "trainer_state.json", {"step": step, "history": history})
+    except BaseException:                  # disk full, interrupted: no half-written step-N.tmp left
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if acc.is_main_process:
-        if save_fn is not None:
-            save_fn(tmp / "model")
-        write_json(tmp / "trainer_state.json", {"step": step, "history": history})
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)
@@ -185,10 +220,8 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
 
     history: list[dict] = []
     start, resumed_from = 0, None
-    done = checkpoints(out_dir)
-    if done:
-        last = done[-1]
-        acc.load_state(str(last / "state"))
+    last = resume(acc, out_dir)
+    if last is not None:
         state = json.loads((last / "trainer_state.json").read_text())
         start, history, resumed_from = state["step"], state["history"], str(last)
     if acc.is_main_process and spec.report_to != "none":

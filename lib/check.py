@@ -41,6 +41,12 @@ def _enum(module: str, name: str) -> Callable[[Any], str | None]:
     return rule
 
 
+def _enum_of(value: Any, module: str, fn: str) -> str | None:
+    """Like :func:`_enum`, with the allowed values from a function of the stage's module."""
+    allowed = tuple(getattr(importlib.import_module(module), fn)())
+    return None if value in allowed else f"must be one of {', '.join(map(str, allowed))}, got {value!r}"
+
+
 def _raises(fn: Callable[[Any], Any]) -> Callable[[Any], str | None]:
     """A rule from a stage's own validator: its ValueError message is the problem."""
     def rule(value: Any) -> str | None:
@@ -105,7 +111,16 @@ SHARE = _range(0, 1)
 
 KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "device": _device,
-    "init": _enum("lib.model", "INIT_METHODS"),
+    "init": lambda v: _enum_of(v, "lib.oracle", "all_inits"),
+    "controls": _raises(lambda v: importlib.import_module("lib.oracle").check_controls(v)),
+    "oracle_alpha": _range(0, 1),
+    "korean_style": _enum("lib.toyworld.clone", "STYLES"),
+    "korean_model_type": _enum("lib.toymodel", "KOREAN_MODEL_TYPES"),
+    "joint_korean_share": _range(0, 1, hi_open=True),
+    "heldout_relations": _range(1),
+    "ko_paraphrases": _range(1, 5), "en_paraphrases": _range(1, 5), "bridge_paraphrases": _range(1, 5),
+    "train_rows": _enum("lib.train.head", "TRAIN_ROWS"),
+    "code_switch_ratio": _range(0, 1),
     "merge_mode": _enum("lib.tokenizer", "MERGE_MODES"),
     "pooling": _enum("lib.represent", "POOLING_MODES"),
     "english_encoder": _enum("lib.train.contrastive", "ENGLISH_ENCODERS"),
@@ -130,7 +145,7 @@ for _k in ("warmup_steps", "save_every", "eval_every", "max_pairs", "eval_pairs"
            "max_eval_lines", "eval_lines_during", "clm_weight", "weight_decay", "max_grad_norm",
            "group_by_length", "n_boot", "rep_pairs", "limit", "num_fewshot", "max_examples",
            "eval_examples", "match_examples", "umap_pairs_linked", "num_threads", "base_vocab_size",
-           "en_paraphrases", "qa_repeats", "bridge_paraphrases", "model_seed", "seed"):
+           "qa_repeats", "model_seed", "seed"):
     KEY_RULES[_k] = NON_NEGATIVE
 
 
@@ -375,8 +390,23 @@ def _tasks(st: _Stage) -> None:
             st.lang("tasks", pair.sources[lang].path, lang, text)
 
 
+def _oracle_needs_a_clone(st: _Stage) -> None:
+    """02's oracle init and controls need 00's word map, which only the clone styles write."""
+    wants = st.values.get("controls") or st.values.get("init") in ("oracle", "oracle_deranged")
+    if not wants or paths.TOY_STAGE not in st.planned:
+        return
+    style = stage_params(st.prof, paths.TOY_STAGE, st.run, problems=[]).get("korean_style")
+    if style == "toy":
+        key = "controls" if st.values.get("controls") else "init"
+        st.problem(key, "the oracle controls need a word map, which 00_toy_world writes only for "
+                        "korean_style clone or clone_sov (this profile has toy): set controls: [] "
+                        "and an ordinary init, or change korean_style")
+
+
 def _stage_validators(st: _Stage) -> None:
     """The stages' own whole-config checks (run only when every value passed on its own)."""
+    if st.stage == "02_embedding_init":
+        _oracle_needs_a_clone(st)
     checks = {"03_stage1_contrastive": ("lib.train.contrastive", "_check", None),
               "05_stage3_pretrain": ("lib.train.pretrain", "check_method", "method"),
               "06_instruction_tuning": ("lib.train.pretrain", "check_method", "method")}

@@ -154,6 +154,21 @@ def control_name(name: str) -> str:
 ORACLE_INITS = ("oracle", "oracle_deranged")
 
 
+def all_inits() -> tuple[str, ...]:
+    """Every value 02's ``init`` takes: lib.model's initialisations and the oracle controls."""
+    from lib.model import INIT_METHODS
+    return tuple(INIT_METHODS) + ORACLE_INITS
+
+
+def check_controls(controls) -> None:
+    """ValueError naming the first bad entry of 02's ``controls`` list (or a duplicate)."""
+    if not isinstance(controls, (list, tuple)):
+        raise ValueError(f"controls must be a list such as [oracle, oracle_deranged, 'oracle@0.5'], got {controls!r}")
+    names = [control_name(str(c)) for c in controls]
+    if len(set(names)) != len(names):
+        raise ValueError(f"controls: duplicate names in {list(controls)}")
+
+
 def initialise(model, base_tok, merged_tok, init: str, alpha: float = 1.0, word_map: str | Path | None = None,
                seed: int = 0) -> dict:
     """Resize and initialise the new rows (``lib.model.resize_and_init``); the oracle inits start

@@ -36,6 +36,7 @@ from .sptrain import train_sentencepiece
 from .toyworld.world import CELLS
 from .toyworld.files import corpus_documents, instruction_texts, lexicon_lines, read_lines, tokenizer_corpus
 
+KOREAN_MODEL_TYPES = ("bpe", "unigram")
 KOREAN_TEXT = ("data/ko_mono.txt", "data/stage3_ko.txt", "data/bridge_train.ko")
 
 

@@ -138,3 +138,28 @@ def test_transfer_ratio_arithmetic():
     lo, hi = m["transfer_ratio_ci"]
     assert lo <= 0.5 <= hi
     assert "transfer_ratio" not in paired_metrics(items, n_boot=0)
+
+
+def test_check_refuses_bad_calibration_params_before_any_work(tmp_path):
+    """The new knobs are validated by `check` (all at once, file:line: stage.key)."""
+    from lib import paths
+    from lib.check import check_profile
+    from lib.params import load_profile
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(f"extends: {paths.PARAMS / 'toy.yaml'}\n00_toy_world:\n  korean_style: toy\n"
+                   "  heldout_relations: 0\n02_embedding_init:\n  init: oracle_wrong\n  controls: [oracle, 'oracle@1.5']\n"
+                   "04_stage2_lm_head:\n  train_rows: korean\n05_stage3_pretrain:\n  code_switch_ratio: 1.2\n",
+                   encoding="utf-8")
+    prof = load_profile(bad)
+    problems = check_profile(prof, paths.stages(), "x")
+    text = "\n".join(problems)
+    for frag in ("bad.yaml:4: 00_toy_world.heldout_relations: must be >= 1",
+                 "bad.yaml:6: 02_embedding_init.init: must be one of subword_mean, mean, random, oracle, oracle_deranged",
+                 "bad.yaml:7: 02_embedding_init.controls: controls: 'oracle@1.5': alpha must be in [0, 1]",
+                 "bad.yaml:9: 04_stage2_lm_head.train_rows: must be one of all, new",
+                 "bad.yaml:11: 05_stage3_pretrain.code_switch_ratio: must be >= 0 and <= 1"):
+        assert frag in text, frag
+    ok = tmp_path / "ok.yaml"
+    ok.write_text(f"extends: {paths.PARAMS / 'toy.yaml'}\n00_toy_world:\n  korean_style: toy\n", encoding="utf-8")
+    assert any("need a word map" in p for p in check_profile(load_profile(ok), paths.stages(), "y"))
+    assert check_profile(load_profile(paths.PARAMS / "ablations/toy_korean_toy.yaml"), paths.stages(), "z") == []

@@ -115,8 +115,11 @@ class CorruptCheckpoint(RuntimeError):
 def resume(acc, out_dir: Path) -> Path | None:
     """Load the newest checkpoint that reads back intact; a corrupt one (a truncated
     ``optimizer.bin`` after a crash or a full disk) is named in a warning and passed over, and
-    training resumes from the previous one. None when there is no checkpoint."""
-    done = checkpoints(out_dir)
+    training resumes from the previous one that still has its training state (normally only the
+    latest has one; an older one keeps it when a crash came between writing the new checkpoint
+    and pruning the old state). None when there is no checkpoint with a state."""
+    # older checkpoints keep model/ only (see _save_checkpoint): only those with state/ can resume
+    done = [c for c in checkpoints(out_dir) if (c / "state").is_dir()]
     bad = []
     for ckpt in reversed(done):
         try:

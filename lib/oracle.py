@@ -202,9 +202,9 @@ def save_controls(load_base, base_tok, merged_tok, controls: list[str], word_map
         raise ValueError(f"controls: duplicate names in {controls}")
     tmap = token_map(base_tok, merged_tok, read_word_map(word_map))
     rows = []
+    from lib.model import resize_and_init
     for (c, deranged, alpha), name in zip(specs, names):
         model = load_base()
-        from lib.model import resize_and_init
         resize_and_init(model, base_tok, merged_tok, init="subword_mean", seed=seed)
         info = apply_oracle(model, tmap, alpha, deranged=deranged, seed=seed)
         folder = out_dir / name / "model"

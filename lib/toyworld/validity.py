@@ -44,14 +44,14 @@ def training_texts(root: Path) -> dict[str, list[str]]:
 
 
 def _word(form: str):
-    """A matcher for ``form`` as a word: Latin with word boundaries, Hangul followed by a non-letter
-    or a particle (Hangul words never contain each other, see lexicon)."""
+    """A matcher for ``form`` as a word: Latin with word boundaries, Hangul as a substring (no Hangul
+    name or entity contains another, see lexicon, so a particle glued to it does not hide it)."""
     if form.isascii():
         return re.compile(rf"(?<![A-Za-z]){re.escape(form)}(?![A-Za-z])")
     return re.compile(re.escape(form))
 
 
-def question_leaks(root: Path, texts: dict[str, list[str]], facts: list[dict]) -> list[dict]:
+def question_leaks(texts: dict[str, list[str]], facts: list[dict]) -> list[dict]:
     """Evaluated questions found verbatim in a training file: ``{id, lang, file}`` rows."""
     joined = {rel: "\n".join(lines) for rel, lines in texts.items()}
     leaks = []
@@ -89,7 +89,7 @@ def qa_by_role(texts: dict[str, list[str]], entities: list[dict]) -> dict[str, d
     return {lang: {role: c[role] for role in ("knowledge", "bridge", "ghost")} for lang, c in out.items()}
 
 
-def attribute_balance(root: Path, texts: dict[str, list[str]], entities: list[dict]) -> dict:
+def attribute_balance(texts: dict[str, list[str]], entities: list[dict]) -> dict:
     """Share of knowledge / bridge people whose colour and age are stated, per language."""
     colours = {lang: [_word(e[lang]) for e in entities if e["category"] == "colour"] for lang in ("en", "ko")}
     digits = re.compile(r"\d")
@@ -132,7 +132,7 @@ def check_world(world_dir: str | Path) -> dict:
     entities = read_jsonl(root / "data/entities.jsonl")
     knowledge = [f for f in facts if f["cell"] == "knowledge"]
     held = [f for f in facts if f["cell"] == "bridge_heldout"]
-    qleaks = question_leaks(root, texts, facts)
+    qleaks = question_leaks(texts, facts)
     return {
         "question_leaks": len(qleaks), "question_leak_examples": qleaks[:5],
         "knowledge_leaks": len(leaked_facts(root)),
@@ -141,7 +141,7 @@ def check_world(world_dir: str | Path) -> dict:
         "bridge_heldout_paraphrases_en": paraphrase_counts(texts, held, "en", ("data/en_pretrain.txt",)),
         "bridge_heldout_paraphrases_ko": paraphrase_counts(texts, held, "ko", KOREAN_FILES),
         "qa_items": qa_by_role(texts, entities),
-        "attribute_balance": attribute_balance(root, texts, entities),
+        "attribute_balance": attribute_balance(texts, entities),
         "ghost_fact_lines": ghost_fact_lines(texts, entities),
         "questions": dict(Counter(f["cell"] for f in facts)),
     }

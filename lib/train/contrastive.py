@@ -159,20 +159,35 @@ class Encoder(torch.nn.Module):
     vectors of a batch and, given CLM blocks, their causal-LM loss: DDP then sees one forward per
     backward and synchronises the layer weights with the model."""
 
-    def __init__(self, lm, choice: dict, pooling: str, layer_weights: LayerWeights | None = None):
+    def __init__(self, lm, choice: dict, pooling: str, layer_weights: LayerWeights | None = None,
+                 layers: list[int] | None = None, head_ids: tuple | None = None):
         super().__init__()
         self.lm, self.layer_weights, self.choice, self.pooling = lm, layer_weights, choice, pooling
+        self.layers, self.head_ids = layers, head_ids      # the grid's knobs (lib.train.align_terms)
 
-    def forward(self, batch: dict, clm: dict | None = None):
+    def forward(self, batch: dict, clm: dict | None = None, words: torch.Tensor | None = None):
+        """``(vecs, clm_loss, extra)``: the representation's vectors, the CLM loss (or None), and
+        the knobs' inputs: ``layer_vecs`` (one [B, d] per layer of ``layers``), ``words`` (one
+        (ko, en) pair of word-vector sets per layer, for the batch's word rows), ``head``."""
         # two passes, not one padded batch: CLM blocks are ~3x longer than sentences, and only
         # they need logits (hidden_states_of keeps the logits of one position)
         hs = hidden_states_of(self.lm, batch)
-        vecs = pooled_vectors(hs, batch["attention_mask"], layer_weights=self.layer_weights,
-                              pooling=self.pooling, **self.choice)
+        mask = batch["attention_mask"]
+        vecs = pooled_vectors(hs, mask, layer_weights=self.layer_weights, pooling=self.pooling, **self.choice)
+        extra = {}
+        layers = self.layers or [self.choice.get("layer", len(hs) - 1)]
+        if self.layers:
+            extra["layer_vecs"] = [pooled_vectors(hs, mask, layer=i, pooling=self.pooling) for i in layers]
+        if words is not None and len(words):
+            from lib.train.align_terms import word_vectors
+            extra["words"] = [word_vectors(hs[i], words, mask.shape[0] // 2) for i in layers]
+        if self.head_ids is not None:
+            from lib.train.align_terms import head_alignment_loss
+            extra["head"] = head_alignment_loss(self.lm.get_output_embeddings().weight, *self.head_ids)
         if clm is None:
-            return vecs, None
+            return vecs, None, extra
         logits = self.lm(input_ids=clm["input_ids"], attention_mask=clm["attention_mask"], use_cache=False).logits
-        return vecs, clm_loss(logits, clm["labels"])
+        return vecs, clm_loss(logits, clm["labels"]), extra
 
 
 def layer_choice(cfg: Any, n_states: int) -> tuple[dict, tuple[int, int] | None]:
@@ -245,6 +260,7 @@ class Stage1:
     heldout: tuple[list[str], list[str]]
     clm: Any                          # a MixedStream over packed Korean blocks, or None
     info: dict
+    words: list | None = None         # per training pair, its aligned word rows (objective word/both)
 
     def choice(self) -> dict:
         lw = self.encoder.layer_weights
@@ -263,6 +279,8 @@ def _check(cfg: Any) -> None:
         raise ValueError("eval_pairs must be 0 (all) or >= 2: non-pair cosine needs two pairs")
     if cfg.group_by_length < 0:
         raise ValueError(f"group_by_length must be >= 0 (0: off), got {cfg.group_by_length}")
+    from lib.train.align_terms import check_knobs
+    check_knobs(cfg)
 
 
 def build(cfg: Any) -> Stage1:
@@ -279,7 +297,9 @@ def build(cfg: Any) -> Stage1:
         model.config.use_cache = False
     n_states = model.config.num_hidden_layers + 1
     choice, rng = layer_choice(cfg, n_states)
-    top = rng[1] if rng else choice["layer"]
+    from lib.train import align_terms as AT
+    layers = AT.layer_list(cfg.get("layers", "representation"), n_states)
+    top = max([rng[1] if rng else choice["layer"]] + (layers or []))
     lw = ScaledLayerWeights(*rng, scale=cfg.layer_weights_lr / cfg.lr) if rng else None
     if lw is not None:
         lw.to(model.device)
@@ -288,6 +308,24 @@ def build(cfg: Any) -> Stage1:
         # copied before anything is untied or frozen: exactly the starting model
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
     info = freeze_for_stage1(model, top, keep_all=cfg.clm_weight > 0)
+    objective = cfg.get("objective", "sentence")
+    word_pairs = None
+    if objective != "sentence" or cfg.get("align_head"):
+        from lib.wordpairs import read_pairs
+        word_pairs = read_pairs(cfg.path(cfg.word_pairs))
+    head_ids = None
+    if cfg.get("align_head"):
+        from lib.train.head import base_vocab_size
+        try:
+            n_base = base_vocab_size(cfg)
+        except FileNotFoundError:
+            n_base = None                     # no 01 in this run: every Korean token unlike its English one
+        head_ids = AT.head_pairs(tok, word_pairs, n_base)
+        head = model.get_output_embeddings().weight
+        head.requires_grad_(True)
+        AT.only_rows(head, head_ids[0])
+        info["align_head"] = {"rows": len(head_ids[0]), "base_vocab_size": n_base}
+    info["objective"], info["layers"] = objective, layers or "representation"
     clm = None
     if cfg.clm_weight > 0:
         from lib.packing import MixedStream, pack_file
@@ -296,22 +334,33 @@ def build(cfg: Any) -> Stage1:
                           seed=cfg.seed, bos_token_id=tok.bos_token_id)
         info["clm_text"] = report
     enc = {"ko": _encode(tok, ko, cfg.max_len), "en": _encode(tok, en, cfg.max_len)}
+    words = None
+    if objective != "sentence":
+        from lib.wordpairs import Locator
+        words = AT.word_spans(tok, ko, en, cfg.max_len, Locator(word_pairs))
+        info["word_spans"] = AT.span_stats(words)
+        if not info["word_spans"]["word_occurrences"]:
+            raise DataError(f"{cfg.word_pairs}: none of its words occurs in the training pairs "
+                            f"({cfg.pairs_ko}); objective {objective!r} has nothing to align")
     return Stage1(
         cfg=cfg, model=model, tok=tok, init_from=str(folder),
-        encoder=Encoder(model, choice, cfg.pooling, lw),
+        encoder=Encoder(model, choice, cfg.pooling, lw, layers, head_ids),
         english=frozen if frozen is not None else model,
         # a frozen English side must stay put: fixed (uniform) layers, never the learned weights
         english_choice=(choice if not rng else {"layer_range": rng}) if frozen is not None else {},
         pairs=PairBatches(len(ko), cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.group_by_length,
                           lengths=_pair_lengths(enc)),
         train_enc=enc,
-        heldout=(held_ko, held_en), clm=clm, info=info)
+        heldout=(held_ko, held_en), clm=clm, info=info, words=words)
 
 
 def batch_fn(s: Stage1):
     def batch_at(step: int, micro: int, rank: int, world: int) -> dict:
         idx = s.pairs.indices(step, micro, rank, world)
         batch = {"ko": _rows(s.train_enc["ko"], idx), "en": _rows(s.train_enc["en"], idx)}
+        if s.words is not None:
+            from lib.train.align_terms import batch_spans
+            batch["words"] = batch_spans(s.words, idx)
         if s.clm is not None:
             b = s.clm.batch(step, micro, rank, world)
             batch["clm"] = {k: b[k] for k in ("input_ids", "attention_mask", "labels")}
@@ -320,6 +369,7 @@ def batch_fn(s: Stage1):
 
 
 def loss_fn(s: Stage1):
+    from lib.train import align_terms as AT
     cfg, frozen = s.cfg, s.english if s.english is not s.model else None
 
     def compute(modules, batch):
@@ -327,7 +377,8 @@ def loss_fn(s: Stage1):
         dev = next(enc.parameters()).device
         to = lambda b: {k: v.to(dev) for k, v in b.items()}  # noqa: E731
         pairs = batch["ko"] if frozen is not None else _stack([batch["ko"], batch["en"]])
-        vecs, clm = enc(to(pairs), to(batch["clm"]) if "clm" in batch else None)
+        words = batch["words"].to(dev) if "words" in batch else None
+        vecs, clm, extra = enc(to(pairs), to(batch["clm"]) if "clm" in batch else None, words)
         n = batch["ko"]["input_ids"].shape[0]
         if frozen is not None:
             if next(frozen.parameters()).device != dev:
@@ -336,13 +387,13 @@ def loss_fn(s: Stage1):
                 en = sentence_vectors(frozen, to(batch["en"]), pooling=cfg.pooling, **s.english_choice)
         else:
             en = vecs[n:]
-        nce = info_nce(vecs[:n], en, temperature=cfg.temperature)
-        logs = {"info_nce": nce.item()}
+        loss, logs = AT.alignment_loss(cfg, vecs[:n], en, extra, words)
         if clm is not None:
             logs["clm"] = clm.item()
-            return nce + cfg.clm_weight * clm, logs
-        return nce, logs
+            return loss + cfg.clm_weight * clm, logs
+        return loss, logs
     return compute
+
 
 
 def evaluate(s: Stage1) -> dict:
@@ -372,7 +423,7 @@ def run(cfg: Any, stop_at: int | None = None) -> dict:
     """Train stage 1 (resuming from ``<stage>/checkpoints`` if any) and return its metrics."""
     from accelerate import PartialState
     s = build(cfg)
-    tokens = lambda b: sum(int(p["attention_mask"].sum()) for p in b.values())  # noqa: E731
+    tokens = lambda b: sum(int(p["attention_mask"].sum()) for p in b.values() if isinstance(p, dict))  # noqa: E731
     result = train([s.encoder], batch_fn(s), loss_fn(s), train_spec(cfg), cfg.stage_dir,
                    eval_fn=lambda: evaluate(s), save_fn=save_fn(s), tokens_in=tokens, stop_at=stop_at,
                    desc="stage1 contrastive")

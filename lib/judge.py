@@ -6,8 +6,12 @@ a *win* for ``a`` when ``a`` is preferred in both orders (or in one, the other a
 when ``b`` is, else a *tie*. The tally gives win/tie/loss shares with bootstrap 95% intervals;
 every verdict is logged per item.
 
-    python -m lib.judge answers.jsonl --base-url http://127.0.0.1:8000/v1 --model judge \\
-        --api-key-env JUDGE_API_KEY --out verdicts.jsonl
+    # the two models' answers to the same prompts (greedy, 06's chat template), then the verdicts
+    python -m lib.judge items --a outputs/toy/05_stage3_pretrain/model \\
+        --b outputs/toy/06_instruction_tuning/model --prompts outputs/toy/00_toy_world/data/instructions.jsonl \\
+        --n 50 --out outputs/toy/judge/items.jsonl
+    python -m lib.judge outputs/toy/judge/items.jsonl --base-url http://127.0.0.1:8000/v1 --model judge \\
+        --api-key-env JUDGE_API_KEY --out outputs/toy/judge/verdicts.jsonl
 
 The key is read from the environment variable named (never from a file in the repository);
 errors and timeouts are retried by the ``openai`` client (``max_retries``, ``timeout``).
@@ -22,6 +26,40 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
+
+# the ``judge:`` section of a profile: key -> default (its type is the type required)
+PARAMS = {"base_url": "http://127.0.0.1:8000/v1", "model": "judge", "api_key_env": "", "timeout": 30.0,
+          "max_retries": 3, "n_boot": 1000}
+
+
+def section_problems(section: dict, where) -> list[str]:
+    """Problems of a profile's ``judge:`` section, one line each (``where(key)`` says file:line)."""
+    out = []
+    for k, v in section.items():
+        if k not in PARAMS:
+            out.append(f"{where(k)}: unknown key '{k}' in section 'judge' (known: {', '.join(PARAMS)})")
+        elif isinstance(v, bool) or not isinstance(v, (float, int) if isinstance(PARAMS[k], float) else type(PARAMS[k])):
+            out.append(f"{where(k)}: judge.{k} must be {type(PARAMS[k]).__name__} (like {PARAMS[k]!r}), got {v!r}")
+        elif k in ("timeout",) and v <= 0 or k in ("max_retries", "n_boot") and v < 0:
+            out.append(f"{where(k)}: judge.{k} must be {'> 0' if k == 'timeout' else '>= 0'}, got {v!r}")
+        elif k == "base_url" and not str(v).startswith(("http://", "https://")):
+            out.append(f"{where(k)}: judge.base_url must start with http:// or https://, got {v!r}")
+    return out
+
+
+def settings(profile_path: str | None) -> dict:
+    """PARAMS overlaid with the ``judge:`` section of a profile (validated)."""
+    out = dict(PARAMS)
+    if profile_path:
+        from lib.params import ParamsError, load_profile
+        prof = load_profile(profile_path)
+        sec = prof.sections.get("judge", {})
+        problems = section_problems(sec, lambda k: prof.where("judge", k))
+        if problems:
+            raise ParamsError.of(problems)
+        out.update(sec)
+    return out
+
 
 SYSTEM = ("You compare two answers to the same question. Reply with exactly one of: "
           "'A' if answer A is better, 'B' if answer B is better, 'tie' if they are equally good.")
@@ -103,22 +141,58 @@ def read_items(path: str | Path) -> list[dict]:
     return rows
 
 
+def answer_items(model_a: str, model_b: str, prompts: str | Path, n: int, max_new_tokens: int = 48) -> list[dict]:
+    """The two models' greedy answers to the first ``n`` instruction records of ``prompts``."""
+    from lib.instructions import Template, read_records
+    from lib.model import load_model
+    from lib.train.sft import generate
+    recs = [r for r in read_records(prompts) if not r["history"]][:n]
+    t = Template()
+    answers = []
+    for spec in (model_a, model_b):
+        model, tok = load_model(spec, "cpu")
+        answers.append(generate(model, tok, t, recs, max_new_tokens))
+    return [{"id": i, "lang": r["lang"], "prompt": t.user_text(r["instruction"], r["input"]), "a": a, "b": b}
+            for i, (r, a, b) in enumerate(zip(recs, *answers))]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from lib.outputs import write_json, write_text
+    argv = list(argv) if argv is not None else None
+    import sys
+    args = argv if argv is not None else sys.argv[1:]
+    if args[:1] == ["items"]:
+        ap = argparse.ArgumentParser(prog="python -m lib.judge items")
+        ap.add_argument("--a", required=True, help="model folder or Hub id (the one whose win rate is reported)")
+        ap.add_argument("--b", required=True, help="the model it is compared with")
+        ap.add_argument("--prompts", required=True, help="instruction JSON/JSONL (as 06 reads)")
+        ap.add_argument("--n", type=int, default=50)
+        ap.add_argument("--max-new-tokens", type=int, default=48)
+        ap.add_argument("--out", required=True)
+        a = ap.parse_args(args[1:])
+        rows = answer_items(a.a, a.b, a.prompts, a.n, a.max_new_tokens)
+        write_text(a.out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+        print(f"{len(rows)} items -> {a.out}")
+        return 0
+    argv = args
     ap = argparse.ArgumentParser(prog="python -m lib.judge", description=__doc__.split("\n")[0])
     ap.add_argument("items", help="JSONL with id, prompt, a, b")
-    ap.add_argument("--base-url", required=True)
-    ap.add_argument("--model", required=True)
-    ap.add_argument("--api-key-env", default="", help="name of the environment variable holding the key")
-    ap.add_argument("--timeout", type=float, default=30.0)
-    ap.add_argument("--max-retries", type=int, default=3)
+    ap.add_argument("--params", help="a profile whose judge: section gives the settings below")
+    ap.add_argument("--base-url")
+    ap.add_argument("--model")
+    ap.add_argument("--api-key-env", help="name of the environment variable holding the key")
+    ap.add_argument("--timeout", type=float)
+    ap.add_argument("--max-retries", type=int)
     ap.add_argument("--out", required=True, help="per-item verdicts (JSONL); the tally goes next to it")
     a = ap.parse_args(argv)
-    client = make_client(a.base_url, a.api_key_env, a.timeout, a.max_retries)
-    rows = judge_items(client, a.model, read_items(a.items))
+    st = settings(a.params)
+    st.update({k: v for k, v in (("base_url", a.base_url), ("model", a.model), ("api_key_env", a.api_key_env),
+                                 ("timeout", a.timeout), ("max_retries", a.max_retries)) if v is not None})
+    client = make_client(st["base_url"], st["api_key_env"], st["timeout"], st["max_retries"])
+    rows = judge_items(client, st["model"], read_items(a.items))
     out = Path(a.out)
     write_text(out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    t = tally(rows)
+    t = tally(rows, n_boot=st["n_boot"])
     write_json(out.with_suffix(".tally.json"), t)
     print(json.dumps(t))
     return 0

@@ -131,3 +131,35 @@ def test_cli_writes_verdicts_and_tally(tmp_path, client_for, monkeypatch):
         assert (t["win"], t["tie"], t["loss"]) == (0.6, 0.2, 0.2)
     finally:
         srv.shutdown()
+
+
+def test_judge_section_of_a_profile(tmp_path, client_for):
+    from lib.params import ParamsError, load_profile, profile_problems
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("extends: {}\njudge:\n  base_url: ftp://x\n  timeot: 3\n  max_retries: -1\n".format(
+        (judge.Path(__file__).parents[1] / "params" / "micro.yaml").as_posix()), encoding="utf-8")
+    probs = profile_problems(load_profile(bad), [])
+    assert len(probs) == 3 and all("bad.yaml:" in p and "judge" in p for p in probs)
+    assert "timeot" in probs[1] and "bad.yaml:4" in probs[1]
+    with pytest.raises(ParamsError):
+        judge.settings(str(bad))
+    j = Judge()
+    srv = serve(j)
+    try:
+        good = tmp_path / "good.yaml"
+        good.write_text(f"judge:\n  base_url: http://127.0.0.1:{srv.server_address[1]}/v1\n  model: from-yaml\n"
+                        "  api_key_env: JUDGE_KEY\n  n_boot: 50\n", encoding="utf-8")
+        items = tmp_path / "items.jsonl"
+        items.write_text("".join(json.dumps(i) + "\n" for i in ITEMS[:2]), encoding="utf-8")
+        judge.main([str(items), "--params", str(good), "--out", str(tmp_path / "v.jsonl")])
+        assert {r["model"] for r in j.requests} == {"from-yaml"}
+    finally:
+        srv.shutdown()
+
+
+def test_answer_items_from_two_models(tmp_path, tiny_assets):
+    p = tmp_path / "p.jsonl"
+    p.write_text('{"instruction": "The cat sees", "input": "", "output": "x", "lang": "en"}\n'
+                 '{"instruction": "고양이가", "input": "", "output": "y"}\n', encoding="utf-8")
+    rows = judge.answer_items(str(tiny_assets["model"]), str(tiny_assets["model"]), p, n=5, max_new_tokens=3)
+    assert [r["lang"] for r in rows] == ["en", "ko"] and all(r["a"] == r["b"] for r in rows)

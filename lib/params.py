@@ -279,6 +279,10 @@ def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
                     problems.append(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "
                                     f"got {value!r}")
             continue
+        if section == "judge":          # python -m lib.judge --params (not a notebook)
+            from lib.judge import section_problems
+            problems += section_problems(values, lambda k: prof.where("judge", k))
+            continue
         if section == "common":
             for key in values:
                 where = prof.where(section, key)

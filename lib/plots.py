@@ -79,3 +79,43 @@ def multi_curve(xs: Sequence[float], series: dict[str, Sequence[float]], title: 
     ax.grid(alpha=0.3)
     ax.legend()
     return save(fig, path)
+
+
+def interval_points(rows: Sequence[dict], title: str, path: str | Path | None = None,
+                    xlabel: str = "value", ref: float | None = None):
+    """Seaborn dot-and-interval plot, one panel per metric: rows of ``{model, metric, value, lo,
+    hi}`` (e.g. 08's agreement and kappa per model with their bootstrap intervals); ``ref`` draws
+    a reference line (e.g. kappa 0)."""
+    import pandas as pd
+    import seaborn as sns
+    df = pd.DataFrame(rows)
+    metrics = list(dict.fromkeys(df["metric"]))
+    models = list(dict.fromkeys(df["model"]))
+    with sns.axes_style("whitegrid"):
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.5 * len(metrics), 0.35 * len(models) + 1.6),
+                                 sharey=True, squeeze=False)
+    for ax, m in zip(axes[0], metrics):
+        d = df[df["metric"] == m].set_index("model").reindex(models).reset_index()
+        sns.scatterplot(data=d, x="value", y="model", hue="model", palette="viridis", legend=False, ax=ax, s=40)
+        ax.hlines(d["model"], d["lo"], d["hi"], color="grey", lw=1.5)
+        if ref is not None:
+            ax.axvline(ref, color="black", lw=0.8, ls=":")
+        ax.set(title=m, xlabel=xlabel, ylabel="")
+    fig.suptitle(title)
+    return save(fig, path)
+
+
+def layer_curves(rows: Sequence[dict], title: str, ylabel: str, path: str | Path | None = None):
+    """Seaborn per-layer curves: rows of ``{model, run, layer, value}``, colour by model (in the
+    given order), line style by run."""
+    import pandas as pd
+    import seaborn as sns
+    df = pd.DataFrame(rows)
+    with sns.axes_style("whitegrid"):
+        fig, ax = plt.subplots(figsize=(7.5, 4))
+    several = df["run"].nunique() > 1
+    sns.lineplot(data=df, x="layer", y="value", hue="model", style="run" if several else None,
+                 palette="viridis", marker=".", ax=ax, hue_order=list(dict.fromkeys(df["model"])))
+    ax.set(xlabel="hidden state (0 = embeddings)", ylabel=ylabel, title=title)
+    ax.legend(fontsize=7, loc="best")
+    return save(fig, path)

@@ -55,24 +55,19 @@ def _grid(n: int, width: float = 3.2):
 
 
 def p1_by_layer(rep_rows: Sequence[Mapping], path: str | Path | None = None, key: str = "p1"):
-    """Held-out retrieval P@1 (mean of Ko→En and En→Ko) per hidden state, one line per model;
-    colour follows pipeline order, line style the run."""
-    import matplotlib.pyplot as plt
+    """Held-out retrieval P@1 (mean of Ko→En and En→Ko) per hidden state, one line per model
+    (seaborn, :func:`lib.plots.layer_curves`); colour follows pipeline order, line style the run."""
     from matplotlib.ticker import MaxNLocator
-    fig, ax = plt.subplots(figsize=(7.5, 4))
-    runs = list(dict.fromkeys(r["run"] for r in rep_rows))
-    several = len(runs) > 1
-    cmap = plt.get_cmap("viridis")
-    styles = ["-", "--", ":", "-."]
-    for i, r in enumerate(rep_rows):
-        ys = r["per_layer"][key]
-        ax.plot(range(len(ys)), ys, marker=".", color=cmap(i / max(len(rep_rows) - 1, 1)),
-                ls=styles[runs.index(r["run"]) % len(styles)], label=_label(r, several))
-        ax.plot([r["layer"]], [ys[r["layer"]]], "o", mfc="none", color="grey", ms=7)
+    from lib.plots import layer_curves
+    several = _several(rep_rows)
+    rows = [{"model": _label(r, several), "run": r["run"], "layer": i, "value": y}
+            for r in rep_rows for i, y in enumerate(r["per_layer"][key])]
+    fig = layer_curves(rows, "Held-out Ko/En retrieval per layer (circle: rep_layer)", f"retrieval P@1 ({key})")
+    ax = fig.axes[0]
+    for r in rep_rows:
+        ax.plot([r["layer"]], [r["per_layer"][key][r["layer"]]], "o", mfc="none", color="grey", ms=7)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set(xlabel="hidden state (0 = embeddings)", ylabel=f"retrieval P@1 ({key})", ylim=(-0.02, 1.02),
-           title="Held-out Ko/En retrieval per layer (circle: rep_layer)")
-    ax.grid(alpha=0.3)
+    ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1), ncol=1 + len(rep_rows) // 20)
     return save(fig, path)
 

@@ -169,6 +169,14 @@ def test_sft_full_loss_falls_and_records_generations(tmp_path, tiny_assets):
     assert set(em["train"]["after"]) == {"all", "n", "ko", "en"}
     AutoModelForCausalLM.from_pretrained(cfg.stage_dir / "model")
     assert (cfg.stage_dir / "model" / "tokenizer.model").exists()
+    # the saved tokenizer carries the template: a reloaded one renders the trained ids
+    assert m["chat_template"] == {"records": 41, "exact": 41, "share": 1.0}
+    tok = AutoTokenizer.from_pretrained(cfg.stage_dir / "model")
+    rec = sft.read_records(cfg.data_files[0])[0]
+    from lib.chattemplate import messages_of
+    (ex,), _ = sft.encode(tok, [rec], sft.template_from(cfg), 10**6)
+    got = tok.apply_chat_template(messages_of(rec, cfg.system_prompt), tokenize=True, return_dict=True)["input_ids"]
+    assert list(got) == ex.ids
 
 
 @pytest.mark.slow
@@ -296,3 +304,35 @@ def test_exact_match_scores_by_language(monkeypatch):
     monkeypatch.setattr(sft, "generate", lambda *a, **k: ["축구", "축구 ", "a hamster", "red"])
     em = sft.exact_match(None, None, None, records, 4)
     assert em == {"all": 0.5, "n": 4, "en": 0.5, "ko": 0.5}
+
+
+# ----------------------------------------------------------------------------- chat template
+
+def test_chat_template_gives_the_trained_ids(tiny_assets):
+    from lib.chattemplate import jinja_template, messages_of, template_check
+    tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
+    t = sft.Template()
+    tok.chat_template = jinja_template(t, tok)
+    recs = [{"instruction": "The cat sees", "input": "the river", "output": "near the school.", "lang": "en"},
+            {"instruction": "고양이가 본다", "input": "", "output": "학교에서.", "lang": "ko",
+             "history": [["Hi", "Hello!"], ["개가?", "강을 찾는다."]]}]
+    exs, _ = sft.encode(tok, recs, t, max_len=10**6)
+    for rec, ex in zip(recs, exs):
+        got = tok.apply_chat_template(messages_of(rec, t.system, t), tokenize=True, return_dict=True)["input_ids"]
+        assert list(got) == ex.ids
+    # the generation prompt is exactly what 06's generate() feeds the model
+    gen = tok.apply_chat_template([{"role": "user", "content": "Q?"}], tokenize=True, return_dict=True,
+                                  add_generation_prompt=True)["input_ids"]
+    assert list(gen) == [tok.bos_token_id] + tok(t.generation_prompt("Q?"), add_special_tokens=False)["input_ids"]
+    assert template_check(tok, recs, t) == {"records": 2, "exact": 2, "share": 1.0}
+
+
+def test_chat_template_real_llama2_tokenizer(shared_data, tmp_path):
+    from transformers import LlamaTokenizerFast
+    from lib.chattemplate import jinja_template, template_check
+    LlamaTokenizerFast.from_pretrained(shared_data / "tokenizers/llama2/tokenizer.model").save_pretrained(tmp_path)
+    tok = AutoTokenizer.from_pretrained(tmp_path)
+    t = sft.Template()
+    tok.chat_template = jinja_template(t, tok)
+    recs = sft.read_records(shared_data / "sft/ko_alpaca_sample.json")[:50]
+    assert template_check(tok, recs, t)["exact"] == 50

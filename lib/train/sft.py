@@ -263,6 +263,8 @@ def run(cfg: Any) -> dict:
         run_cfg = Config(cfg)
         run_cfg["init_from"] = str(cv_dir)
     model, tok, model_start = load_for_method(run_cfg)
+    from lib.chattemplate import jinja_template, template_check
+    tok.chat_template = jinja_template(template, tok)     # saved with every checkpoint and model/
     examples, enc_report = encode(tok, train_recs, template, cfg.max_len, cfg.loss_on_history)
     held, _ = encode(tok, held_recs, template, cfg.max_len, cfg.loss_on_history)
     pad = pad_id_of(tok)
@@ -321,6 +323,7 @@ def run(cfg: Any) -> dict:
                      "input_sep": template.input_sep, "example": template.render(train_recs[0])},
         "example_masked": show_example(tok, examples[0]),
         "boundary": boundary_check(tok, train_recs, template),
+        "chat_template": template_check(tok, train_recs, template),
         "stream": stream.stats(spec.steps), "nonpad_fraction": stream.nonpad_fraction(min(spec.steps, 20)),
         "loss": {"first": losses[0]["loss"], "last": losses[-1]["loss"]},
         "heldout_loss": {"before": before["held"], "after": after["held"]},

@@ -120,6 +120,8 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "heldout_relations": _range(1),
     "ko_paraphrases": _range(1, 5), "en_paraphrases": _range(1, 5), "bridge_paraphrases": _range(1, 5),
     "train_rows": _enum("lib.train.head", "TRAIN_ROWS"),
+    "objective": _enum("lib.train.align_terms", "OBJECTIVES"),
+    "layers": _raises(lambda v: importlib.import_module("lib.train.align_terms").check_layers(v)),
     "code_switch_ratio": _range(0, 1),
     "merge_mode": _enum("lib.tokenizer", "MERGE_MODES"),
     "pooling": _enum("lib.represent", "POOLING_MODES"),
@@ -133,9 +135,9 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "steps": _train_spec("steps"),
     "grad_accum": _train_spec("grad_accum"),
     "block_size": _raises(_block_size),
-    "lr": POSITIVE, "layer_weights_lr": POSITIVE, "temperature": POSITIVE, "lora_alpha": POSITIVE,
+    "lr": POSITIVE, "layer_weights_lr": POSITIVE, "temperature": POSITIVE, "align_temperature": POSITIVE, "lora_alpha": POSITIVE,
     "ko_ratio": SHARE, "ko_share": SHARE, "min_lr_ratio": SHARE, "lora_dropout": _range(0, 1, hi_open=True),
-    "batch_size": AT_LEAST_1, "max_len": AT_LEAST_1, "clm_block": AT_LEAST_1, "seq_len": AT_LEAST_1,
+    "batch_size": AT_LEAST_1, "align_batch_size": _range(2), "max_len": AT_LEAST_1, "align_max_len": AT_LEAST_1, "clm_block": AT_LEAST_1, "seq_len": AT_LEAST_1,
     "lora_r": AT_LEAST_1, "korean_vocab_size": AT_LEAST_1, "max_new_tokens": AT_LEAST_1,
     "max_models_in_grid": AT_LEAST_1, "hidden_size": AT_LEAST_1, "intermediate_size": AT_LEAST_1,
     "num_layers": AT_LEAST_1, "num_heads": AT_LEAST_1,
@@ -143,7 +145,7 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
 # counts, cadences and weights where 0 means "off" or "all"
 for _k in ("warmup_steps", "save_every", "eval_every", "max_pairs", "eval_pairs", "max_sample_lines",
            "max_eval_lines", "eval_lines_during", "clm_weight", "weight_decay", "max_grad_norm",
-           "group_by_length", "n_boot", "rep_pairs", "limit", "num_fewshot", "max_examples",
+           "group_by_length", "align_weight", "n_boot", "rep_pairs", "limit", "num_fewshot", "max_examples",
            "eval_examples", "match_examples", "umap_pairs_linked", "num_threads", "base_vocab_size",
            "qa_repeats", "model_seed", "seed"):
     KEY_RULES[_k] = NON_NEGATIVE
@@ -403,6 +405,18 @@ def _oracle_needs_a_clone(st: _Stage) -> None:
                         "and an ordinary init, or change korean_style")
 
 
+def _word_pairs(st: _Stage) -> None:
+    """The word-pair file of the word-level objective, align_head and code-switching."""
+    path = st.file("word_pairs")
+    if path is None:
+        return
+    from lib.wordpairs import read_pairs
+    try:
+        read_pairs(path)
+    except ValueError as e:
+        st.problem("word_pairs", str(e))
+
+
 def _stage_validators(st: _Stage) -> None:
     """The stages' own whole-config checks (run only when every value passed on its own)."""
     if st.stage == "02_embedding_init":
@@ -475,6 +489,11 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
         st.parallel(ko_key, en_key)
     if stage == "03_stage1_contrastive" and st.values["clm_weight"] > 0:
         st.text("clm_text", "ko")
+    if stage == "05_stage3_pretrain" and st.values["align_weight"] > 0:
+        st.parallel("align_pairs_ko", "align_pairs_en")
+    if (stage == "03_stage1_contrastive" and (st.values["objective"] != "sentence" or st.values["align_head"])) \
+            or (stage == "05_stage3_pretrain" and st.values["code_switch_ratio"] > 0):
+        _word_pairs(st)
     if stage == "01_vocab_merge":
         _tokenizers(st)
     if stage == "06_instruction_tuning":

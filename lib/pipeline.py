@@ -7,6 +7,7 @@
     python -m lib.pipeline run params/toy.yaml --force         # redo finished stages
     python -m lib.pipeline check params/a6000.yaml             # validate only, run nothing
     python -m lib.pipeline plan params/a6000.yaml --gpu-memory 48   # memory, disk, time per stage (lib.plan)
+    python -m lib.pipeline grid params/grids/toy_transfer.yaml      # named conditions, shared stages (lib.grid)
 
 Each stage runs into ``outputs/<run>/<NN_stage>/`` (executed notebook, config.json, metrics.json,
 figures/, artifacts, log.txt) and is finished when its ``DONE`` exists. A finished stage whose
@@ -231,12 +232,20 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--gpu-memory", type=float, default=48.0, help="GiB of the device (default 48: A6000)")
     pl.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation (default 0.35)")
     pl.add_argument("--tflops", type=float, default=154.8, help="device bf16 peak TFLOP/s (default: A6000)")
+    g = sub.add_parser("grid", help="run a grid of conditions sharing identical stages (lib.grid)")
+    g.add_argument("grid", help="a grid YAML, e.g. params/grids/toy_transfer.yaml")
+    g.add_argument("--only", help="comma-separated condition names")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)        # a polite kill ends like Ctrl-C: one line
     try:
         if args.cmd == "plan":
             from lib.plan import print_plan
             print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
+            return 0
+        if args.cmd == "grid":
+            from lib.grid import run_grid
+            out = run_grid(args.grid, args.only)
+            print(f"grid: {len(out['table'])} rows -> {paths.run_dir(Path(args.grid).stem)}/grid.md")
             return 0
         if args.cmd == "check":
             t0 = time.time()

@@ -219,3 +219,26 @@ def test_knob_misuse_fails_before_work(tmp_path, tiny_assets, files):
     (tmp_path / "none.jsonl").write_text('{"en": "zebra", "ko": "얼룩말"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="none of its words occurs"):
         C.build(stage1(tmp_path, tiny_assets, files, objective="word", word_pairs=str(tmp_path / "none.jsonl")))
+
+
+# ----------------------------------------------------------------------------- stage 05
+
+def test_pretrain_keeps_the_contrastive_term_with_align_weight(tmp_path, tiny_assets, files):
+    from lib.represent import embed_texts
+    from lib.train import pretrain
+    from tests.test_stages_clm import make_cfg
+    cfg = make_cfg("05_stage3_pretrain", tmp_path, tiny_assets, align_weight=0.5, steps=20, lr=3e-3,
+                   align_pairs_ko=str(files["train_ko"]), align_pairs_en=str(files["train_en"]),
+                   align_batch_size=16, save_every=0, eval_every=0)
+    m = pretrain.run(cfg)
+    rows = [r for r in m["curves"]["info_nce"]]
+    assert m["align_weight"] == 0.5 and m["alignment"]["align_pairs"] == 96
+    assert len(rows) == 20 and all(r > 0 for r in rows)
+    assert np.mean(rows[-5:]) < np.mean(rows[:5])                 # the kept term is optimised
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    out = AutoModelForCausalLM.from_pretrained(cfg.stage_dir / "model")   # a plain folder, as before
+    tok = AutoTokenizer.from_pretrained(cfg.stage_dir / "model")
+    assert embed_texts(out, tok, ["고양이가 본다."]).shape[0] == 1
+    (tmp_path / "p").mkdir()
+    plain = pretrain.run(make_cfg("05_stage3_pretrain", tmp_path / "p", tiny_assets, steps=2, save_every=0, eval_every=0))
+    assert plain["alignment"] is None and "info_nce" not in plain["curves"]

@@ -242,3 +242,45 @@ def alignment_loss(cfg: Any, ko: torch.Tensor, en: torch.Tensor, extra: dict, wo
     if not torch.is_tensor(loss):             # a word-only batch without two words: nothing to learn
         loss = ko.sum() * 0.0
     return loss, logs
+
+
+# ----------------------------------------------------------------------------- stage 05: keep the term
+
+class ClmWithAlignment(torch.nn.Module):
+    """05 with ``align_weight > 0``: one module whose forward gives the causal-LM loss of the packed
+    blocks and the sentence InfoNCE of a batch of parallel pairs (Korean rows first), so that DDP
+    sees one forward per backward. The contrastive term of stage 1, kept during pretraining."""
+
+    def __init__(self, lm, layer: int, temperature: float):
+        super().__init__()
+        self.lm, self.layer, self.temperature = lm, layer, temperature
+
+    def forward(self, clm: dict, pairs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        from lib.represent import hidden_states_of, pooled_vectors
+        out = self.lm(input_ids=clm["input_ids"], attention_mask=clm["attention_mask"], labels=clm["labels"],
+                      use_cache=False)
+        hs = hidden_states_of(self.lm, pairs)
+        v = pooled_vectors(hs, pairs["attention_mask"], layer=self.layer, pooling="mean")
+        n = v.shape[0] // 2
+        return out.loss, info_nce(v[:n], v[n:], temperature=self.temperature)
+
+
+def pretrain_with_alignment(cfg: Any, model, tok, stream):
+    """(modules, batch_at, loss_fn, info) for 05 when ``align_weight > 0``."""
+    from lib.data import read_parallel
+    from lib.train.contrastive import PairBatches, _encode, _rows, _stack
+    ko, en = read_parallel(cfg.path(cfg.align_pairs_ko), cfg.path(cfg.align_pairs_en))
+    enc = {"ko": _encode(tok, ko, cfg.align_max_len), "en": _encode(tok, en, cfg.align_max_len)}
+    pairs = PairBatches(len(ko), cfg.align_batch_size, cfg.grad_accum, cfg.seed)
+    module = ClmWithAlignment(model, cfg.align_layer, cfg.align_temperature)
+
+    def batch_at(step: int, micro: int, rank: int, world: int) -> dict:
+        idx = pairs.indices(step, micro, rank, world)
+        return {"clm": stream.batch(step, micro, rank, world),
+                "pairs": _stack([_rows(enc["ko"], idx), _rows(enc["en"], idx)])}
+
+    def loss_fn(mods, batch):
+        clm, nce = mods[0](batch["clm"], batch["pairs"])
+        return clm + cfg.align_weight * nce, {"clm": clm.item(), "info_nce": nce.item()}
+
+    return [module], batch_at, loss_fn, {"align_pairs": len(ko), "align_pair_epochs": pairs.epochs(cfg.steps)}

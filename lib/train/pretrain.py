@@ -151,9 +151,15 @@ def run(cfg: Any) -> dict:
     before = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
     sample = stream.batch(0)
     t0 = time.time()
-    result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
+    modules, batch_at, loss_fn, tokens_in, aligned = [model], stream.batch, clm_loss_fn, None, None
+    if cfg.align_weight > 0:               # keep stage 1's contrastive term (lib.train.align_terms)
+        from lib.train.align_terms import pretrain_with_alignment
+        modules, batch_at, loss_fn, aligned = pretrain_with_alignment(cfg, model, tok, stream)
+        tokens_in = lambda b: int(b["clm"]["attention_mask"].sum())  # noqa: E731
+    result = train(modules, batch_at, loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
                    save_fn=merged_saver(cfg, model, tok, start),
-                   tokens_in=lambda b: int(b["attention_mask"].sum()), desc=f"05 pretrain ({cfg.method})")
+                   tokens_in=tokens_in or (lambda b: int(b["attention_mask"].sum())),
+                   desc=f"05 pretrain ({cfg.method})")
     seconds = time.time() - t0
     after = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
     final_model(cfg, result)
@@ -162,6 +168,7 @@ def run(cfg: Any) -> dict:
     return {
         "init_from": start, "method": cfg.method, "ko_ratio": cfg.ko_ratio, **trainable_summary(model),
         "code_switch_ratio": cfg.code_switch_ratio, "code_switched": switched,
+        "align_weight": cfg.align_weight, "alignment": aligned,
         "ko_ppl": {"before": before["ko"]["ppl"], "after": after["ko"]["ppl"]},
         "en_ppl": {"before": before["en"]["ppl"], "after": after["en"]["ppl"]},
         "ko_bits_per_char": {"before": before["ko"]["bits_per_char"], "after": after["ko"]["bits_per_char"]},
@@ -171,6 +178,7 @@ def run(cfg: Any) -> dict:
         "packing_vs_naive": packing_comparison(tok, ko_eval + en_eval, cfg.block_size),
         "packing": {"ko": ko_rep, "en": en_rep}, "stream": stream_stats(stream, spec.steps),
         "curves": {"step": [h["step"] for h in losses], "loss": [h["loss"] for h in losses],
+                   **({"info_nce": [h.get("info_nce") for h in losses]} if aligned else {}),
                    "lr": [h["lr"] for h in losses],
                    "eval_step": [e["step"] for e in evals], "eval_ko_ppl": [e["eval"]["ko_ppl"] for e in evals],
                    "eval_en_ppl": [e["eval"]["en_ppl"] for e in evals]},

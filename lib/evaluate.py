@@ -250,7 +250,7 @@ def settings_digest(pairs: Mapping[str, ET.Pair], num_fewshot: int, limit: int, 
     """What every stored result depends on besides the model: prompts, data (hashes), settings."""
     tasks = {name: {lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.format, p.sources[lang]).items()
                                       if k != "dataset_kwargs"},
-                           "data": info[lang]["sha256"] or info[lang]["source"]}
+                           "data": info[lang]["sha256"] or info[lang]["source"], "rule": p.rule}
                     for lang in ET.LANGS}
              for name, p in pairs.items() for info in [ET.pair_info(p)]}
     body = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "seed": seed}
@@ -298,23 +298,88 @@ def _samples_jsonl(samples: Sequence[Mapping], fmt: str) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def run_harness(lm: Any, pairs: Mapping[str, ET.Pair], tasks_dir: str | Path, *, batch_size: int = 16,
+                num_fewshot: int = 0, limit: int = 0, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """One ``simple_evaluate`` call of an lm-eval model object on both sides of every pair."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    names = [ET.task_name(p, lang) for p in pairs for lang in ET.LANGS]
+    chosen = _selection(pairs, limit)
+    return simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, samples=chosen,
+                           limit=limit if chosen is None and limit > 0 else None,
+                           batch_size=batch_size, device=device, log_samples=True, task_manager=tm,
+                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                           fewshot_random_seed=seed)
+
+
+def audit_samples(samples: Sequence[Mapping], rule: str,
+                  n_tokens: Callable[[str, str], int] | None = None) -> list[dict]:
+    """Each per-sample record plus what 08 needs to audit it without a model: ``n_tokens`` (the
+    option's token count as the model scored it), ``rule`` (the pair's default rule) and
+    ``chosen``: under each rule the logs allow, the index and text of the option chosen."""
+    from lib import agreement as ag
+    from lib import rules
+    out = []
+    for s in samples:
+        args = ag._arguments(s["arguments"], f"doc {s.get('doc_id')}")
+        n = ag.split_mutual_info(args)
+        lls = [ag._loglik(r, f"doc {s.get('doc_id')}") for r in s["filtered_resps"]]
+        texts = [c[1:] if c.startswith(" ") else c for _, c in args[:n]]
+        counts = [n_tokens(ctx, cont) for ctx, cont in args[:n]] if n_tokens else None
+        picked = rules.choose(lls[:n], texts, n_tokens=counts, prior=lls[n:] or None)
+        s = dict(s)
+        if counts is not None:
+            s["n_tokens"] = counts
+        s["rule"] = rule
+        s["chosen"] = {r: {"index": i, "text": texts[i]} for r, i in picked.items()}
+        out.append(s)
+    return out
+
+
+def hflm_token_counter(lm: Any) -> Callable[[str, str], int]:
+    """Token count of a continuation exactly as HFLM splits (context, continuation)."""
+    return lambda ctx, cont: len(lm._encode_pair(ctx, cont)[1])
+
+
+def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping[str, Any], final: Path,
+                        seconds: float, fingerprint: str | None,
+                        n_tokens: Callable[[str, str], int] | None = None) -> dict[str, Any]:
+    """Write ``results/<name>/`` (results.json, audited samples, eval.json last) and return the entry."""
+    entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path, "tasks": {},
+             "seconds": seconds}
+    with atomic_dir(final, overwrite=True) as tmp:
+        write_text(tmp / "results.json", _dumps({k: v for k, v in res.items() if k != "samples"}, indent=2) + "\n")
+        for pair, p in pairs.items():
+            entry["tasks"][pair] = {}
+            for lang in ET.LANGS:
+                t = ET.task_name(pair, lang)
+                samples = audit_samples(res["samples"][t], p.rule, n_tokens)
+                write_text(tmp / f"samples_{t}.jsonl", _samples_jsonl(samples, p.format))
+                r = res["results"][t]
+                entry["tasks"][pair][lang] = {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"],
+                                              "acc_mutual_info": r.get("acc_mutual_info,none"),
+                                              "rule": p.rule, "n": len(samples),
+                                              "samples": str(final / f"samples_{t}.jsonl")}
+        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
+    return entry
+
+
 def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *, device: str = "auto",
                    batch_size: int = 16, num_fewshot: int = 0, limit: int = 0, seed: int = 0,
                    fingerprint: str | None = None) -> dict[str, Any]:
     """Load, score every pair in both languages, write ``results/<name>/`` and return the entry::
 
         {"name", "kind", "stage", "step", "path",
-         "tasks": {pair: {"en": {"acc", "acc_norm", "n", "samples": <absolute path>}, "ko": {...}}},
+         "tasks": {pair: {"en": {"acc", "acc_norm", "acc_mutual_info", "rule", "n",
+                                 "samples": <absolute path>}, "ko": {...}}},
          "seconds"}
     """
     import torch
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     from lib.model import auto_device, load_model
     stage_dir = Path(stage_dir)
-    tasks_dir = stage_dir / "tasks"
     final = stage_dir / "results" / m.name
     start = time.perf_counter()
     dev = auto_device(device)
@@ -326,14 +391,10 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
             # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
             lm = HFLM(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
                       softmax_dtype="float32")
-            tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-            names = [ET.task_name(p, lang) for p in pairs for lang in ET.LANGS]
-            chosen = _selection(pairs, limit)
-            res = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, samples=chosen,
-                                  limit=limit if chosen is None and limit > 0 else None,
-                                  batch_size=batch_size, device=str(dev), log_samples=True, task_manager=tm,
-                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                  fewshot_random_seed=seed)
+            res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
+                              limit=limit, seed=seed, device=str(dev))
+            entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, fingerprint,
+                                        hflm_token_counter(lm))
     finally:
         del model
         lm = None
@@ -347,21 +408,6 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     if truncated[0]:
         print(f"{m.name}: {truncated[0]} requests were longer than the model's context "
               f"({res.get('max_length')} tokens) and lost tokens on the left")
-    seconds = time.perf_counter() - start
-    entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path, "tasks": {},
-             "seconds": seconds}
-    with atomic_dir(final, overwrite=True) as tmp:
-        write_text(tmp / "results.json", _dumps({k: v for k, v in res.items() if k != "samples"}, indent=2) + "\n")
-        for pair, p in pairs.items():
-            entry["tasks"][pair] = {}
-            for lang in ET.LANGS:
-                t = ET.task_name(pair, lang)
-                samples = res["samples"][t]
-                write_text(tmp / f"samples_{t}.jsonl", _samples_jsonl(samples, p.format))
-                r = res["results"][t]
-                entry["tasks"][pair][lang] = {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"],
-                                              "n": len(samples), "samples": str(final / f"samples_{t}.jsonl")}
-        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
     return entry
 
 
@@ -482,7 +528,7 @@ def summary_metrics(manifest: Sequence[Mapping[str, Any]], pairs: Mapping[str, E
     rows = list(rows) if rows is not None else table_rows(manifest)
     models = []
     for e in manifest:
-        items = sum(v["n"] for t in e["tasks"].values() for v in t.values())
+        items = sum(t[lang]["n"] for t in e["tasks"].values() for lang in ET.LANGS)
         models.append({"name": e["name"], "kind": e["kind"], "seconds": e["seconds"], "items": items,
                        "items_per_s": items / e["seconds"] if e["seconds"] > 0 else None})
     timed = [m for m in models if m["items_per_s"] is not None]

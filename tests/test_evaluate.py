@@ -308,8 +308,12 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
     for lang, prompt in (("en", "Question: What does the cat like?\nAnswer:"), ("ko", "질문: 고양이는 무엇을 좋아해요?\n정답:")):
         s = next(r for r in read_jsonl(base["tasks"]["tiny"][lang]["samples"]) if r["doc"]["id"] == "q2")
         options = arc_records(lang)[1]["choices"]["text"]
-        assert [a[0] for a in s["arguments"]] == [prompt] * 3 and [a[1] for a in s["arguments"]] == [" " + o for o in options]
-        logged = [r[0] for r in s["filtered_resps"]]
+        # the three options after the prompt, then after an empty prompt (acc_mutual_info: the calibrated rule)
+        assert [a[0] for a in s["arguments"]] == [prompt] * 3 + [""] * 3
+        assert [a[1] for a in s["arguments"]] == [" " + o for o in options] * 2
+        logged = [r[0] for r in s["filtered_resps"]][:3]
+        assert set(s["chosen"]) == {"acc", "per_token", "acc_norm", "calibrated"} and s["rule"] == "acc"
+        assert s["chosen"]["acc"]["index"] == max(range(3), key=logged.__getitem__)
         assert logged == pytest.approx(direct_logliks(tiny_assets["model"], prompt, options), abs=1e-4)
     # 08 reads the logs with lib.agreement; the languages join by doc id
     items = ag.join_by_id(ag.read_lm_eval_samples(base["tasks"]["tiny"]["en"]["samples"]),

@@ -246,24 +246,40 @@ def _quiet_lm_eval(truncated: list[int]) -> Iterator[None]:
             lg.removeFilter(keep)
 
 
-def settings_digest(pairs: Mapping[str, ET.Pair], num_fewshot: int, limit: int, seed: int) -> str:
-    """What every stored result depends on besides the model: prompts, data (hashes), settings."""
-    tasks = {name: {lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.format, p.sources[lang]).items()
-                                      if k != "dataset_kwargs"},
-                           "data": info[lang]["sha256"] or info[lang]["source"], "rule": p.rule}
-                    for lang in ET.LANGS}
-             for name, p in pairs.items() for info in [ET.pair_info(p)]}
-    body = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "seed": seed}
+def _digest(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fingerprint(m: ModelSpec, settings: str) -> str:
-    """A stored result is reused only for the same settings and the same model files."""
+def task_digests(pairs: Mapping[str, ET.Pair]) -> dict[str, str]:
+    """Per pair, what its stored results depend on: prompts, options, metrics, data (hashes), rule."""
+    out = {}
+    for name, p in pairs.items():
+        info = ET.pair_info(p)
+        out[name] = _digest({lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.format,
+                                                                              p.sources[lang]).items()
+                                               if k != "dataset_kwargs"},
+                                    "data": info[lang]["sha256"] or info[lang]["source"]}
+                             for lang in ET.LANGS} | {"rule": p.rule})
+    return out
+
+
+def settings_digest(num_fewshot: int, limit: int, seed: int) -> str:
+    """The scoring settings every stored result depends on besides its model and task."""
+    return _digest({"num_fewshot": num_fewshot, "limit": limit, "seed": seed})
+
+
+def model_fingerprint(m: ModelSpec) -> str:
+    """A model's identity for stored results: where it is and its weight files (size, mtime)."""
     d = Path(m.path)
     files = ([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in _weights(d)]
              if d.is_absolute() and d.is_dir() else [])
-    body = {"settings": settings, "path": m.path, "files": files}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest({"path": m.path, "files": files})
+
+
+def result_keys(m: ModelSpec, tasks: Mapping[str, str], settings: str) -> dict[str, dict[str, str]]:
+    """Per pair, the key its stored result must match to be kept: (model, task, settings)."""
+    mf = model_fingerprint(m)
+    return {pair: {"model": mf, "task": td, "settings": settings} for pair, td in tasks.items()}
 
 
 def _selection(pairs: Mapping[str, ET.Pair], limit: int) -> dict[str, list[int]] | None:
@@ -342,15 +358,45 @@ def hflm_token_counter(lm: Any) -> Callable[[str, str], int]:
     return lambda ctx, cont: len(lm._encode_pair(ctx, cont)[1])
 
 
-def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping[str, Any], final: Path,
-                        seconds: float, fingerprint: str | None,
-                        n_tokens: Callable[[str, str], int] | None = None) -> dict[str, Any]:
-    """Write ``results/<name>/`` (results.json, audited samples, eval.json last) and return the entry."""
+def _pair_files(pair: str) -> list[str]:
+    return [f"results_{pair}.json"] + [f"samples_{ET.task_name(pair, lang)}.jsonl" for lang in ET.LANGS]
+
+
+def _pair_results(res: Mapping[str, Any], pair: str) -> dict[str, Any]:
+    """lm-eval's results dict restricted to one pair's two tasks (per-task sections filtered)."""
+    names = {ET.task_name(pair, lang) for lang in ET.LANGS}
+    out = {}
+    for k, v in res.items():
+        if k == "samples":
+            continue
+        if isinstance(v, Mapping) and names & set(v):
+            v = {t: x for t, x in v.items() if t in names}
+        out[k] = v
+    return out
+
+
+def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping[str, Any] | None, final: Path,
+                        seconds: float, keys: Mapping[str, Any] | None,
+                        n_tokens: Callable[[str, str], int] | None = None,
+                        keep: Mapping[str, Mapping] | None = None, order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write ``results/<name>/`` and return the entry: per pair ``results_<pair>.json`` (lm-eval's
+    results for its two tasks) and the audited samples of both languages; the pairs in ``keep``
+    (pair -> its stored entry) are carried over from the folder as they are; ``eval.json`` last,
+    with each pair's key (:func:`result_keys`)."""
     entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path, "tasks": {},
              "seconds": seconds}
+    keep = keep or {}
     with atomic_dir(final, overwrite=True) as tmp:
-        write_text(tmp / "results.json", _dumps({k: v for k, v in res.items() if k != "samples"}, indent=2) + "\n")
-        for pair, p in pairs.items():
+        for pair in order or list(keep) + [p for p in pairs if p not in keep]:
+            if pair in keep:
+                for f in _pair_files(pair):
+                    if (final / f).is_file():
+                        shutil.copy(final / f, tmp / f)
+                entry["tasks"][pair] = {lang: {**v, "samples": str(final / Path(v["samples"]).name)}
+                                        for lang, v in keep[pair].items()}
+                continue
+            p = pairs[pair]
+            write_text(tmp / f"results_{pair}.json", _dumps(_pair_results(res, pair), indent=2) + "\n")
             entry["tasks"][pair] = {}
             for lang in ET.LANGS:
                 t = ET.task_name(pair, lang)
@@ -361,14 +407,15 @@ def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping
                                               "acc_mutual_info": r.get("acc_mutual_info,none"),
                                               "rule": p.rule, "n": len(samples),
                                               "samples": str(final / f"samples_{t}.jsonl")}
-        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
+        write_json(tmp / "eval.json", {**entry, "keys": dict(keys or {})})
     return entry
 
 
 def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *, device: str = "auto",
                    batch_size: int = 16, num_fewshot: int = 0, limit: int = 0, seed: int = 0,
-                   fingerprint: str | None = None) -> dict[str, Any]:
-    """Load, score every pair in both languages, write ``results/<name>/`` and return the entry::
+                   keys: Mapping[str, Any] | None = None, keep: Mapping[str, Mapping] | None = None,
+                   order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Load, score every pair of ``pairs`` in both languages (``keep``: stored pairs carried over), write ``results/<name>/`` and return the entry::
 
         {"name", "kind", "stage", "step", "path",
          "tasks": {pair: {"en": {"acc", "acc_norm", "acc_mutual_info", "rule", "n",
@@ -393,8 +440,8 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
                       softmax_dtype="float32")
             res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
                               limit=limit, seed=seed, device=str(dev))
-            entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, fingerprint,
-                                        hflm_token_counter(lm))
+            entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
+                                        hflm_token_counter(lm), keep=keep, order=order)
     finally:
         del model
         lm = None
@@ -411,60 +458,84 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     return entry
 
 
-def _reuse(m: ModelSpec, source: Mapping[str, Any], stage_dir: Path, fingerprint: str | None) -> dict[str, Any]:
+def _reuse(m: ModelSpec, source: Mapping[str, Any], stage_dir: Path, keys: Mapping[str, Any]) -> dict[str, Any]:
     """``m``'s results as a copy of an identical model's (same weights, same tasks)."""
     src, final = stage_dir / "results" / source["name"], stage_dir / "results" / m.name
     entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path,
              "tasks": {}, "seconds": 0.0}
     with atomic_dir(final, overwrite=True) as tmp:
-        for f in src.iterdir():
-            if f.name != "eval.json":
-                shutil.copy(f, tmp / f.name)
         for pair, langs in source["tasks"].items():
+            for f in _pair_files(pair):
+                shutil.copy(src / f, tmp / f)
             entry["tasks"][pair] = {lang: {**v, "samples": str(final / Path(v["samples"]).name)}
                                     for lang, v in langs.items()}
-        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
+        write_json(tmp / "eval.json", {**entry, "keys": dict(keys)})
     return entry
 
 
 # ---------------------------------------------------------------------------- every model
 
 
-def load_done(stage_dir: str | Path, name: str, fp: str) -> dict[str, Any] | None:
-    """The stored entry of ``name`` if it was evaluated with the same fingerprint, else None."""
+class ChangedTask(ValueError):
+    """A pair whose prompts or data changed since its results were stored; re-scored only when asked."""
+
+
+def stored_entry(stage_dir: str | Path, name: str) -> dict[str, Any] | None:
     f = Path(stage_dir) / "results" / name / "eval.json"
-    if not f.is_file():
-        return None
-    stored = read_json(f)
-    if stored.get("fingerprint") != fp:
-        return None
-    return {k: v for k, v in stored.items() if k != "fingerprint"}
+    return read_json(f) if f.is_file() else None
+
+
+def plan_model(stored: Mapping[str, Any] | None, keys: Mapping[str, Mapping[str, str]]) -> tuple[dict, list, list]:
+    """``(kept, todo, changed)`` for one model: stored pairs whose key matches (pair -> entry), pairs
+    to score, and among those the ones stored for this model and settings with another task."""
+    old_keys = (stored or {}).get("keys", {})
+    kept = {p: stored["tasks"][p] for p, k in keys.items() if old_keys.get(p) == k and p in stored["tasks"]}
+    todo = [p for p in keys if p not in kept]
+    changed = [p for p in todo if p in old_keys and old_keys[p]["task"] != keys[p]["task"]
+               and {k: v for k, v in old_keys[p].items() if k != "task"}
+               == {k: v for k, v in keys[p].items() if k != "task"}]
+    return kept, todo, changed
 
 
 def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *,
                  device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
-                 seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
-    """Evaluate every model not done yet (resumable), rewrite ``evals.json`` after each; return it."""
+                 seed: int = 0, progress: bool = True, rescore_changed: bool = False) -> list[dict[str, Any]]:
+    """Score what is not stored yet, per (model, pair): a new model, a new pair, new settings or
+    a new checkpoint is scored, everything else kept; rewrite ``evals.json`` after each model.
+    A pair whose prompts or data changed since it was stored raises :class:`ChangedTask` (before
+    anything is scored) unless ``rescore_changed``; then only that pair is scored again."""
     from tqdm.auto import tqdm
     stage_dir = Path(stage_dir)
     for stale in (stage_dir / "results").glob(".*.tmp*"):   # a killed run's half-written folder
         shutil.rmtree(stale, ignore_errors=True)
-    settings = settings_digest(pairs, num_fewshot, limit, seed)
+    tasks, settings = task_digests(pairs), settings_digest(num_fewshot, limit, seed)
+    plans = {m.name: (result_keys(m, tasks, settings), stored_entry(stage_dir, m.name)) for m in models}
+    changed = sorted({p for keys, st in plans.values() for p in plan_model(st, keys)[2]})
+    if changed and not rescore_changed:
+        raise ChangedTask(f"{stage_dir}: the prompts or data of {', '.join(changed)} changed since their "
+                          "results were stored. Nothing was scored. Set rescore_changed: true in "
+                          "07_benchmark_eval to re-score only those tasks, or give the changed task a new "
+                          "name, or run with --force to re-score everything.")
     manifest: list[dict[str, Any]] = []
     done: dict[str, dict[str, Any]] = {}
     bar = tqdm(models, desc="models", unit="model", disable=not progress)
     for m in bar:
         bar.set_postfix_str(m.name)
-        fp = fingerprint(m, settings)
-        entry = load_done(stage_dir, m.name, fp)
-        if entry is not None:
-            bar.write(f"{m.name}: already evaluated with these settings, kept")
-        elif m.same_as in done:
-            entry = _reuse(m, done[m.same_as], stage_dir, fp)
+        keys, stored = plans[m.name]
+        kept, todo, _ = plan_model(stored, keys)
+        if not todo:
+            entry = {**{k: v for k, v in stored.items() if k != "keys"},
+                     "tasks": {p: stored["tasks"][p] for p in pairs}}
+            bar.write(f"{m.name}: every task already scored with these settings, kept")
+        elif m.same_as in done and not kept:
+            entry = _reuse(m, done[m.same_as], stage_dir, keys)
             bar.write(f"{m.name}: same weights as {m.same_as}, its results reused")
         else:
-            entry = evaluate_model(m, pairs, stage_dir, device=device, batch_size=batch_size,
-                                   num_fewshot=num_fewshot, limit=limit, seed=seed, fingerprint=fp)
+            if kept:
+                bar.write(f"{m.name}: scoring {', '.join(todo)}; kept {', '.join(kept)}")
+            entry = evaluate_model(m, {p: pairs[p] for p in todo}, stage_dir, device=device,
+                                   batch_size=batch_size, num_fewshot=num_fewshot, limit=limit, seed=seed,
+                                   keys=keys, keep=kept, order=list(pairs))
         done[m.name] = entry
         manifest.append(entry)
         write_json(stage_dir / "evals.json", manifest)

@@ -153,33 +153,49 @@ def _loglik(resp: Any, where: str) -> float:
     raise ValueError(f"{where}: expected [loglik, is_greedy] or [[loglik, is_greedy]], got {resp!r}")
 
 
-def _continuations(arguments: Any, where: str) -> list[str]:
-    """Continuation strings from ``[[context, continuation], ...]`` or lm-eval's sanitized
-    ``{"gen_args_0": {"arg_0": context, "arg_1": continuation}, ...}``."""
+def _arguments(arguments: Any, where: str) -> list[tuple[str, str]]:
+    """``(context, continuation)`` pairs from ``[[context, continuation], ...]`` or lm-eval's
+    sanitized ``{"gen_args_0": {"arg_0": context, "arg_1": continuation}, ...}``."""
     if isinstance(arguments, Mapping):
         try:
             order = sorted(arguments, key=lambda k: int(str(k).rsplit("_", 1)[-1]))
-            conts = [arguments[k]["arg_1"] for k in order]
+            args = [(arguments[k]["arg_0"], arguments[k]["arg_1"]) for k in order]
         except (KeyError, TypeError, ValueError) as e:
             raise ValueError(f"{where}: 'arguments' is not {{gen_args_i: {{arg_0, arg_1}}}}: {e!r}") from e
     elif isinstance(arguments, (list, tuple)) and all(isinstance(a, (list, tuple)) and len(a) >= 2
                                                        for a in arguments):
-        conts = [a[1] for a in arguments]
+        args = [(a[0], a[1]) for a in arguments]
     else:
         raise ValueError(f"{where}: 'arguments' must hold one [context, continuation] per choice, "
                          f"got {str(arguments)[:200]}")
-    if not all(isinstance(c, str) for c in conts):
-        raise ValueError(f"{where}: continuations must be strings, got {conts!r}")
-    return conts
+    if not all(isinstance(c, str) for a in args for c in a):
+        raise ValueError(f"{where}: contexts and continuations must be strings, got {args!r}")
+    return args
+
+
+def _continuations(arguments: Any, where: str) -> list[str]:
+    return [c for _, c in _arguments(arguments, where)]
+
+
+def split_mutual_info(args: Sequence[tuple[str, str]]) -> int:
+    """Number of real options: lm-eval's ``acc_mutual_info`` appends one ``("", continuation)``
+    request per option after the conditional ones; otherwise every request is an option."""
+    n = len(args) // 2
+    if len(args) % 2 == 0 and n and all(c == "" for c, _ in args[n:]) \
+            and [x for _, x in args[:n]] == [x for _, x in args[n:]] and all(c for c, _ in args[:n]):
+        return n
+    return len(args)
 
 
 def parse_lm_eval_sample(record: Mapping, key: Callable[[Mapping], Hashable] | None = None,
                          length_unit: str = "chars", target_delimiter: str = " ", check: bool = True,
                          where: str = "record") -> tuple[Hashable, dict[str, Any]]:
-    """One lm-eval per-sample record -> ``(id, {"gold", "pred", "pred_norm"})``.
+    """One lm-eval per-sample record -> ``(id, {"gold", "pred", "pred_norm", "n_choices"})``, plus
+    ``pred_per_token`` when 07 logged ``n_tokens`` and ``pred_calibrated`` when the record holds
+    lm-eval's unconditional (``acc_mutual_info``) requests (:mod:`lib.rules`).
 
     id: ``doc["id"]`` when present, else ``key(doc)``, else ``doc_id``. With ``check`` the recorded
-    ``acc`` / ``acc_norm`` must match the recomputed predictions, which catches a wrong length unit,
+    ``acc`` / ``acc_norm`` / ``acc_mutual_info`` must match the recomputed predictions, which catches a wrong length unit,
     delimiter or record shape instead of silently mis-scoring.
     """
     for field in ("doc_id", "doc", "target", "filtered_resps", "arguments"):
@@ -198,10 +214,14 @@ def parse_lm_eval_sample(record: Mapping, key: Callable[[Mapping], Hashable] | N
     if not isinstance(resps, (list, tuple)) or not resps:
         raise ValueError(f"{where}: 'filtered_resps' must be a non-empty list, got {resps!r}")
     logliks = [_loglik(r, f"{where} filtered_resps[{i}]") for i, r in enumerate(resps)]
+    args = _arguments(record["arguments"], where)
+    if len(args) != len(logliks):
+        raise ValueError(f"{where}: {len(logliks)} log-likelihoods but {len(args)} continuations")
+    n = split_mutual_info(args)
+    prior = logliks[n:] or None
+    logliks = logliks[:n]
     choices = [c[len(target_delimiter):] if target_delimiter and c.startswith(target_delimiter) else c
-               for c in _continuations(record["arguments"], where)]
-    if len(choices) != len(logliks):
-        raise ValueError(f"{where}: {len(logliks)} log-likelihoods but {len(choices)} continuations")
+               for _, c in args[:n]]
     target = record["target"]
     if isinstance(target, numbers.Integral) and not isinstance(target, bool):
         gold = int(target)
@@ -215,13 +235,20 @@ def parse_lm_eval_sample(record: Mapping, key: Callable[[Mapping], Hashable] | N
         raise ValueError(f"{where}: gold index {gold} out of range for {len(choices)} choices")
     pred, pred_norm = predictions_from_logliks(logliks, [max(choice_length(c, length_unit), 1)
                                                          for c in choices])
+    from lib import rules
+    n_tokens = record.get("n_tokens")
+    chosen = rules.choose(logliks, choices, n_tokens=n_tokens, prior=prior)
+    chosen["acc_norm"] = pred_norm          # the length unit asked for (chars unless told)
     if check:
-        for name, p in (("acc", pred), ("acc_norm", pred_norm)):
-            if isinstance(record.get(name), numbers.Real) and float(record[name]) != float(p == gold):
+        for rule, p in chosen.items():
+            name = rules.REPORTED.get(rule)
+            if name and isinstance(record.get(name), numbers.Real) and float(record[name]) != float(p == gold):
                 raise ValueError(f"{where}: recorded {name}={record[name]} but recomputed prediction "
                                  f"{p} vs gold {gold} says otherwise; check length_unit="
                                  f"{length_unit!r} and target_delimiter={target_delimiter!r}")
-    return _hashable(item_id), {"gold": gold, "pred": pred, "pred_norm": pred_norm, "n_choices": len(choices)}
+    extra = {rules.KEY[r]: p for r, p in chosen.items() if r not in ("acc", "acc_norm")}
+    return _hashable(item_id), {"gold": gold, "pred": pred, "pred_norm": pred_norm, "n_choices": len(choices),
+                                **extra}
 
 
 def read_lm_eval_samples(source: str | Path | Iterable[Mapping],

@@ -33,13 +33,14 @@ import numpy as np
 
 from lib import agreement as ag
 from lib import paths
+from lib import rules
 from lib.outputs import read_json, write_json, write_text
 
 EVAL_STAGE = "07_benchmark_eval"
 MANIFEST = "evals.json"
 KINDS = ("baseline", "control", "stage", "checkpoint")
 LANGS = ("en", "ko")
-PREDICTIONS = {"acc": "pred", "acc_norm": "pred_norm"}  # lm-eval metric -> agreement.py record key
+PREDICTIONS = rules.KEY      # prediction rule -> agreement.py record key
 REPORTED_TOLERANCE = 1e-6  # |recomputed - 07's reported accuracy| above this is warned about
 SUMMARY_COLUMNS = ("run", "model", "stage", "step", "cell", "n", "acc_en", "acc_ko", "agreement",
                    "kappa", "transfer_ratio", "retrieval_p1")
@@ -155,19 +156,28 @@ def _id_key(path: Path) -> Callable[[Mapping], Hashable] | None:
 
 
 def task_items(entry: Mapping, task: str) -> list[dict]:
-    """Per-item predictions of one model on one paired task: id, gold, and for each language the
-    raw argmax (``pred_*``, lm-eval ``acc``) and the length-normalised one (``pred_norm_*``)."""
+    """Per-item predictions of one model on one paired task: id, gold, the task's default rule
+    (``rule``, as 07 recorded it) and, for every rule the logs of both languages allow
+    (:mod:`lib.rules`), the chosen option in each language: ``pred_en`` (raw argmax, lm-eval
+    ``acc``), ``pred_norm_en`` (per character), ``pred_per_token_en``, ``pred_calibrated_en``."""
     files = {lang: Path(entry["tasks"][task][lang]["samples"]) for lang in LANGS}
     recs = {lang: ag.read_lm_eval_samples(f, key=_id_key(f)) for lang, f in files.items()}
+    cols = [col for col in PREDICTIONS.values()
+            if all(col in r for lang in LANGS for r in recs[lang].values())]
     try:
-        joined = {col: ag.join_by_id(recs["en"], recs["ko"], pred_key=col) for col in PREDICTIONS.values()}
+        joined = {col: ag.join_by_id(recs["en"], recs["ko"], pred_key=col) for col in cols}
     except ValueError as e:
         raise ValueError(f"{entry['run']}/{entry['name']} task {task!r} ({files['en']} vs "
                          f"{files['ko']}): {e}") from None
-    return [{"id": a.id, "gold": a.gold, "pred_en": a.pred_en, "pred_ko": a.pred_ko,
-             "pred_norm_en": b.pred_en, "pred_norm_ko": b.pred_ko,
-             "chance": 1.0 / recs["en"][a.id]["n_choices"]}
-            for a, b in zip(joined["pred"], joined["pred_norm"])]
+    rule = entry["tasks"][task]["en"].get("rule", "acc")
+    out = []
+    for k, a in enumerate(joined["pred"]):
+        it = {"id": a.id, "gold": a.gold, "rule": rule}
+        for col in cols:
+            it[f"{col}_en"], it[f"{col}_ko"] = joined[col][k].pred_en, joined[col][k].pred_ko
+        it["chance"] = 1.0 / recs["en"][a.id]["n_choices"]
+        out.append(it)
+    return out
 
 
 def load_items(manifest: Sequence[Mapping]) -> dict[tuple[str, str, str], list[dict]]:
@@ -186,28 +196,29 @@ def write_predictions(items: Mapping[tuple[str, str, str], list[dict]], path: st
 
 
 def _check_prediction(prediction: str) -> str:
-    if prediction not in PREDICTIONS:
-        raise ValueError(f"prediction must be one of {sorted(PREDICTIONS)}, got {prediction!r}")
-    return PREDICTIONS[prediction]
+    return rules.check_rule(prediction)
 
 
 def _warn_if_reported_differs(entry: Mapping, task: str, by: Mapping[str, Mapping]) -> None:
     """07 reports lm-eval's own accuracies; ours are recomputed from the samples and must match."""
     for lang in LANGS:
-        for metric in PREDICTIONS:
+        for rule, metric in rules.REPORTED.items():
             rep = entry["tasks"][task][lang].get(metric)
-            ours = by[metric][f"acc_{lang}"]
+            if rule not in by:
+                continue
+            ours = by[rule][f"acc_{lang}"]
             if isinstance(rep, (int, float)) and abs(rep - ours) > REPORTED_TOLERANCE:
                 warnings.warn(f"{entry['run']}/{entry['name']} {task} {lang}: 07 reports {metric}="
                               f"{rep:.6f} but its samples give {ours:.6f}; check the samples files",
                               stacklevel=3)
 
 
-def paired_rows(manifest: Sequence[Mapping], prediction: str = "acc_norm", n_boot: int = 1000,
+def paired_rows(manifest: Sequence[Mapping], prediction: str = "auto", n_boot: int = 1000,
                 seed: int = 0, items: Mapping | None = None) -> list[dict]:
     """One flat row per (model, task) in manifest order: run, model, kind, stage, step, task,
-    prediction, n, acc_en/ko, agreement, kappa (each with ``_lo``/``_hi``), the five split shares,
-    all for ``prediction``; ``by_prediction`` holds the full metrics of both ``acc`` and ``acc_norm``."""
+    prediction (the rule used: ``prediction``, or the task's own rule for ``auto``), n, acc_en/ko,
+    agreement, kappa (each with ``_lo``/``_hi``), the five split shares; ``by_prediction`` holds
+    the full metrics under every rule the logs allow."""
     _check_prediction(prediction)
     rows = []
     for e in manifest:
@@ -215,16 +226,31 @@ def paired_rows(manifest: Sequence[Mapping], prediction: str = "acc_norm", n_boo
             its = items[(e["run"], e["name"], task)] if items is not None else task_items(e, task)
             by = {}
             chance = sum(it["chance"] for it in its) / len(its) if its and "chance" in its[0] else None
-            for metric, col in PREDICTIONS.items():
+            for rule, col in PREDICTIONS.items():
+                if its and f"{col}_en" not in its[0]:
+                    continue
                 pairs = [ag.Item(it["id"], it["gold"], it[f"{col}_en"], it[f"{col}_ko"]) for it in its]
-                by[metric] = ag.paired_metrics(pairs, n_boot=n_boot, seed=seed, chance=chance)
+                by[rule] = ag.paired_metrics(pairs, n_boot=n_boot, seed=seed, chance=chance)
             _warn_if_reported_differs(e, task, by)
-            flat = ag.summary_row(e["name"], e["stage"], task, by[prediction])
+            used = rules.resolve(prediction, its[0].get("rule") if its else None, by)
+            flat = ag.summary_row(e["name"], e["stage"], task, by[used])
             rows.append({"run": e["run"], "model": e["name"], "kind": e["kind"], "stage": e["stage"],
-                         "step": e["step"], "task": task, "cell": task, "prediction": prediction,
+                         "step": e["step"], "task": task, "cell": task, "prediction": used,
                          **{k: v for k, v in flat.items() if k not in ("model", "stage", "task")},
                          "by_prediction": by})
     return rows
+
+
+def rules_rows(paired: Sequence[Mapping]) -> list[dict]:
+    """One row per (run, model, task, rule): accuracies, agreement and kappa under every rule
+    computed, the rule 08 uses marked ``*``: how much the table depends on the rule."""
+    out = []
+    for p in paired:
+        for rule, m in p["by_prediction"].items():
+            out.append({"run": p["run"], "model": p["model"], "task": p["task"],
+                        "rule": rule + (" *" if rule == p["prediction"] else ""),
+                        **{k: m.get(k) for k in ("acc_en", "acc_ko", "agreement", "kappa")}})
+    return out
 
 
 # ---------------------------------------------------------------------------- representations

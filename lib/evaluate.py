@@ -23,10 +23,8 @@ languages (500 items, 2,000 option log-likelihoods) in ~8 s on one CPU thread, l
 """
 from __future__ import annotations
 
-import csv
 import gc
 import hashlib
-import io
 import json
 import logging
 import re
@@ -44,7 +42,6 @@ from lib import paths
 from lib.outputs import atomic_dir, read_json, write_json, write_text
 
 KINDS = ("baseline", "control", "stage", "checkpoint")
-TABLE_COLUMNS = ("model", "stage", "step", "pair", "acc_en", "acc_ko", "acc_norm_en", "acc_norm_ko", "n")
 STAGE_RE = re.compile(r"\d\d_\w+")
 STEP_RE = re.compile(r"step-(\d+)")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt")
@@ -246,24 +243,40 @@ def _quiet_lm_eval(truncated: list[int]) -> Iterator[None]:
             lg.removeFilter(keep)
 
 
-def settings_digest(pairs: Mapping[str, ET.Pair], num_fewshot: int, limit: int, seed: int) -> str:
-    """What every stored result depends on besides the model: prompts, data (hashes), settings."""
-    tasks = {name: {lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.format, p.sources[lang]).items()
-                                      if k != "dataset_kwargs"},
-                           "data": info[lang]["sha256"] or info[lang]["source"]}
-                    for lang in ET.LANGS}
-             for name, p in pairs.items() for info in [ET.pair_info(p)]}
-    body = {"tasks": tasks, "num_fewshot": num_fewshot, "limit": limit, "seed": seed}
+def _digest(body: Any) -> str:
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def fingerprint(m: ModelSpec, settings: str) -> str:
-    """A stored result is reused only for the same settings and the same model files."""
+def task_digests(pairs: Mapping[str, ET.Pair]) -> dict[str, str]:
+    """Per pair, what its stored results depend on: prompts, options, metrics, data (hashes), rule."""
+    out = {}
+    for name, p in pairs.items():
+        info = ET.pair_info(p)
+        out[name] = _digest({lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.format,
+                                                                              p.sources[lang]).items()
+                                               if k != "dataset_kwargs"},
+                                    "data": info[lang]["sha256"] or info[lang]["source"]}
+                             for lang in ET.LANGS} | {"rule": p.rule})
+    return out
+
+
+def settings_digest(num_fewshot: int, limit: int, seed: int) -> str:
+    """The scoring settings every stored result depends on besides its model and task."""
+    return _digest({"num_fewshot": num_fewshot, "limit": limit, "seed": seed})
+
+
+def model_fingerprint(m: ModelSpec) -> str:
+    """A model's identity for stored results: where it is and its weight files (size, mtime)."""
     d = Path(m.path)
     files = ([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in _weights(d)]
              if d.is_absolute() and d.is_dir() else [])
-    body = {"settings": settings, "path": m.path, "files": files}
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+    return _digest({"path": m.path, "files": files})
+
+
+def result_keys(m: ModelSpec, tasks: Mapping[str, str], settings: str) -> dict[str, dict[str, str]]:
+    """Per pair, the key its stored result must match to be kept: (model, task, settings)."""
+    mf = model_fingerprint(m)
+    return {pair: {"model": mf, "task": td, "settings": settings} for pair, td in tasks.items()}
 
 
 def _selection(pairs: Mapping[str, ET.Pair], limit: int) -> dict[str, list[int]] | None:
@@ -298,23 +311,119 @@ def _samples_jsonl(samples: Sequence[Mapping], fmt: str) -> str:
     return "".join(line + "\n" for line in lines)
 
 
+def run_harness(lm: Any, pairs: Mapping[str, ET.Pair], tasks_dir: str | Path, *, batch_size: int = 16,
+                num_fewshot: int = 0, limit: int = 0, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
+    """One ``simple_evaluate`` call of an lm-eval model object on both sides of every pair."""
+    from lm_eval import simple_evaluate
+    from lm_eval.tasks import TaskManager
+    tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
+    names = [ET.task_name(p, lang) for p in pairs for lang in ET.LANGS]
+    chosen = _selection(pairs, limit)
+    return simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, samples=chosen,
+                           limit=limit if chosen is None and limit > 0 else None,
+                           batch_size=batch_size, device=device, log_samples=True, task_manager=tm,
+                           random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+                           fewshot_random_seed=seed)
+
+
+def audit_samples(samples: Sequence[Mapping], rule: str,
+                  n_tokens: Callable[[str, str], int] | None = None) -> list[dict]:
+    """Each per-sample record plus what 08 needs to audit it without a model: ``n_tokens`` (the
+    option's token count as the model scored it), ``rule`` (the pair's default rule) and
+    ``chosen``: under each rule the logs allow, the index and text of the option chosen."""
+    from lib import agreement as ag
+    from lib import rules
+    out = []
+    for s in samples:
+        args = ag._arguments(s["arguments"], f"doc {s.get('doc_id')}")
+        n = ag.split_mutual_info(args)
+        lls = [ag._loglik(r, f"doc {s.get('doc_id')}") for r in s["filtered_resps"]]
+        texts = [c[1:] if c.startswith(" ") else c for _, c in args[:n]]
+        counts = [n_tokens(ctx, cont) for ctx, cont in args[:n]] if n_tokens else None
+        picked = rules.choose(lls[:n], texts, n_tokens=counts, prior=lls[n:] or None)
+        s = dict(s)
+        if counts is not None:
+            s["n_tokens"] = counts
+        s["rule"] = rule
+        s["chosen"] = {r: {"index": i, "text": texts[i]} for r, i in picked.items()}
+        out.append(s)
+    return out
+
+
+def hflm_token_counter(lm: Any) -> Callable[[str, str], int]:
+    """Token count of a continuation exactly as HFLM splits (context, continuation)."""
+    return lambda ctx, cont: len(lm._encode_pair(ctx, cont)[1])
+
+
+def _pair_files(pair: str) -> list[str]:
+    return [f"results_{pair}.json"] + [f"samples_{ET.task_name(pair, lang)}.jsonl" for lang in ET.LANGS]
+
+
+def _pair_results(res: Mapping[str, Any], pair: str) -> dict[str, Any]:
+    """lm-eval's results dict restricted to one pair's two tasks (per-task sections filtered)."""
+    names = {ET.task_name(pair, lang) for lang in ET.LANGS}
+    out = {}
+    for k, v in res.items():
+        if k == "samples":
+            continue
+        if isinstance(v, Mapping) and names & set(v):
+            v = {t: x for t, x in v.items() if t in names}
+        out[k] = v
+    return out
+
+
+def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping[str, Any] | None, final: Path,
+                        seconds: float, keys: Mapping[str, Any] | None,
+                        n_tokens: Callable[[str, str], int] | None = None,
+                        keep: Mapping[str, Mapping] | None = None, order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Write ``results/<name>/`` and return the entry: per pair ``results_<pair>.json`` (lm-eval's
+    results for its two tasks) and the audited samples of both languages; the pairs in ``keep``
+    (pair -> its stored entry) are carried over from the folder as they are; ``eval.json`` last,
+    with each pair's key (:func:`result_keys`)."""
+    entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path, "tasks": {},
+             "seconds": seconds}
+    keep = keep or {}
+    with atomic_dir(final, overwrite=True) as tmp:
+        for pair in order or list(keep) + [p for p in pairs if p not in keep]:
+            if pair in keep:
+                for f in _pair_files(pair):
+                    if (final / f).is_file():
+                        shutil.copy(final / f, tmp / f)
+                entry["tasks"][pair] = {lang: {**v, "samples": str(final / Path(v["samples"]).name)}
+                                        for lang, v in keep[pair].items()}
+                continue
+            p = pairs[pair]
+            write_text(tmp / f"results_{pair}.json", _dumps(_pair_results(res, pair), indent=2) + "\n")
+            entry["tasks"][pair] = {}
+            for lang in ET.LANGS:
+                t = ET.task_name(pair, lang)
+                samples = audit_samples(res["samples"][t], p.rule, n_tokens)
+                write_text(tmp / f"samples_{t}.jsonl", _samples_jsonl(samples, p.format))
+                r = res["results"][t]
+                entry["tasks"][pair][lang] = {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"],
+                                              "acc_mutual_info": r.get("acc_mutual_info,none"),
+                                              "rule": p.rule, "n": len(samples),
+                                              "samples": str(final / f"samples_{t}.jsonl")}
+        write_json(tmp / "eval.json", {**entry, "keys": dict(keys or {})})
+    return entry
+
+
 def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *, device: str = "auto",
                    batch_size: int = 16, num_fewshot: int = 0, limit: int = 0, seed: int = 0,
-                   fingerprint: str | None = None) -> dict[str, Any]:
-    """Load, score every pair in both languages, write ``results/<name>/`` and return the entry::
+                   keys: Mapping[str, Any] | None = None, keep: Mapping[str, Mapping] | None = None,
+                   order: Sequence[str] | None = None) -> dict[str, Any]:
+    """Load, score every pair of ``pairs`` in both languages (``keep``: stored pairs carried over), write ``results/<name>/`` and return the entry::
 
         {"name", "kind", "stage", "step", "path",
-         "tasks": {pair: {"en": {"acc", "acc_norm", "n", "samples": <absolute path>}, "ko": {...}}},
+         "tasks": {pair: {"en": {"acc", "acc_norm", "acc_mutual_info", "rule", "n",
+                                 "samples": <absolute path>}, "ko": {...}}},
          "seconds"}
     """
     import torch
-    from lm_eval import simple_evaluate
     from lm_eval.models.huggingface import HFLM
-    from lm_eval.tasks import TaskManager
 
     from lib.model import auto_device, load_model
     stage_dir = Path(stage_dir)
-    tasks_dir = stage_dir / "tasks"
     final = stage_dir / "results" / m.name
     start = time.perf_counter()
     dev = auto_device(device)
@@ -326,14 +435,10 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
             # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
             lm = HFLM(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
                       softmax_dtype="float32")
-            tm = TaskManager(include_path=str(tasks_dir), include_defaults=False)
-            names = [ET.task_name(p, lang) for p in pairs for lang in ET.LANGS]
-            chosen = _selection(pairs, limit)
-            res = simple_evaluate(model=lm, tasks=names, num_fewshot=num_fewshot, samples=chosen,
-                                  limit=limit if chosen is None and limit > 0 else None,
-                                  batch_size=batch_size, device=str(dev), log_samples=True, task_manager=tm,
-                                  random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
-                                  fewshot_random_seed=seed)
+            res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
+                              limit=limit, seed=seed, device=str(dev))
+            entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
+                                        hflm_token_counter(lm), keep=keep, order=order)
     finally:
         del model
         lm = None
@@ -347,147 +452,93 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     if truncated[0]:
         print(f"{m.name}: {truncated[0]} requests were longer than the model's context "
               f"({res.get('max_length')} tokens) and lost tokens on the left")
-    seconds = time.perf_counter() - start
-    entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path, "tasks": {},
-             "seconds": seconds}
-    with atomic_dir(final, overwrite=True) as tmp:
-        write_text(tmp / "results.json", _dumps({k: v for k, v in res.items() if k != "samples"}, indent=2) + "\n")
-        for pair, p in pairs.items():
-            entry["tasks"][pair] = {}
-            for lang in ET.LANGS:
-                t = ET.task_name(pair, lang)
-                samples = res["samples"][t]
-                write_text(tmp / f"samples_{t}.jsonl", _samples_jsonl(samples, p.format))
-                r = res["results"][t]
-                entry["tasks"][pair][lang] = {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"],
-                                              "n": len(samples), "samples": str(final / f"samples_{t}.jsonl")}
-        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
     return entry
 
 
-def _reuse(m: ModelSpec, source: Mapping[str, Any], stage_dir: Path, fingerprint: str | None) -> dict[str, Any]:
+def _reuse(m: ModelSpec, source: Mapping[str, Any], stage_dir: Path, keys: Mapping[str, Any]) -> dict[str, Any]:
     """``m``'s results as a copy of an identical model's (same weights, same tasks)."""
     src, final = stage_dir / "results" / source["name"], stage_dir / "results" / m.name
     entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path,
              "tasks": {}, "seconds": 0.0}
     with atomic_dir(final, overwrite=True) as tmp:
-        for f in src.iterdir():
-            if f.name != "eval.json":
-                shutil.copy(f, tmp / f.name)
         for pair, langs in source["tasks"].items():
+            for f in _pair_files(pair):
+                shutil.copy(src / f, tmp / f)
             entry["tasks"][pair] = {lang: {**v, "samples": str(final / Path(v["samples"]).name)}
                                     for lang, v in langs.items()}
-        write_json(tmp / "eval.json", {**entry, "fingerprint": fingerprint})
+        write_json(tmp / "eval.json", {**entry, "keys": dict(keys)})
     return entry
 
 
 # ---------------------------------------------------------------------------- every model
 
 
-def load_done(stage_dir: str | Path, name: str, fp: str) -> dict[str, Any] | None:
-    """The stored entry of ``name`` if it was evaluated with the same fingerprint, else None."""
+class ChangedTask(ValueError):
+    """A pair whose prompts or data changed since its results were stored; re-scored only when asked."""
+
+
+def stored_entry(stage_dir: str | Path, name: str) -> dict[str, Any] | None:
     f = Path(stage_dir) / "results" / name / "eval.json"
-    if not f.is_file():
-        return None
-    stored = read_json(f)
-    if stored.get("fingerprint") != fp:
-        return None
-    return {k: v for k, v in stored.items() if k != "fingerprint"}
+    return read_json(f) if f.is_file() else None
+
+
+def plan_model(stored: Mapping[str, Any] | None, keys: Mapping[str, Mapping[str, str]]) -> tuple[dict, list, list]:
+    """``(kept, todo, changed)`` for one model: stored pairs whose key matches (pair -> entry), pairs
+    to score, and among those the ones stored for this model and settings with another task."""
+    old_keys = (stored or {}).get("keys", {})
+    kept = {p: stored["tasks"][p] for p, k in keys.items() if old_keys.get(p) == k and p in stored["tasks"]}
+    todo = [p for p in keys if p not in kept]
+    changed = [p for p in todo if p in old_keys and old_keys[p]["task"] != keys[p]["task"]
+               and {k: v for k, v in old_keys[p].items() if k != "task"}
+               == {k: v for k, v in keys[p].items() if k != "task"}]
+    return kept, todo, changed
 
 
 def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *,
                  device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
-                 seed: int = 0, progress: bool = True) -> list[dict[str, Any]]:
-    """Evaluate every model not done yet (resumable), rewrite ``evals.json`` after each; return it."""
+                 seed: int = 0, progress: bool = True, rescore_changed: bool = False) -> list[dict[str, Any]]:
+    """Score what is not stored yet, per (model, pair): a new model, a new pair, new settings or
+    a new checkpoint is scored, everything else kept; rewrite ``evals.json`` after each model.
+    A pair whose prompts or data changed since it was stored raises :class:`ChangedTask` (before
+    anything is scored) unless ``rescore_changed``; then only that pair is scored again."""
     from tqdm.auto import tqdm
     stage_dir = Path(stage_dir)
     for stale in (stage_dir / "results").glob(".*.tmp*"):   # a killed run's half-written folder
         shutil.rmtree(stale, ignore_errors=True)
-    settings = settings_digest(pairs, num_fewshot, limit, seed)
+    tasks, settings = task_digests(pairs), settings_digest(num_fewshot, limit, seed)
+    plans = {m.name: (result_keys(m, tasks, settings), stored_entry(stage_dir, m.name)) for m in models}
+    changed = sorted({p for keys, st in plans.values() for p in plan_model(st, keys)[2]})
+    if changed and not rescore_changed:
+        raise ChangedTask(f"{stage_dir}: the prompts or data of {', '.join(changed)} changed since their "
+                          "results were stored. Nothing was scored. Set rescore_changed: true in "
+                          "07_benchmark_eval to re-score only those tasks, or give the changed task a new "
+                          "name, or run with --force to re-score everything.")
     manifest: list[dict[str, Any]] = []
     done: dict[str, dict[str, Any]] = {}
     bar = tqdm(models, desc="models", unit="model", disable=not progress)
     for m in bar:
         bar.set_postfix_str(m.name)
-        fp = fingerprint(m, settings)
-        entry = load_done(stage_dir, m.name, fp)
-        if entry is not None:
-            bar.write(f"{m.name}: already evaluated with these settings, kept")
-        elif m.same_as in done:
-            entry = _reuse(m, done[m.same_as], stage_dir, fp)
+        keys, stored = plans[m.name]
+        kept, todo, _ = plan_model(stored, keys)
+        if not todo:
+            entry = {**{k: v for k, v in stored.items() if k != "keys"},
+                     "tasks": {p: stored["tasks"][p] for p in pairs}}
+            bar.write(f"{m.name}: every task already scored with these settings, kept")
+        elif m.same_as in done and not kept:
+            entry = _reuse(m, done[m.same_as], stage_dir, keys)
             bar.write(f"{m.name}: same weights as {m.same_as}, its results reused")
         else:
-            entry = evaluate_model(m, pairs, stage_dir, device=device, batch_size=batch_size,
-                                   num_fewshot=num_fewshot, limit=limit, seed=seed, fingerprint=fp)
+            if kept:
+                bar.write(f"{m.name}: scoring {', '.join(todo)}; kept {', '.join(kept)}")
+            entry = evaluate_model(m, {p: pairs[p] for p in todo}, stage_dir, device=device,
+                                   batch_size=batch_size, num_fewshot=num_fewshot, limit=limit, seed=seed,
+                                   keys=keys, keep=kept, order=list(pairs))
         done[m.name] = entry
         manifest.append(entry)
         write_json(stage_dir / "evals.json", manifest)
     return manifest
 
 
-# ---------------------------------------------------------------------------- tables and figures
-
-
-def table_rows(manifest: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """One row per model and pair: model, stage, step, pair, acc_en, acc_ko, acc_norm_en, acc_norm_ko, n."""
-    rows = []
-    for e in manifest:
-        for pair, t in e["tasks"].items():
-            if t["en"]["n"] != t["ko"]["n"]:
-                raise ValueError(f"{e['name']} / {pair}: {t['en']['n']} English but {t['ko']['n']} "
-                                 "Korean items were scored; the pair is not aligned")
-            rows.append({"model": e["name"], "stage": e["stage"], "step": e["step"], "pair": pair,
-                         "acc_en": t["en"]["acc"], "acc_ko": t["ko"]["acc"],
-                         "acc_norm_en": t["en"]["acc_norm"], "acc_norm_ko": t["ko"]["acc_norm"],
-                         "n": t["en"]["n"]})
-    return rows
-
-
-def write_tables(rows: Sequence[Mapping[str, Any]], stage_dir: str | Path) -> tuple[Path, Path]:
-    """``results.csv`` (full precision) and ``results.md`` (3 decimals) in ``stage_dir``."""
-    from lib.agreement import to_markdown
-    buf = io.StringIO()
-    w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
-    w.writeheader()
-    w.writerows({k: ("" if r.get(k) is None else r.get(k)) for k in TABLE_COLUMNS} for r in rows)
-    stage_dir = Path(stage_dir)
-    return (write_text(stage_dir / "results.csv", buf.getvalue()),
-            write_text(stage_dir / "results.md", to_markdown(rows, TABLE_COLUMNS)))
-
-
-def accuracy_figure(rows: Sequence[Mapping[str, Any]], pair: str, chance: float | None = None,
-                    path: str | Path | None = None, metric: str = "acc"):
-    """Grouped bars: English vs Korean accuracy per model for one pair (dashed line: chance)."""
-    from lib import plots
-    rows = [r for r in rows if r["pair"] == pair]
-    fig = plots.grouped_bars([r["model"] for r in rows],
-                             {"English": [r[f"{metric}_en"] for r in rows],
-                              "Korean": [r[f"{metric}_ko"] for r in rows]},
-                             f"{pair}: {metric} per model (n = {rows[0]['n'] if rows else 0})", metric)
-    ax = fig.axes[0]
-    fig.set_size_inches(max(6.0, 0.7 * len(rows) + 2), 4.0)
-    ax.set_ylim(0, 1.05)
-    ax.tick_params(axis="x", labelrotation=40)
-    for label in ax.get_xticklabels():
-        label.set_horizontalalignment("right")
-    if chance is not None:
-        ax.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
-        ax.legend()
-    return plots.save(fig, path)
-
-
-def summary_metrics(manifest: Sequence[Mapping[str, Any]], pairs: Mapping[str, ET.Pair],
-                    rows: Sequence[Mapping[str, Any]] | None = None) -> dict[str, Any]:
-    """``metrics.json`` body: the table rows, per-model eval seconds and items/s, the pairs."""
-    rows = list(rows) if rows is not None else table_rows(manifest)
-    models = []
-    for e in manifest:
-        items = sum(v["n"] for t in e["tasks"].values() for v in t.values())
-        models.append({"name": e["name"], "kind": e["kind"], "seconds": e["seconds"], "items": items,
-                       "items_per_s": items / e["seconds"] if e["seconds"] > 0 else None})
-    timed = [m for m in models if m["items_per_s"] is not None]
-    secs = sum(m["seconds"] for m in timed)
-    return {"rows": rows, "models": models, "n_models": len(models),
-            "eval_seconds": sum(m["seconds"] for m in models),
-            "items_per_s": sum(m["items"] for m in timed) / secs if secs > 0 else None,
-            "pairs": {name: ET.pair_info(p) for name, p in pairs.items()}}
+# the tables and figures of 07 live in lib.evaltables; kept importable from here for notebooks
+from lib.evaltables import (TABLE_COLUMNS, accuracy_figure, summary_metrics, table_rows,  # noqa: E402,F401
+                            write_tables)

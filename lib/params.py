@@ -11,6 +11,17 @@ A profile looks like::
     01_vocab_merge:            # one section per notebook, named by its stem
       merge_mode: hangul
 
+A mapping-valued parameter (07's ``tasks``) composes instead of being restated: ``tasks+`` adds
+entries to the value inherited from the notebook default and any ``extends:`` parent (an entry
+of the same name is replaced), ``tasks-`` removes entries by name (a name that is not there is
+an error). Both apply after the plain ``tasks`` value, whichever file gives it, and accumulate
+along ``extends:``::
+
+    extends: toy.yaml
+    07_benchmark_eval:
+      tasks+: {paws: {en: data/paws_en.jsonl, ko: data/paws_ko.jsonl, format: arc}}
+      tasks-: [ghost]
+
 The notebook's ``parameters`` cell is the schema: its names are the only keys allowed and the
 types of its defaults are the types required (an int is accepted where a float is expected).
 Papermill only warns about unknown parameters; here an unknown key or a wrong type fails before
@@ -45,6 +56,14 @@ from lib.outputs import write_json
 from lib.runfolder import refuse_if_locked
 
 RESERVED = ("run",)        # set by the runner in every notebook, not by profiles
+ADD, REMOVE = "+", "-"     # ``key+`` / ``key-``: compose a mapping-valued parameter
+
+
+def composed(key: str) -> tuple[str, str | None]:
+    """``("tasks", "+")`` for ``tasks+``, ``("tasks", None)`` for ``tasks``."""
+    if len(key) > 1 and key[-1] in (ADD, REMOVE):
+        return key[:-1], key[-1]
+    return key, None
 
 
 class ParamsError(ValueError):
@@ -221,7 +240,14 @@ def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
         if not isinstance(values, dict):
             raise ParamsError(f"{path}:{lines.get((section, None), 1)}: section '{section}' must be a "
                               f"mapping of key: value, got {values!r}")
-        prof.sections.setdefault(section, {}).update(values)
+        merged = prof.sections.setdefault(section, {})
+        for key, value in values.items():
+            _, op = composed(str(key))
+            if op == ADD and isinstance(merged.get(key), dict) and isinstance(value, dict):
+                value = {**merged[key], **value}
+            elif op == REMOVE and isinstance(merged.get(key), list) and isinstance(value, list):
+                value = merged[key] + [v for v in value if v not in merged[key]]
+            merged[key] = value
         prof.lines[(section, None)] = lines.get((section, None), 0)
         prof.origin[(section, None)] = path
         for key in values:
@@ -241,19 +267,49 @@ def stage_params(prof: Profile, stage: str, run: str | Path,
     schema = notebook_params(stage)
     values = {name: p.default for name, p in schema.items()}
     common = prof.common()
+    later: list[tuple[str, str, str, Any]] = []
     for key, value in list(common.items()) + list(prof.sections.get(stage, {}).items()):
-        if key not in schema:
-            continue            # unknown keys are reported by validate_profile
         section = stage if key in prof.sections.get(stage, {}) else "common"
         where = f"{prof.where(section, key)}, section '{section}' (notebook {stage})"
+        name, op = composed(key)
+        if name not in schema:
+            continue            # unknown keys are reported by validate_profile
+        if op:
+            later.append((name, op, where, value))
+            continue
         try:
             values[key] = check_type(key, value, schema[key].default, where)
         except ParamsError as e:
             if problems is None:
                 raise
             problems.append(str(e))
+    for name, op, where, value in sorted(later, key=lambda t: t[1] == REMOVE):  # adds, then removals
+        try:
+            values[name] = compose(name, values[name], op, value, where)
+        except ParamsError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
     values["run"] = str(paths.run_dir(str(run)))
     return values
+
+
+def compose(name: str, current: Any, op: str, value: Any, where: str) -> dict:
+    """``current`` with ``value``'s entries added (``+``, a mapping) or its names removed (``-``)."""
+    if not isinstance(current, dict):
+        raise ParamsError(f"{where}: '{name}{op}' composes a mapping, but '{name}' is "
+                          f"{type(current).__name__}; set '{name}' itself")
+    if op == ADD:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: '{name}+' must be a mapping of entries to add, got {value!r}")
+        return {**current, **value}
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ParamsError(f"{where}: '{name}-' must be a list of names to remove, got {value!r}")
+    missing = [v for v in value if v not in current]
+    if missing:
+        raise ParamsError(f"{where}: '{name}-' removes {missing}, which '{name}' does not hold "
+                          f"(it holds: {', '.join(current) or 'nothing'})")
+    return {k: v for k, v in current.items() if k not in value}
 
 
 def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
@@ -300,6 +356,10 @@ def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
             where = prof.where(section, key)
             if key in RESERVED:
                 problems.append(f"{where}: '{key}' is set by the runner (--run), not in params")
+            elif composed(key)[1] and composed(key)[0] in schemas[section]:
+                if not isinstance(schemas[section][composed(key)[0]].default, dict):
+                    problems.append(f"{where}: '{key}' composes a mapping, but '{composed(key)[0]}' "
+                                    "is not one; set it itself")
             elif key not in schemas[section]:
                 problems.append(
                     f"{where}: key '{key}' in section '{section}' is not a parameter of "

@@ -14,6 +14,9 @@ figures/, artifacts, log.txt) and is finished when its ``DONE`` exists. A finish
 config is unchanged is skipped, so an interrupted run resumes where it stopped. A finished stage
 whose config changed is never overwritten silently: the run stops and says so (use --force or
 another --run). Once a stage has run, later stages run again too, since their inputs changed.
+Exception, 07 (:data:`INCREMENTAL`): when only its task or model lists changed, it reruns keeping
+its stored results and scores only what is new (a changed existing task is refused unless
+``rescore_changed``); 08, computed from 07, then reruns.
 
 ``run`` first does what ``check`` does (:mod:`lib.check`: every problem of the selected stages,
 one line each, before any work), then holds the run folder's lock (:mod:`lib.runfolder`) while it
@@ -44,12 +47,40 @@ class StageFailed(RuntimeError):
     """A notebook raised; the message names the notebook, the cell and the error."""
 
 
+# Stages that keep their finished work and add to it when only these parameters changed (07:
+# results are stored per model, task and settings), and stages recomputed from them (08).
+INCREMENTAL = {"07_benchmark_eval": ("tasks", "baselines", "stages", "include_checkpoints",
+                                     "rescore_changed", "batch_size", "device")}
+DERIVED = ("08_agreement_analysis",)
+
+
 @dataclass
 class Plan:
     stage: str
     params: dict
     action: str        # "run" | "skip"
     fresh: bool = False  # clear the stage folder first (--force, or an earlier stage ran): no resume
+    incremental: bool = False  # a finished stage adds to its results (only its DONE is removed)
+
+
+def incremental_change(stage: str, done: Path, params: dict) -> str | None:
+    """Why a finished incremental stage cannot simply add to its results (None: it can): a
+    parameter outside :data:`INCREMENTAL` changed, or an existing task changed without
+    ``rescore_changed``."""
+    cfg = done.parent / "config.json"
+    if not cfg.is_file():
+        return "its config.json is missing"
+    old = read_json(cfg).get("params", {})
+    changed = sorted(k for k in set(old) | set(params) if k != "run" and old.get(k) != params.get(k))
+    fixed = [k for k in changed if k not in INCREMENTAL[stage]]
+    if fixed:
+        return f"its parameters {', '.join(fixed)} changed since it finished"
+    edited = sorted(n for n in set(old.get("tasks", {})) & set(params.get("tasks", {}))
+                    if old["tasks"][n] != params["tasks"][n])
+    if edited and not params.get("rescore_changed"):
+        return (f"the spec of its tasks {', '.join(edited)} changed (set rescore_changed: true to "
+                "re-score only those)")
+    return None
 
 
 def select_stages(prof: Profile, start: str | None = None, only: str | None = None) -> list[str]:
@@ -91,6 +122,17 @@ def plan_run(prof: Profile, run: str | Path, stages: list[str], force: bool = Fa
             same = read_json(done).get("config_hash") == config_hash(params)
             if same and not upstream_ran:
                 plans.append(Plan(stage, params, "skip"))
+                continue
+            if stage in INCREMENTAL:
+                why = incremental_change(stage, done, params)
+                if why is None:
+                    plans.append(Plan(stage, params, "run", incremental=True))
+                    upstream_ran = True
+                    continue
+                raise ParamsError(f"{done.parent} is finished but {why}. Nothing was run. Use --force "
+                                  f"to redo it, or --run NEW_NAME for a separate run.")
+            if stage in DERIVED and upstream_ran:     # recomputed from the stage that just added results
+                plans.append(Plan(stage, params, "run", fresh=True))
                 continue
             why = ("an earlier stage runs again in this run, so its inputs change" if same
                    else "its parameters changed since it finished")
@@ -140,6 +182,8 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
         sd.unlink()
     elif plan.fresh and sd.exists():        # --force: redo from scratch, never resume old checkpoints
         shutil.rmtree(sd)
+    elif plan.incremental:                  # keep the stored results; the notebook adds to them
+        (sd / "DONE").unlink(missing_ok=True)
     sd.mkdir(parents=True, exist_ok=True)
     out_nb = sd / f"{plan.stage}.ipynb"
     failures.atomic_notebooks(sd)           # the kept notebook is always a complete save

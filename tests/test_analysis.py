@@ -216,7 +216,7 @@ def test_summary_table_figures_and_no_umap(runs, tmp_path, tiny_assets, monkeypa
     monkeypatch.setitem(sys.modules, "umap", None)                 # any `import umap` would fail here
     main, ctrl = runs
     manifest = an.load_manifest(main, compare=[ctrl])
-    paired = an.paired_rows(manifest, n_boot=200)
+    paired = an.paired_rows(manifest, "acc_norm", n_boot=200)
     reps = an.representations(manifest, KO_LINES[:8], EN_LINES[:8], progress=False)
     table = an.summary_rows(paired, an.representation_rows(reps))
     assert len(table) == 6 and table[0]["retrieval_p1"] == reps[0].per_layer["p1"][-1]

@@ -300,7 +300,7 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
         t = base["tasks"]["tiny"][lang]
         assert t["n"] == 6 and 0 <= t["acc"] <= 1 and 0 <= t["acc_norm"] <= 1
         assert Path(t["samples"]).is_file() and len(read_jsonl(t["samples"])) == 6
-    res = json.loads((sd / "results" / name / "results.json").read_text())
+    res = json.loads((sd / "results" / name / "results_tiny.json").read_text())
     assert res["results"]["tiny_ko"]["acc,none"] == base["tasks"]["tiny"]["ko"]["acc"]
     assert res["n-samples"]["tiny_en"]["effective"] == 6
 
@@ -308,8 +308,12 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
     for lang, prompt in (("en", "Question: What does the cat like?\nAnswer:"), ("ko", "질문: 고양이는 무엇을 좋아해요?\n정답:")):
         s = next(r for r in read_jsonl(base["tasks"]["tiny"][lang]["samples"]) if r["doc"]["id"] == "q2")
         options = arc_records(lang)[1]["choices"]["text"]
-        assert [a[0] for a in s["arguments"]] == [prompt] * 3 and [a[1] for a in s["arguments"]] == [" " + o for o in options]
-        logged = [r[0] for r in s["filtered_resps"]]
+        # the three options after the prompt, then after an empty prompt (acc_mutual_info: the calibrated rule)
+        assert [a[0] for a in s["arguments"]] == [prompt] * 3 + [""] * 3
+        assert [a[1] for a in s["arguments"]] == [" " + o for o in options] * 2
+        logged = [r[0] for r in s["filtered_resps"]][:3]
+        assert set(s["chosen"]) == {"acc", "per_token", "acc_norm", "calibrated"} and s["rule"] == "acc"
+        assert s["chosen"]["acc"]["index"] == max(range(3), key=logged.__getitem__)
         assert logged == pytest.approx(direct_logliks(tiny_assets["model"], prompt, options), abs=1e-4)
     # 08 reads the logs with lib.agreement; the languages join by doc id
     items = ag.join_by_id(ag.read_lm_eval_samples(base["tasks"]["tiny"]["en"]["samples"]),
@@ -326,11 +330,42 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
     # resume: nothing is evaluated again ...
     def boom(*a, **k):
         raise AssertionError("evaluated again")
+    real = E.evaluate_model
     monkeypatch.setattr(E, "evaluate_model", boom)
     assert E.evaluate_all(models, pairs, sd, device="cpu", progress=False) == manifest
     # ... unless the settings changed
     with pytest.raises(AssertionError, match="evaluated again"):
         E.evaluate_all(models, pairs, sd, device="cpu", limit=3, progress=False)
+
+    # incremental: a new pair is scored alone for every model; the stored one is kept as it is
+    scored = []
+    def spy(m, todo, *a, **k):
+        scored.append((m.name, sorted(todo)))
+        return real(m, todo, *a, **k)
+    monkeypatch.setattr(E, "evaluate_model", spy)
+    kept_log = Path(base["tasks"]["tiny"]["en"]["samples"]).read_text(encoding="utf-8")
+    more = ET.write_tasks({"tiny": arc_pair(tmp_path / "data", ko_order=[3, 1, 0, 2, 5, 4]),
+                           "tiny2": arc_pair(tmp_path / "data2")}, sd / "tasks")
+    grown = E.evaluate_all(models, more, sd, device="cpu", batch_size=4, progress=False)
+    assert scored == [(name, ["tiny2"]), ("04_stage2_lm_head-step-000002", ["tiny2"]),
+                      ("04_stage2_lm_head", ["tiny2"])]
+    assert [sorted(e["tasks"]) for e in grown] == [["tiny", "tiny2"]] * 3
+    assert grown[0]["tasks"]["tiny"] == base["tasks"]["tiny"]
+    assert Path(base["tasks"]["tiny"]["en"]["samples"]).read_text(encoding="utf-8") == kept_log
+    # a changed existing task is refused (nothing scored) unless asked; then only it is scored
+    spec2 = arc_pair(tmp_path / "data2")
+    rows = arc_records("en")
+    rows[0]["question"] = "Where does Minsu live now?"
+    write_jsonl(tmp_path / "data2" / "arc_en.jsonl", rows)
+    edited = ET.write_tasks({"tiny": arc_pair(tmp_path / "data", ko_order=[3, 1, 0, 2, 5, 4]), "tiny2": spec2},
+                            sd / "tasks")
+    scored.clear()
+    with pytest.raises(E.ChangedTask, match="tiny2 changed .* rescore_changed: true"):
+        E.evaluate_all(models, edited, sd, device="cpu", batch_size=4, progress=False)
+    assert scored == []
+    E.evaluate_all(models, edited, sd, device="cpu", batch_size=4, progress=False, rescore_changed=True)
+    assert [t for _, t in scored] == [["tiny2"]] * 3
+    ET.write_tasks({"tiny": arc_pair(tmp_path / "data", ko_order=[3, 1, 0, 2, 5, 4])}, sd / "tasks")
 
     rows = E.table_rows(manifest)
     assert [r["model"] for r in rows] == [m.name for m in models] and rows[0]["n"] == 6

@@ -6,6 +6,7 @@ import json
 import nbformat
 import pytest
 
+from lib import params as P
 from lib import paths
 from lib.params import (ParamsError, check_type, config_hash, load_profile, notebook_params,
                         resolve, stage_params, validate_profile)
@@ -160,3 +161,20 @@ def test_duplicate_key_and_empty_file_are_errors(tmp_path):
         load_profile(f)
     with pytest.raises(ParamsError, match="the params file is empty"):
         load_profile(write(tmp_path / "e.yaml", "\n# only a comment\n"))
+
+
+def test_tasks_compose_add_and_remove_along_extends(tmp_path):
+    """A profile adds a pair to the notebook's default tasks and removes one by name, without
+    restating the list; adds accumulate along extends; a removed name that is not there fails."""
+    write(tmp_path / "base.yaml", "07_benchmark_eval:\n  tasks+:\n    a: {en: x, ko: y, format: arc}\n")
+    f = write(tmp_path / "child.yaml", "extends: base.yaml\n07_benchmark_eval:\n"
+              "  tasks+:\n    b: {en: x, ko: y, format: arc}\n  tasks-: [ghost]\n")
+    prof = P.load_profile(f)
+    tasks = P.stage_params(prof, "07_benchmark_eval", "r")["tasks"]
+    default = P.notebook_params("07_benchmark_eval")["tasks"].default
+    assert list(tasks) == [k for k in default if k != "ghost"] + ["a", "b"]
+    assert P.profile_problems(prof, ["07_benchmark_eval"]) == []
+    bad = write(tmp_path / "bad.yaml", "07_benchmark_eval:\n  tasks-: [nope]\n  seed+: {x: 1}\n")
+    problems = P.profile_problems(P.load_profile(bad), ["07_benchmark_eval"])
+    assert any("bad.yaml:2" in p and "'tasks-' removes ['nope']" in p for p in problems)
+    assert any("bad.yaml:3" in p and "'seed+' composes a mapping" in p for p in problems)

@@ -11,7 +11,7 @@ import pytest
 
 from lib.params import ParamsError
 from lib.pipeline import StageFailed, main, run_pipeline, select_stages
-from lib.params import load_profile
+from lib.params import load_profile, stage_params
 
 
 def profile(tmp_path, assets, **overrides):
@@ -128,3 +128,53 @@ def test_shared_stages_are_linked_only_when_identical(tmp_path, tiny_assets):
                      f"01_vocab_merge:\n  merge_mode: hangul\n")
     with pytest.raises(ParamsError, match="differ between the two profiles"):
         link_shared_stages(load_profile(child), tmp_path / "other")
+
+
+def test_a_finished_07_adds_tasks_incrementally_and_08_follows(tmp_path):
+    """Adding a task to a finished 07 through a profile plans an incremental rerun (its stored
+    results kept, only DONE removed) and a fresh 08; any other change, or an edited existing
+    task without rescore_changed, is refused before anything runs."""
+    from lib.outputs import write_json
+    from lib.params import config_hash
+    from lib.pipeline import plan_run, run_stage
+    stages = ["07_benchmark_eval", "08_agreement_analysis"]
+    base = tmp_path / "base.yaml"
+    base.write_text("common:\n  base_model: toy\n", encoding="utf-8")
+    run = tmp_path / "run"
+    prof = load_profile(base)
+    for stage in stages:
+        params = stage_params(prof, stage, run)
+        sd = run / stage
+        sd.mkdir(parents=True)
+        write_json(sd / "config.json", {"params": params, "config_hash": config_hash(params)})
+        write_json(sd / "DONE", {"config_hash": config_hash(params)})
+    (run / "07_benchmark_eval" / "evals.json").write_text("[]")
+    assert [p.action for p in plan_run(prof, run, stages)] == ["skip", "skip"]
+
+    added = tmp_path / "added.yaml"
+    added.write_text("extends: base.yaml\n07_benchmark_eval:\n  tasks+:\n"
+                     "    yes_no: {en: a.jsonl, ko: b.jsonl, format: arc}\n", encoding="utf-8")
+    plans = plan_run(load_profile(added), run, stages)
+    assert [(p.action, p.incremental, p.fresh) for p in plans] == [("run", True, False), ("run", False, True)]
+    assert "yes_no" in plans[0].params["tasks"]
+    from unittest import mock
+    with mock.patch("papermill.execute_notebook", side_effect=RuntimeError("stop here")):
+        with pytest.raises(Exception, match="stop here"):
+            run_stage(plans[0], run, progress=False)
+    assert not (run / "07_benchmark_eval" / "DONE").exists()                # only DONE went
+    assert (run / "07_benchmark_eval" / "evals.json").read_text() == "[]"   # stored results kept
+
+    for stage in stages:   # finished again, as before
+        params = stage_params(prof, stage, run)
+        write_json(run / stage / "DONE", {"config_hash": config_hash(params)})
+    other = tmp_path / "other.yaml"
+    other.write_text("extends: base.yaml\n07_benchmark_eval:\n  num_fewshot: 2\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match="its parameters num_fewshot changed"):
+        plan_run(load_profile(other), run, stages)
+    edited = tmp_path / "edited.yaml"
+    edited.write_text("extends: base.yaml\n07_benchmark_eval:\n  tasks+:\n"
+                      "    ghost: {en: a.jsonl, ko: b.jsonl, format: arc}\n", encoding="utf-8")
+    with pytest.raises(ParamsError, match="spec of its tasks ghost changed .*rescore_changed"):
+        plan_run(load_profile(edited), run, stages)
+    edited.write_text(edited.read_text() + "  rescore_changed: true\n", encoding="utf-8")
+    assert plan_run(load_profile(edited), run, stages)[0].incremental

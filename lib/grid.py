@@ -51,6 +51,7 @@ class Grid:
     base: Path
     defaults: dict
     conditions: dict[str, dict]
+    slurm: dict
 
     @property
     def root(self) -> Path:
@@ -63,8 +64,8 @@ def load_grid(path: str | Path) -> Grid:
         raise ParamsError(f"grid file not found: {path}")
     raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     for key in raw:
-        if key not in ("base", "defaults", "conditions", "name"):
-            raise ParamsError(f"{path}: unknown key {key!r} (a grid has base, defaults, conditions, name)")
+        if key not in ("base", "defaults", "conditions", "name", "slurm"):
+            raise ParamsError(f"{path}: unknown key {key!r} (a grid has base, defaults, conditions, name, slurm)")
     if not raw.get("base"):
         raise ParamsError(f"{path}: 'base' must name the profile the conditions overlay (e.g. ../toy.yaml)")
     base = (path.parent / raw["base"]).resolve()
@@ -79,7 +80,7 @@ def load_grid(path: str | Path) -> Grid:
         if over is not None and not isinstance(over, dict):
             raise ParamsError(f"{path}: condition {name!r} must be a mapping of sections, got {over!r}")
     return Grid(path, str(raw.get("name") or path.stem), base, raw.get("defaults") or {},
-                {str(k): v or {} for k, v in conds.items()})
+                {str(k): v or {} for k, v in conds.items()}, raw.get("slurm") or {})
 
 
 def overlay(grid: Grid, name: str) -> dict:
@@ -283,3 +284,31 @@ def write_outputs(grid: Grid, table: list[dict]) -> dict[str, Path]:
         plt.close(figure(table, grid.root / "figures" / "grid.png"))
         out["figure"] = grid.root / "figures" / "grid.png"
     return out
+
+
+# ----------------------------------------------------------------------------- CLI for job scripts
+
+def main(argv: list[str] | None = None) -> int:
+    """``link GRID COND`` (link the finished shared stages) and ``done GRID COND STAGE`` (exit 0
+    when that stage is finished with this condition's parameters): the steps of lib.gridslurm's
+    job scripts."""
+    import sys
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) < 3 or args[0] not in ("link", "done"):
+        print("usage: python -m lib.grid link GRID COND | done GRID COND STAGE", file=sys.stderr)
+        return 2
+    grid = load_grid(args[1])
+    plans = plan(grid, [args[2]])
+    if args[0] == "link":
+        print(f"{args[2]}: linked {', '.join(link_shared(grid, plans, args[2])) or 'nothing'}")
+        return 0
+    p = plans[args[2]]
+    stage = next((s for s in p["ids"] if s[:2] == args[3][:2]), None)
+    if stage is None:
+        return 1
+    prof = load_profile(p["file"])
+    return 0 if _finished(paths.stage_dir(p["run"], stage), config_hash(stage_params(prof, stage, p["run"]))) else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

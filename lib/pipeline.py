@@ -279,12 +279,19 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("grid", help="run a grid of conditions sharing identical stages (lib.grid)")
     g.add_argument("grid", help="a grid YAML, e.g. params/grids/toy_transfer.yaml")
     g.add_argument("--only", help="comma-separated condition names")
+    g.add_argument("--slurm", action="store_true", help="write sbatch scripts (lib.gridslurm) and print "
+                   "the submit command; runs and submits nothing")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)        # a polite kill ends like Ctrl-C: one line
     try:
         if args.cmd == "plan":
             from lib.plan import print_plan
             print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
+            return 0
+        if args.cmd == "grid" and args.slurm:
+            from lib.gridslurm import render
+            files = render(args.grid)
+            print(f"wrote {files['shared']}\nwrote {files['array']}\nsubmit with:\n  {files['submit']}")
             return 0
         if args.cmd == "grid":
             from lib.grid import run_grid

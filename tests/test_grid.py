@@ -126,3 +126,34 @@ def test_micro_grid_shares_stages_and_resumes(tmp_path, outputs, capsys):
     again = G.run_grid(f, progress=False)["runs"]
     assert all(r["ran"] == [] for r in again.values())
     assert "finished, not rerun" in capsys.readouterr().out
+
+
+def test_slurm_scripts_for_the_a6000_grid(tmp_path, outputs):
+    import subprocess
+    from lib.gridslurm import render
+    files = render(paths.PARAMS / "grids" / "a6000_transfer.yaml")
+    shared, array = files["shared"].read_text(), files["array"].read_text()
+    for text in (shared, array):
+        assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0   # valid shell
+        assert "sbatch " not in text                                                   # submits nothing
+    # shared: what several conditions use, once, in the owner's folder: 01-02 for all, 03 (recipe's,
+    # also head_new_rows' and code_switch's) and 04 (also code_switch's)
+    assert [ln.split(" || ")[0].split()[-1] for ln in shared.splitlines() if " || " in ln] == ["01", "02", "03", "04"]
+    assert "-m lib.train 03" in shared and "accelerate launch --config_file params/accelerate/ddp.yaml" in shared
+    assert "#SBATCH --array=0-8" in array and "CONDITIONS=(recipe no_stage1 word both" in array
+    blocks = dict(b.split(")\n", 1) for b in array.split('case "$COND" in\n')[1].split("esac")[0].split(";;\n") if ")" in b)
+    blocks = {k.strip(): v for k, v in blocks.items()}
+    trained = {k: [ln.split(" || ")[0].split()[-1] for ln in v.splitlines() if " || " in ln] for k, v in blocks.items()}
+    assert trained["recipe"] == ["05", "06", "07", "08"]
+    assert trained["head_new_rows"] == ["04", "05", "06", "07", "08"]      # its 03 is recipe's
+    assert trained["code_switch"] == ["05", "06", "07", "08"]
+    assert trained["no_stage1"] == ["04", "05", "06", "07", "08"]
+    assert trained["combined"] == ["03", "04", "05", "06", "07", "08"]
+    assert files["submit"].startswith("SHARED=$(sbatch --parsable ") and "--dependency=afterok:$SHARED" in files["submit"]
+
+
+def test_grid_cli_done_and_link(tmp_path, outputs):
+    from lib.grid import main
+    g = paths.PARAMS / "grids" / "toy_transfer.yaml"
+    assert main(["done", str(g), "word", "03"]) == 1
+    assert main(["link", str(g), "word"]) == 0

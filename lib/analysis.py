@@ -448,6 +448,23 @@ def trajectory(rows: Sequence[Mapping], metrics: Sequence[str] = ("acc_en", "acc
     return save(fig, path)
 
 
+def agreement_intervals(rows: Sequence[Mapping], path: str | Path | None = None):
+    """Agreement and kappa of every final model (no intermediate checkpoints), per task, as
+    seaborn dots with their 95% bootstrap intervals; kappa 0 (chance) marked."""
+    from lib.plots import interval_points
+    pts = []
+    for r in rows:
+        if r.get("kind") == "checkpoint":
+            continue
+        for m in ("agreement", "kappa"):
+            if r.get(m) is None:
+                continue
+            lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
+            pts.append({"model": f"{r['task']} · {r['model']}", "metric": m, "value": r[m],
+                        "lo": r[m] if lo is None else lo, "hi": r[m] if hi is None else hi})
+    return interval_points(pts, "Same answer in English and Korean (95% intervals)", path, ref=0.0)
+
+
 def split_bars(rows: Sequence[Mapping], path: str | Path | None = None):
     """Stacked bars per model and task: both right / both wrong, same option / both wrong,
     different options / only English right / only Korean right."""

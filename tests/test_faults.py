@@ -69,7 +69,7 @@ def test_check_lists_every_bad_value_of_a_micro_profile_at_once(tmp_path):
             f"{f}:11: 05_stage3_pretrain.ko_ratio: must be >= 0 and <= 1, got 1.5",
             f"{f}:12: 05_stage3_pretrain.method: must be one of full, lora, qlora, got 'adapters'",
             f"{f}:14: 07_benchmark_eval.tasks: unknown format 'mmlu'",
-            f"{f}:16: 08_agreement_analysis.prediction: prediction must be one of ['acc', 'acc_norm']",
+            f"{f}:16: 08_agreement_analysis.prediction: prediction must be one of auto, acc, per_token, acc_norm, calibrated",
             f"{f}:18: 04_stage2_lm_head.init_from: '05_stage3_pretrain' is not an earlier stage"]
     for w in want:
         assert any(p.startswith(w) for p in problems), (w, problems)

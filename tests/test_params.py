@@ -129,6 +129,12 @@ def test_shipped_profiles_validate():
     for f in sorted(paths.PARAMS.rglob("*.yaml")):
         if "accelerate" in f.parts:
             continue
+        if "grids" in f.parts:                 # grid files (lib.grid): each condition is a profile
+            from lib.grid import load_grid, overlay
+            g = load_grid(f)
+            for name in g.conditions:
+                assert set(overlay(g, name)) <= set(load_profile(g.base).sections) | {"pipeline"} | set(paths.stages()), name
+            continue
         prof = load_profile(f)
         validate_profile(prof, select_stages(prof))
 

@@ -75,7 +75,8 @@ def layer_list(spec: Any, n_states: int) -> list[int] | None:
 
 def check_knobs(cfg: Any) -> None:
     """Stage 1's knob values and combinations (called by its config check)."""
-    objective, layers = cfg.get("objective", "sentence"), cfg.get("layers", "representation")
+    objective = getattr(cfg, "objective", None) or "sentence"
+    layers = getattr(cfg, "layers", None) or "representation"
     if objective not in OBJECTIVES:
         raise ValueError(f"objective must be one of {OBJECTIVES}, got {objective!r}")
     check_layers(layers)
@@ -224,7 +225,7 @@ def head_alignment_loss(weight: torch.Tensor, ko_ids: torch.Tensor, en_ids: torc
 def alignment_loss(cfg: Any, ko: torch.Tensor, en: torch.Tensor, extra: dict, words) -> tuple[torch.Tensor, dict]:
     """Sentence InfoNCE (at the representation, or averaged over ``layers``), word InfoNCE
     (``objective``), and the head term (``align_head``), summed; each logged on its own."""
-    objective, logs, loss = cfg.get("objective", "sentence"), {}, 0.0
+    objective, logs, loss = getattr(cfg, "objective", None) or "sentence", {}, 0.0
     if objective in ("sentence", "both"):
         if "layer_vecs" in extra:
             n = ko.shape[0]

@@ -58,7 +58,8 @@ def precision_settings(precision: str = "auto", device: torch.device | str = "au
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    dev = auto_device(device) if isinstance(device, str) else device
+    # only the device *type* matters here: a named device is taken at its word (no process state)
+    dev = auto_device(device) if device == "auto" else torch.device(device)
     if precision == "auto":
         precision = "bf16-mixed" if dev.type == "cuda" else "fp32"
     return {"bf16-mixed": (torch.float32, "bf16"), "bf16": (torch.bfloat16, "no"),

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import math
 import re
 from pathlib import Path
@@ -245,8 +246,30 @@ class _Stage:
                           f"{threshold:.0%} or more): are the Korean and English files swapped?")
 
     def text(self, key: str, want: str) -> list[str] | None:
-        """A text file with one document or sentence a line, in language ``want``."""
+        """A text file with one document or sentence a line, in language ``want``; for a corpus
+        parameter also a JSONL file (its records' text field) or a Hub split (not reachable here:
+        only its form is checked)."""
         from lib.data import DataError, read_lines
+        if key in CORPUS_KEYS:
+            from lib.corpus import parse_corpus
+            try:
+                src = parse_corpus(self.values[key], self.run)
+            except DataError as e:
+                self.problem(key, str(e))
+                return None
+            if src.kind == "hub":
+                return None
+            if src.kind == "jsonl":
+                path = self.file(key, str(src.path))
+                if path is None:
+                    return None
+                try:
+                    lines = _jsonl_texts(path, src.field, SAMPLE_LINES)
+                except DataError as e:
+                    self.problem(key, str(e))
+                    return None
+                self.lang(key, path, want, "\n".join(lines))
+                return lines
         path = self.file(key)
         if path is None:
             return None
@@ -436,6 +459,30 @@ def _stage_validators(st: _Stage) -> None:
 
 
 LANG_OF = {"text": "ko", "clm_text": "ko", "korean_corpus": "ko"}
+CORPUS_KEYS = ("text", "clm_text", "ko_text", "en_text")     # lib.corpus.parse_corpus forms
+
+
+def _jsonl_texts(path: Path, field: str, limit: int) -> list[str]:
+    """The ``field`` strings of the first ``limit`` records of a JSONL corpus; a bad record is named."""
+    from lib.data import DataError
+    out = []
+    with open(path, "rb") as f:
+        for n, raw in enumerate(f, start=1):
+            if not raw.strip():
+                continue
+            try:
+                rec = json.loads(raw.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise DataError(f"{path}, line {n}: not a UTF-8 JSON record ({e})") from None
+            if not isinstance(rec, dict) or not isinstance(rec.get(field), str):
+                raise DataError(f"{path}, line {n}: a record needs a string field {field!r} "
+                                f"(name another field after '#': {path.name}#<field>)")
+            out.append(rec[field])
+            if len(out) >= limit:
+                break
+    if not out:
+        raise DataError(f"{path}: no records")
+    return out
 PARALLEL = {"03_stage1_contrastive": [("pairs_ko", "pairs_en"), ("heldout_ko", "heldout_en")],
             "08_agreement_analysis": [("heldout_ko", "heldout_en")]}
 TEXT_FILES = {"01_vocab_merge": ["sample_ko", "sample_en"],
@@ -491,6 +538,16 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
         st.text("clm_text", "ko")
     if stage == "05_stage3_pretrain" and st.values["align_weight"] > 0:
         st.parallel("align_pairs_ko", "align_pairs_en")
+    if stage == "05_stage3_pretrain" and st.values["code_switch_ratio"] > 0:
+        from lib.corpus import DataError, parse_corpus
+        for key in ("ko_text", "en_text"):
+            try:
+                kind = parse_corpus(st.values[key], run).kind
+            except DataError:
+                continue                                     # named by the file check below
+            if kind != "text":
+                st.problem("code_switch_ratio", f"code-switching rewrites text files line by line, but {key} is "
+                                                f"{st.values[key]!r}: give a text file or set code_switch_ratio: 0")
     if (stage == "03_stage1_contrastive" and (st.values["objective"] != "sentence" or st.values["align_head"])) \
             or (stage == "05_stage3_pretrain" and st.values["code_switch_ratio"] > 0):
         _word_pairs(st)

@@ -12,10 +12,24 @@ returned tensor maps that file: pages are read when a batch touches them and can
 the OS again, so resident memory does not grow with the corpus (``bench/corpus_memory.py``).
 Under ``accelerate launch`` the main process does the work first and the others read its cache.
 The blocks equal ``pack_file``'s exactly (tested).
+
+A corpus parameter (04 ``text``, 05 ``ko_text``/``en_text``, 03 ``clm_text``) names one of
+(:func:`parse_corpus`)::
+
+    data/mono/ko.txt                              # a text file, one document a line
+    data/mono/ko.jsonl                            # JSONL, one document a record, text in "text"
+    data/mono/ko.jsonl#content                    # ... text in "content"
+    hub:wikimedia/wikipedia/20231101.ko/train     # a Hub dataset split, text in "text"
+    hub:owner/name//train#body                    # no config; text in "body"
+
+Text files are packed in memory when small (``pack_file``); JSONL files and Hub splits always
+go through the cache here. A Hub id is loaded by ``datasets.load_dataset`` (the network or its
+offline cache); a local dataset folder given as ``hub:/path/to/folder//train`` takes the same path.
 """
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,32 +45,115 @@ def _encode_rows(batch: dict, tokenizer, bos: int, eos: int) -> dict:
     return {"ids": [[bos] + x + [eos] for x in ids]}
 
 
-def tokenized(tokenizer, path: str | Path, cache_dir: str | Path | None = None, limit: int | None = None):
-    """A ``datasets.Dataset`` with one ``ids`` row per non-empty line of ``path`` (cached)."""
+HUB_PREFIX = "hub:"
+JSON_SUFFIXES = (".jsonl", ".json")
+
+
+@dataclass(frozen=True)
+class CorpusSource:
+    """A training corpus: a local text or JSONL file, or a Hub dataset split (:func:`parse_corpus`)."""
+    spec: str                       # as written in the parameter
+    path: Path | None = None        # local file, absolute
+    dataset: str | None = None      # Hub dataset id (or a local dataset folder)
+    config: str | None = None
+    split: str | None = None
+    field: str = "text"             # the text field of a JSONL record or a dataset row
+
+    @property
+    def kind(self) -> str:
+        if self.path is None:
+            return "hub"
+        return "jsonl" if self.path.suffix in JSON_SUFFIXES else "text"
+
+    def describe(self) -> str:
+        if self.path is None:
+            return f"hub:{self.dataset}/{self.config or ''}/{self.split}#{self.field}"
+        return str(self.path) + (f"#{self.field}" if self.kind == "jsonl" else "")
+
+
+def parse_corpus(value: str | Path, run: str | Path = ".") -> CorpusSource:
+    """A corpus parameter as a :class:`CorpusSource` (the forms are in the module docstring).
+    Placeholders are expanded and relative paths taken from the repository root; whether the
+    file exists is checked when it is read (and by ``check``)."""
+    from lib import paths
+    if isinstance(value, Path):
+        return CorpusSource(str(value), path=value)
+    if not isinstance(value, str) or not value.strip():
+        raise DataError(f"a corpus must be a file path or 'hub:<dataset>/<config>/<split>', got {value!r}")
+    if value.startswith(HUB_PREFIX):
+        body, _, field = value[len(HUB_PREFIX):].partition("#")
+        parts = body.rsplit("/", 2)
+        if len(parts) != 3 or not parts[0] or not parts[2]:
+            raise DataError(f"{value!r} is not 'hub:<dataset>/<config>/<split>[#field]' "
+                            "(use an empty config for none: 'hub:<dataset>//<split>')")
+        return CorpusSource(value, dataset=parts[0], config=parts[1] or None, split=parts[2], field=field or "text")
+    base, sep, field = value.rpartition("#")
+    if sep and Path(base).suffix in JSON_SUFFIXES:
+        return CorpusSource(value, path=paths.resolve_path(base, run), field=field or "text")
+    return CorpusSource(value, path=paths.resolve_path(value, run))
+
+
+def _load_rows(src: CorpusSource, cache_dir: str | None):
+    """The raw ``datasets.Dataset`` of ``src`` with one ``text`` column."""
     from datasets import load_dataset
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
+    from datasets.exceptions import DatasetGenerationError
+    if src.kind == "hub":
+        try:
+            ds = load_dataset(src.dataset, src.config, split=src.split, cache_dir=cache_dir)
+        except Exception as e:       # no network, a wrong id or split: say which corpus and why
+            raise DataError(f"{src.spec}: could not load the dataset ({type(e).__name__}: {e}); "
+                            "offline, download it first or point the parameter at a local file") from e
+    else:
+        if not src.path.is_file():
+            raise DataError(f"{src.path}: file not found" + (f" (from {src.spec!r})" if src.spec != str(src.path) else ""))
+        builder = "json" if src.kind == "jsonl" else "text"
+        try:
+            ds = load_dataset(builder, data_files=str(src.path), split="train", cache_dir=cache_dir)
+        except DatasetGenerationError as e:
+            bad = _first_undecodable_line(src.path)
+            if bad is not None:
+                raise DataError(f"{src.path}, line {bad[0]}: not UTF-8 ({bad[1]}); convert the file to UTF-8") from e
+            if builder == "json":
+                raise DataError(f"{src.path}: not JSONL ({_first_bad_json_line(src.path)})") from e
+            raise
+    if src.kind == "text":
+        return ds
+    if src.field not in ds.column_names:
+        raise DataError(f"{src.describe()}: no field {src.field!r} (fields: {', '.join(ds.column_names)}); "
+                        f"name the text field after '#'")
+    ds = ds.select_columns([src.field])
+    return ds.rename_column(src.field, "text") if src.field != "text" else ds
+
+
+def _first_bad_json_line(path: Path) -> str:
+    import json
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, start=1):
+            if line.strip():
+                try:
+                    json.loads(line)
+                except json.JSONDecodeError as e:
+                    return f"line {n}: {e.msg}, column {e.colno}"
+    return "no record could be read"
+
+
+def tokenized(tokenizer, path: str | Path | CorpusSource, cache_dir: str | Path | None = None, limit: int | None = None):
+    """A ``datasets.Dataset`` with one ``ids`` row per non-empty document of ``path`` (a text
+    file's lines, a JSONL file's records, a Hub split's rows; cached)."""
+    src = path if isinstance(path, CorpusSource) else parse_corpus(Path(path))
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ValueError(f"the tokenizer has no {'BOS' if bos is None else 'EOS'} token; packing needs both")
-    from datasets.exceptions import DatasetGenerationError
-    try:
-        ds = load_dataset("text", data_files=str(path), split="train",
-                          cache_dir=str(cache_dir) if cache_dir else None)
-    except DatasetGenerationError as e:
-        bad = _first_undecodable_line(path)
-        if bad is None:
-            raise
-        raise DataError(f"{path}, line {bad[0]}: not UTF-8 ({bad[1]}); convert the file to UTF-8") from e
-    ds = ds.filter(lambda b: [bool(t.strip()) for t in b["text"]], batched=True, batch_size=CHUNK_ROWS,
-                   desc=f"non-empty lines of {path.name}")
+    ds = _load_rows(src, str(cache_dir) if cache_dir else None)
+    name = src.path.name if src.path is not None else src.dataset
+    ds = ds.filter(lambda b: [isinstance(t, str) and bool(t.strip()) for t in b["text"]], batched=True,
+                   batch_size=CHUNK_ROWS, desc=f"non-empty documents of {name}")
     if limit:
         ds = ds.select(range(min(limit, len(ds))))
     ds = ds.map(_encode_rows, batched=True, batch_size=CHUNK_ROWS, writer_batch_size=CHUNK_ROWS, remove_columns=["text"],
-                fn_kwargs={"tokenizer": tokenizer, "bos": bos, "eos": eos}, desc=f"tokenizing {path.name}")
+                fn_kwargs={"tokenizer": tokenizer, "bos": bos, "eos": eos}, desc=f"tokenizing {name}")
     if len(ds) == 0:
-        raise DataError(f"{path}: no text lines")
+        raise DataError(f"{src.describe()}: no text " + ("lines" if src.kind == "text" else "documents"))
     return ds
 
 
@@ -105,20 +202,21 @@ def _write_blocks(ds, target: Path, block_size: int) -> tuple[int, int]:
     return total, n_blocks
 
 
-def cached_blocks(tokenizer, path: str | Path, block_size: int, cache_dir: str | Path | None = None,
+def cached_blocks(tokenizer, path: str | Path | CorpusSource, block_size: int, cache_dir: str | Path | None = None,
                   limit: int | None = None) -> tuple[torch.Tensor, dict]:
     """``[n_blocks, block_size]`` int32 blocks of ``path`` (memory-mapped) and their packing report."""
+    src = path if isinstance(path, CorpusSource) else parse_corpus(Path(path))
     from accelerate import PartialState
     from lib.packing import _check_block_size
     _check_block_size(block_size)
     with PartialState().main_process_first():      # one process tokenizes, the others reuse its cache
-        ds = tokenized(tokenizer, path, cache_dir, limit)
+        ds = tokenized(tokenizer, src, cache_dir, limit)
         target = Path(ds.cache_files[0]["filename"]).parent / f"blocks-{ds._fingerprint}-{block_size}.int32"
         tokens, n_blocks = _write_blocks(ds, target, block_size)
-    report = {"path": str(path), "docs": len(ds), "tokens": tokens, "block_size": block_size,
+    report = {"path": src.describe() if src.kind != "text" else str(src.path), "docs": len(ds), "tokens": tokens, "block_size": block_size,
               "blocks": n_blocks, "dropped_tokens": tokens % block_size, "cache": str(target)}
     if n_blocks == 0:
-        raise ValueError(f"{path}: its {tokens} tokens are shorter than one block of {block_size}; "
+        raise ValueError(f"{src.describe()}: its {tokens} tokens are shorter than one block of {block_size}; "
                          "give more text or a smaller block_size")
     # copy-on-write map: a writable view for torch, the file itself is never changed
     flat = np.memmap(target, dtype=np.int32, mode="c", shape=(n_blocks, block_size))

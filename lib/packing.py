@@ -119,9 +119,17 @@ def pack_file(tokenizer, path: str | Path, block_size: int, limit: int | None = 
     later runs and other processes; same blocks); ``"auto"`` does so for files of 32 MiB or more;
     ``False`` tokenizes in memory. The cached path reads one document per line: it does not join
     QA pairs (the toy world's files, which have them, are far below the threshold).
+    ``path`` may also be a :class:`lib.corpus.CorpusSource` (a corpus parameter parsed by
+    :func:`lib.corpus.parse_corpus`): JSONL files and Hub splits always go through the cache.
     """
+    from lib.corpus import CorpusSource, cached_blocks
+    if isinstance(path, CorpusSource):
+        if path.kind != "text":
+            if cache is False:
+                raise ValueError(f"{path.describe()}: JSONL files and Hub datasets are packed through the cache only")
+            return cached_blocks(tokenizer, path, block_size, limit=limit)
+        path = path.path
     if cache is True or (cache == "auto" and Path(path).is_file() and Path(path).stat().st_size >= CACHE_MIN_BYTES):
-        from lib.corpus import cached_blocks
         return cached_blocks(tokenizer, path, block_size, limit=limit)
     docs = tokenize_lines(tokenizer, qa_documents(read_lines(path, limit=limit)))
     report = packing_report(docs, block_size)

@@ -415,6 +415,11 @@ class Config(dict):
         """A path parameter with placeholders expanded; relative paths are from the repo root."""
         return paths.resolve_path(value, self.run_dir)
 
+    def corpus(self, value: str):
+        """A corpus parameter (text file, JSONL file or ``hub:`` split) as a :class:`lib.corpus.CorpusSource`."""
+        from lib.corpus import parse_corpus
+        return parse_corpus(value, self.run_dir)
+
     def input_dir(self, stage: str) -> Path:
         """The folder of an earlier, finished stage of this run."""
         d = self.run_dir / stage

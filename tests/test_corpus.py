@@ -83,3 +83,47 @@ def test_bad_files_are_named(tok, tmp_path):
     bad.write_bytes("좋은 줄\n".encode() + b"\xff\xfe broken\n")
     with pytest.raises(DataError, match="bad.txt, line 2: not UTF-8"):
         cached_blocks(tok, bad, 4, cache_dir=tmp_path / "c")
+
+
+# ---------------------------------------------------------------- JSONL files and Hub-style ids
+
+def _jsonl(path, lines, field="text"):
+    import json
+    with open(path, "w", encoding="utf-8") as f:
+        for i, line in enumerate(lines):
+            f.write(json.dumps({"id": i, field: line}, ensure_ascii=False) + "\n")
+    return path
+
+
+def test_jsonl_and_dataset_folder_pack_like_the_text_file(tok, corpus, tmp_path):
+    from lib.corpus import parse_corpus
+    lines = [l for l in corpus.read_text(encoding="utf-8").splitlines() if l.strip()]
+    plain, _ = pack_file(tok, corpus, 48, cache=False)
+    jl = _jsonl(tmp_path / "mixed.jsonl", lines + ["  "])          # a blank document is skipped
+    folder = tmp_path / "hubdir"
+    folder.mkdir()
+    _jsonl(folder / "train.jsonl", lines, field="body")
+    for spec in (str(jl), f"{jl}#text", f"hub:{folder}//train#body"):
+        src = parse_corpus(spec)
+        blocks, rep = cached_blocks(tok, src, 48, cache_dir=tmp_path / "cache")
+        assert torch.equal(blocks.long(), plain), spec
+        assert rep["docs"] == len(lines) and rep["path"].endswith(("#text", "#body"))
+    assert parse_corpus(f"{jl}").kind == "jsonl" and parse_corpus(str(corpus)).kind == "text"
+    hub = parse_corpus("hub:wikimedia/wikipedia/20231101.ko/train")
+    assert (hub.kind, hub.dataset, hub.config, hub.split, hub.field) == \
+        ("hub", "wikimedia/wikipedia", "20231101.ko", "train", "text")
+    blocks, _ = pack_file(tok, parse_corpus(str(jl)), 48)         # pack_file routes JSONL to the cache
+    assert blocks.dtype == torch.int32 and torch.equal(blocks.long(), plain)
+
+
+def test_bad_corpus_sources_are_named(tok, tmp_path):
+    from lib.corpus import parse_corpus
+    jl = _jsonl(tmp_path / "c.jsonl", ["한국어 문장입니다."] * 40)
+    with pytest.raises(DataError, match=r"c.jsonl#content: no field 'content' \(fields: id, text\)"):
+        cached_blocks(tok, parse_corpus(f"{jl}#content"), 8, cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError, match="is not 'hub:<dataset>/<config>/<split>"):
+        parse_corpus("hub:only-a-name")
+    with pytest.raises(DataError, match=r"no-such/dataset//train: could not load the dataset"):
+        cached_blocks(tok, parse_corpus(f"hub:{tmp_path}/no-such/dataset//train"), 8, cache_dir=tmp_path / "cache")
+    with pytest.raises(DataError, match="gone.jsonl: file not found"):
+        cached_blocks(tok, parse_corpus(str(tmp_path / "gone.jsonl")), 8, cache_dir=tmp_path / "cache")

@@ -142,6 +142,25 @@ def test_swapped_korean_and_english_pairs_are_caught(tmp_path, tiny_assets):
                                   f"but reads as Korean (Hangul is 100% of its letters")
 
 
+
+def test_corpus_parameters_take_jsonl_and_hub_forms(tmp_path, tiny_assets):
+    ko, en = pair(tmp_path)
+    ko_jl = write(tmp_path / "ko.jsonl", "".join(json.dumps({"body": l}, ensure_ascii=False) + "\n" for l in KO_LINES[:20]))
+    good = tiny_profile(tmp_path, tiny_assets, "05_stage3_pretrain:\n"
+                        f"  ko_text: '{ko_jl}#body'\n  en_text: hub:allenai/c4/en/train\n"
+                        f"  heldout_ko: {ko}\n  heldout_en: {en}\n")
+    assert check_profile(load_profile(good), ["05_stage3_pretrain"]) == []
+    bad = tiny_profile(tmp_path, tiny_assets, "05_stage3_pretrain:\n"
+                       f"  ko_text: {ko_jl}\n  en_text: 'hub:c4'\n  code_switch_ratio: 0.2\n"
+                       f"  heldout_ko: {ko}\n  heldout_en: {en}\n")
+    problems = check_profile(load_profile(bad), ["05_stage3_pretrain"])
+    assert any(f"05_stage3_pretrain.ko_text: {ko_jl}, line 1: a record needs a string field 'text'" in p
+               for p in problems), problems
+    assert any("05_stage3_pretrain.en_text: 'hub:c4' is not 'hub:<dataset>/<config>/<split>[#field]'" in p
+               for p in problems), problems
+    assert any("05_stage3_pretrain.code_switch_ratio: code-switching rewrites text files line by line, "
+               f"but ko_text is '{ko_jl}'" in p for p in problems), problems
+
 def arc(path: Path, lang: str, n: int = 3) -> Path:
     q = {"en": "Which animal sees the river", "ko": "어느 동물이 강을 보나요"}[lang]
     opts = {"en": ["cat", "dog"], "ko": ["고양이", "개"]}[lang]

@@ -329,7 +329,7 @@ def build(cfg: Any) -> Stage1:
     clm = None
     if cfg.clm_weight > 0:
         from lib.packing import MixedStream, pack_file
-        blocks, report = pack_file(tok, cfg.path(cfg.clm_text), cfg.clm_block)
+        blocks, report = pack_file(tok, cfg.corpus(cfg.clm_text), cfg.clm_block)
         clm = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           seed=cfg.seed, bos_token_id=tok.bos_token_id)
         info["clm_text"] = report

@@ -87,7 +87,7 @@ def run(cfg: Any) -> dict:
                         n_base if cfg.train_rows == "new" else None)
     ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
     en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)
-    blocks, report = pack_file(tok, cfg.path(cfg.text), cfg.block_size)
+    blocks, report = pack_file(tok, cfg.corpus(cfg.text), cfg.block_size)
     stream = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed)
     spec = train_spec(cfg)
     before = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)

@@ -107,12 +107,18 @@ def merge_adapter(cfg: Any, model, start: str, adapter_dir: Path):
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
 
-def training_texts(cfg: Any) -> tuple[Path, Path, dict | None]:
-    """The Korean and English text files to pack. With ``code_switch_ratio > 0`` both are first
-    code-switched through ``word_pairs`` (lib.codeswitch) into ``<stage>/code_switched/``."""
-    ko, en = cfg.path(cfg.ko_text), cfg.path(cfg.en_text)
+def training_texts(cfg: Any) -> tuple[Any, Any, dict | None]:
+    """The Korean and English corpora to pack (:func:`lib.corpus.parse_corpus`: text or JSONL
+    files, Hub splits). With ``code_switch_ratio > 0`` both are first code-switched through
+    ``word_pairs`` (lib.codeswitch) into ``<stage>/code_switched/``: text files only."""
+    ko, en = cfg.corpus(cfg.ko_text), cfg.corpus(cfg.en_text)
     if not cfg.code_switch_ratio:
         return ko, en, None
+    for key, src in (("ko_text", ko), ("en_text", en)):
+        if src.kind != "text":
+            raise ValueError(f"code_switch_ratio > 0 rewrites text files line by line; {key} is "
+                             f"{src.describe()}: give a text file or set code_switch_ratio: 0")
+    ko, en = ko.path, en.path
     from lib.codeswitch import code_switch, read_word_pairs
     from lib.outputs import write_text
     pairs = read_word_pairs(cfg.path(cfg.word_pairs))

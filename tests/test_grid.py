@@ -137,10 +137,10 @@ def test_slurm_scripts_for_the_a6000_grid(tmp_path, outputs):
         assert subprocess.run(["bash", "-n"], input=text, text=True).returncode == 0   # valid shell
         assert "sbatch " not in text                                                   # submits nothing
     # shared: what several conditions use, once, in the owner's folder: 01-02 for all, 03 (recipe's,
-    # also head_new_rows' and code_switch's) and 04 (also code_switch's)
+    # also head_new_rows', code_switch's and keep_align's) and 04 (also theirs)
     assert [ln.split(" || ")[0].split()[-1] for ln in shared.splitlines() if " || " in ln] == ["01", "02", "03", "04"]
     assert "-m lib.train 03" in shared and "accelerate launch --config_file params/accelerate/ddp.yaml" in shared
-    assert "#SBATCH --array=0-8" in array and "CONDITIONS=(recipe no_stage1 word both" in array
+    assert "#SBATCH --array=0-9" in array and "CONDITIONS=(recipe no_stage1 word both" in array
     blocks = dict(b.split(")\n", 1) for b in array.split('case "$COND" in\n')[1].split("esac")[0].split(";;\n") if ")" in b)
     blocks = {k.strip(): v for k, v in blocks.items()}
     trained = {k: [ln.split(" || ")[0].split()[-1] for ln in v.splitlines() if " || " in ln] for k, v in blocks.items()}

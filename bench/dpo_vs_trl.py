@@ -95,7 +95,7 @@ def run_ours(args, sft: str, pairs: list[dict], method: str) -> dict:
 
         def loss(modules, b):
             out = fn(modules, b)
-            losses.append(float(out[0]))
+            losses.append(float(out[0].detach()))
             return out
         spec = TrainSpec(steps=args.steps, lr=args.lr, schedule="constant", report_to="none", seed=0)
         with tempfile.TemporaryDirectory() as out:

@@ -267,3 +267,27 @@ def test_06_with_dpo_keeps_the_sft_model_and_saves_the_dpo_model(tmp_path, tiny_
     assert d["heldout_loss"]["loss"] > 0 and d["heldout"]["after"]["n"] > 0
     table = dpo.pairs_table(d)
     assert list(table["kind"][:3]) == ["all", "fact", "language"] and set(table["split"]) == {"heldout", "train"}
+
+
+def test_check_names_a_bad_pairs_file_and_toy_pairs_without_a_toy_world(tmp_path, tiny_assets):
+    from lib.check import check_profile
+    from lib.params import load_profile
+    bad = tmp_path / "pairs.jsonl"
+    bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
+    inst = tmp_path / "inst.jsonl"
+    inst.write_text('{"instruction": "a", "output": "b"}\n')
+    f = tmp_path / "p.yaml"
+    body = (f"common:\n  base_model: {tiny_assets['model']}\n06_instruction_tuning:\n  data_files: [{inst}]\n"
+            f"  eval_examples: 0\n  dpo: true\n  dpo_pairs: {bad}\n  dpo_method: ppo\n  dpo_beta: 0\n")
+    f.write_text(body)
+    problems = check_profile(load_profile(f), ["06_instruction_tuning"])
+    assert any(p.startswith(f"{f}:7: 06_instruction_tuning.dpo_pairs: {bad}:2: 'rejected' must be a non-empty string")
+               for p in problems), problems
+    assert any(p.startswith(f"{f}:8: 06_instruction_tuning.dpo_method: must be one of full, lora") for p in problems)
+    assert any(p.startswith(f"{f}:9: 06_instruction_tuning.dpo_beta: must be > 0") for p in problems), problems
+    f.write_text(body.replace(str(bad), "toy").replace("  dpo_method: ppo\n  dpo_beta: 0\n", ""))
+    (problem,) = check_profile(load_profile(f), ["06_instruction_tuning"])
+    assert problem.startswith(f"{f}:7: 06_instruction_tuning.dpo_pairs: 'toy' builds pairs from the toy world")
+    f.write_text(body.replace(str(bad), str(tmp_path / "none.jsonl")).replace("  dpo_method: ppo\n  dpo_beta: 0\n", ""))
+    (problem,) = check_profile(load_profile(f), ["06_instruction_tuning"])
+    assert "file not found" in problem and "none.jsonl" in problem

@@ -312,12 +312,13 @@ def run(cfg: Any) -> dict:
     dpo_metrics = dpo_after = None
     if cfg.dpo:                  # the tuned model becomes sft_model/ and DPO's result model/
         from lib.train import dpo
+        t_dpo = time.time()
         sft_dir = _on_main(lambda: dpo.keep_sft_model(cfg.stage_dir)) or cfg.stage_dir / "sft_model"
         out = dpo.train_dpo(cfg, sft_dir, template, exclude=[r["instruction"] for r in held_recs])
         del out["model"]
         _on_main(lambda: final_model(cfg, out["result"]))
         dpo_after = look(load_model(str(final_dir), device)[0])
-        dpo_metrics = {**out["metrics"], "heldout_loss": dpo_after["held"],
+        dpo_metrics = {**out["metrics"], "heldout_loss": dpo_after["held"], "seconds": time.time() - t_dpo,
                        "rows_07": {"without_dpo": f"{cfg.stage}-step-{spec.steps:06d}", "with_dpo": cfg.stage}}
 
     generations = []

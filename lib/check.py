@@ -130,6 +130,9 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "method": _enum("lib.train.pretrain", "METHODS"),
     "chat_vector_when": _enum("lib.train.sft", "CHAT_VECTOR_WHEN"),
     "chat_vector_rows": _enum("lib.chatvector", "ROWS_POLICIES"),
+    "dpo_method": _enum("lib.train.dpo", "DPO_METHODS"),
+    "dpo_beta": _range(0, lo_open=True), "dpo_lr": _range(0, lo_open=True), "dpo_heldout": _range(0, 1, hi_open=True),
+    "dpo_batch_size": _range(1), "dpo_grad_accum": _range(1), "dpo_steps": _range(1),
     "prediction": _raises(_prediction),
     "schedule": _train_spec("schedule"),
     "report_to": _train_spec("report_to"),
@@ -148,7 +151,8 @@ for _k in ("warmup_steps", "save_every", "eval_every", "max_pairs", "eval_pairs"
            "max_eval_lines", "eval_lines_during", "clm_weight", "weight_decay", "max_grad_norm",
            "group_by_length", "align_weight", "n_boot", "rep_pairs", "limit", "num_fewshot", "max_examples",
            "eval_examples", "match_examples", "umap_pairs_linked", "num_threads", "base_vocab_size",
-           "qa_repeats", "model_seed", "seed"):
+           "qa_repeats", "model_seed", "seed", "dpo_max_pairs", "dpo_warmup_steps", "dpo_eval_every",
+           "dpo_save_every"):
     KEY_RULES[_k] = NON_NEGATIVE
 
 
@@ -364,6 +368,26 @@ def _instructions(st: _Stage) -> None:
     for key in ("chat_vector_base", "chat_vector_instruct"):
         if st.values[key]:
             st.model(key, st.values[key])
+    if st.values["dpo"]:
+        _preference_pairs(st)
+
+
+def _preference_pairs(st: _Stage) -> None:
+    """06's ``dpo_pairs``: the toy world's (only where 00 builds one) or a readable JSONL file."""
+    value = st.values["dpo_pairs"]
+    if value == "toy":
+        if not st.toy_profile():
+            st.problem("dpo_pairs", "'toy' builds pairs from the toy world, which this run does not build "
+                                    "(base_model is not toy): set it to a JSONL of prompt, chosen, rejected")
+        return
+    path = st.file("dpo_pairs")
+    if path is None:
+        return
+    from lib.preferences import read_pairs
+    try:
+        read_pairs(path)
+    except (ValueError, FileNotFoundError) as e:
+        st.problem("dpo_pairs", str(e))
 
 
 def _record_text(rec: Any) -> str:

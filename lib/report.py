@@ -42,7 +42,8 @@ HEADLINES: dict[str, list[str]] = {
     "03": ["retrieval_p1", "retrieval_p1_ko2en", "retrieval_p1_en2ko", "gap", "train_seconds"],
     "04": ["ko_ppl", "en_ppl", "ko_bits_per_char", "en_bits_per_char", "train_seconds"],
     "05": ["method", "ko_ratio", "ko_ppl", "en_ppl", "loss", "train_seconds"],
-    "06": ["method", "loss", "heldout_loss", "train_seconds"],
+    "06": ["method", "loss", "heldout_loss", "train_seconds", "dpo.heldout.after.reward_accuracy",
+           "dpo.heldout.after.margin", "dpo.train_seconds"],
     "07": ["n_models", "eval_seconds", "items_per_s"],
     "08": ["models", "prediction", "rep_layer", "rep_pairs", "seconds"],
 }

@@ -88,6 +88,22 @@ def test_evaluation_and_agreement_table(micro_run):
     assert md.count("\n|") >= len(rows) + 1
 
 
+def test_dpo_rows_with_and_without(micro_run):
+    """The toy profiles run DPO after instruction tuning: 07 and 08 hold the model without DPO
+    (the last SFT checkpoint) and with it (06's model/), scored apart."""
+    run = micro_run[0]
+    d = metrics(run, "06_instruction_tuning")["dpo"]
+    assert d["rows_07"] == {"without_dpo": "06_instruction_tuning-step-000008", "with_dpo": "06_instruction_tuning"}
+    assert d["pairs"]["source"] == "toy" and d["pairs"]["dropped_evaluated"] == 0 and d["heldout"]["after"]["n"] > 0
+    evals = {e["name"]: e for e in json.loads((run / "07_benchmark_eval" / "evals.json").read_text())}
+    without, with_ = evals[d["rows_07"]["without_dpo"]], evals["06_instruction_tuning"]
+    assert without["kind"] == "checkpoint" and with_["kind"] == "stage"
+    assert with_["seconds"] > 0                      # scored on its own, not reused as identical weights
+    assert (run / "06_instruction_tuning" / "sft_model").is_dir()
+    rows = json.loads((run / "08_agreement_analysis" / "summary.json").read_text())["rows"]
+    assert {r["model"] for r in rows} >= set(d["rows_07"].values())
+
+
 def test_controls_calibrate_the_instrument(micro_run):
     """The pipeline test of the instrument: if any stage between 02 and 08 broke the token map,
     the scoring or the pairing, the oracle would stop reading English and the deranged control

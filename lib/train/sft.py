@@ -21,6 +21,14 @@ model with its final ``model/``: greedy answers to a few prompts (``generations`
 loss, and exact match on held-out and seen records. With a chat vector the table gains the
 intermediate model: ``chat_vector_only`` (start + vector, before tuning) or ``sft_only`` (tuned,
 before the vector); checkpoints never include an ``after`` vector, only ``model/`` does.
+
+With ``dpo: true`` the tuned model (with an ``after`` vector, if any) moves to ``sft_model/`` and
+DPO on preference pairs (:mod:`lib.train.dpo`, pairs from :mod:`lib.preferences`) trains from it
+into ``dpo/checkpoints/``; its final model is ``model/``. The metrics gain ``dpo`` (held-out
+reward accuracy and margins per pair kind, before and after) and a ``dpo`` column in the
+generations and exact-match tables. SFT records held out above are never DPO pairs. 07 scores the
+last SFT checkpoint (``06_instruction_tuning-step-N``) and the DPO model (``06_instruction_tuning``):
+the rows without and with DPO (``metrics["dpo"]["rows_07"]``).
 """
 from __future__ import annotations
 
@@ -247,6 +255,8 @@ def run(cfg: Any) -> dict:
     from lib.model import load_model
     from lib.params import Config
     check_method(cfg)
+    from lib.train.dpo import check_dpo
+    check_dpo(cfg)
     use_cv = chat_vector_enabled(cfg)
     when = cfg.chat_vector_when if use_cv else None
     device = cfg.get("device", "auto")
@@ -299,6 +309,17 @@ def run(cfg: Any) -> dict:
         sft_only = generate(load_model(str(final_dir), device)[0], tok, template, requests, cfg.max_new_tokens)
         cv_report = _on_main(lambda: add_chat_vector(cfg, final_dir, final_dir))
     after = look(load_model(str(final_dir), device)[0])
+    dpo_metrics = dpo_after = None
+    if cfg.dpo:                  # the tuned model becomes sft_model/ and DPO's result model/
+        from lib.train import dpo
+        t_dpo = time.time()
+        sft_dir = _on_main(lambda: dpo.keep_sft_model(cfg.stage_dir)) or cfg.stage_dir / "sft_model"
+        out = dpo.train_dpo(cfg, sft_dir, template, exclude=[r["instruction"] for r in held_recs])
+        del out["model"]
+        _on_main(lambda: final_model(cfg, out["result"]))
+        dpo_after = look(load_model(str(final_dir), device)[0])
+        dpo_metrics = {**out["metrics"], "heldout_loss": dpo_after["held"], "seconds": time.time() - t_dpo,
+                       "rows_07": {"without_dpo": f"{cfg.stage}-step-{spec.steps:06d}", "with_dpo": cfg.stage}}
 
     generations = []
     for i, r in enumerate(requests):
@@ -309,6 +330,8 @@ def run(cfg: Any) -> dict:
         if sft_only is not None:
             row["sft_only"] = sft_only[i]
         row["after"] = after["gens"][i]
+        if dpo_after is not None:
+            row["dpo"] = dpo_after["gens"][i]
         generations.append(row)
     losses = [h for h in result["history"] if "loss" in h]
     evals = result["evals"]
@@ -331,7 +354,9 @@ def run(cfg: Any) -> dict:
                    "lr": [h["lr"] for h in losses], "eval_step": [e["step"] for e in evals],
                    **{f"eval_{k}": [e["eval"][k] for e in evals] for k in (evals[0]["eval"] if evals else {})}},
         "generations": generations,
-        "exact_match": {k: {"before": before["match"][k], "after": after["match"][k]} for k in match_sets},
+        "exact_match": {k: {"before": before["match"][k], "after": after["match"][k],
+                            **({"dpo": dpo_after["match"][k]} if dpo_after else {})} for k in match_sets},
+        "dpo": dpo_metrics,
         "chat_vector": (None if cv_report is None else
                         {"when": when, "base": cfg.chat_vector_base, "instruct": cfg.chat_vector_instruct,
                          "weight": cfg.chat_vector_weight, **summary(cv_report), "report": cv_report}),

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from lib import evaltasks as ET
+from lib import extratasks as XT
 from lib import paths
 from lib.outputs import atomic_dir, read_json, write_json, write_text
 
@@ -411,13 +412,19 @@ def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping
 def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *, device: str = "auto",
                    batch_size: int = 16, num_fewshot: int = 0, limit: int = 0, seed: int = 0,
                    keys: Mapping[str, Any] | None = None, keep: Mapping[str, Mapping] | None = None,
-                   order: Sequence[str] | None = None) -> dict[str, Any]:
+                   order: Sequence[str] | None = None, extras: Sequence[XT.Extra] = (),
+                   extra_keys: Mapping[str, Any] | None = None, extra_keep: Mapping[str, Mapping] | None = None,
+                   extra_order: Sequence[str] | None = None) -> dict[str, Any]:
     """Load, score every pair of ``pairs`` in both languages (``keep``: stored pairs carried over), write ``results/<name>/`` and return the entry::
 
         {"name", "kind", "stage", "step", "path",
          "tasks": {pair: {"en": {"acc", "acc_norm", "acc_mutual_info", "rule", "n",
                                  "samples": <absolute path>}, "ko": {...}}},
          "seconds"}
+
+    With ``extras`` (or ``extra_keep``) the same loaded model also scores those extra tasks
+    (:mod:`lib.extratasks`, stored under ``extra/<name>/``) and the entry gets ``"extra"``;
+    with no pairs to score, the entry is only ``{"extra": ...}`` (the caller keeps the pairs).
     """
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -435,10 +442,16 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
             # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
             lm = HFLM(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
                       softmax_dtype="float32")
-            res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
-                              limit=limit, seed=seed, device=str(dev))
-            entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
-                                        hflm_token_counter(lm), keep=keep, order=order)
+            res, entry = {}, {}
+            if pairs:
+                res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
+                                  limit=limit, seed=seed, device=str(dev))
+                entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
+                                            hflm_token_counter(lm), keep=keep, order=order)
+            if extras or extra_keep:
+                entry["extra"] = XT.score(lm, m.name, extras, stage_dir, extra_keys or {}, extra_keep, extra_order,
+                                          batch_size=batch_size, num_fewshot=num_fewshot, limit=limit,
+                                          seed=seed, device=str(dev))
     finally:
         del model
         lm = None
@@ -496,18 +509,23 @@ def plan_model(stored: Mapping[str, Any] | None, keys: Mapping[str, Mapping[str,
 
 def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *,
                  device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
-                 seed: int = 0, progress: bool = True, rescore_changed: bool = False) -> list[dict[str, Any]]:
+                 seed: int = 0, progress: bool = True, rescore_changed: bool = False,
+                 extras: Sequence[XT.Extra] = ()) -> list[dict[str, Any]]:
     """Score what is not stored yet, per (model, pair): a new model, a new pair, new settings or
     a new checkpoint is scored, everything else kept; rewrite ``evals.json`` after each model.
     A pair whose prompts or data changed since it was stored raises :class:`ChangedTask` (before
-    anything is scored) unless ``rescore_changed``; then only that pair is scored again."""
+    anything is scored) unless ``rescore_changed``; then only that pair is scored again.
+    ``extras`` (:mod:`lib.extratasks`) follow the same rules per (model, extra task), scored with
+    the same loaded model; each entry then has ``"extra": {task: ...}``."""
     from tqdm.auto import tqdm
     stage_dir = Path(stage_dir)
-    for stale in (stage_dir / "results").glob(".*.tmp*"):   # a killed run's half-written folder
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*(stage_dir / "results").glob(".*.tmp*"), *(stage_dir / XT.STORE).glob(".*.tmp*")]:
+        shutil.rmtree(stale, ignore_errors=True)    # a killed run's half-written folder
     tasks, settings = task_digests(pairs), settings_digest(num_fewshot, limit, seed)
     plans = {m.name: (result_keys(m, tasks, settings), stored_entry(stage_dir, m.name)) for m in models}
-    changed = sorted({p for keys, st in plans.values() for p in plan_model(st, keys)[2]})
+    xdig = {x.name: x.digest for x in extras}
+    xplans = {m.name: (result_keys(m, xdig, settings), XT.stored(stage_dir, m.name)) for m in models}
+    changed = sorted({p for keys, st in [*plans.values(), *xplans.values()] for p in plan_model(st, keys)[2]})
     if changed and not rescore_changed:
         raise ChangedTask(f"{stage_dir}: the prompts or data of {', '.join(changed)} changed since their "
                           "results were stored. Nothing was scored. Set rescore_changed: true in "
@@ -520,19 +538,30 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
         bar.set_postfix_str(m.name)
         keys, stored = plans[m.name]
         kept, todo, _ = plan_model(stored, keys)
-        if not todo:
+        xkeys, xstored = xplans[m.name]
+        xkept, xtodo, _ = plan_model(xstored, xkeys)
+        if not todo and not xtodo:
             entry = {**{k: v for k, v in stored.items() if k != "keys"},
                      "tasks": {p: stored["tasks"][p] for p in pairs}}
+            if extras:
+                entry["extra"] = {x.name: xstored["tasks"][x.name] for x in extras}
             bar.write(f"{m.name}: every task already scored with these settings, kept")
-        elif m.same_as in done and not kept:
+        elif m.same_as in done and not kept and not xkept:
             entry = _reuse(m, done[m.same_as], stage_dir, keys)
+            if extras:
+                entry["extra"] = XT.reuse(m.name, m.same_as, stage_dir, xkeys)
             bar.write(f"{m.name}: same weights as {m.same_as}, its results reused")
         else:
-            if kept:
-                bar.write(f"{m.name}: scoring {', '.join(todo)}; kept {', '.join(kept)}")
+            if kept or xkept:
+                bar.write(f"{m.name}: scoring {', '.join(todo + xtodo)}; kept {', '.join([*kept, *xkept])}")
             entry = evaluate_model(m, {p: pairs[p] for p in todo}, stage_dir, device=device,
                                    batch_size=batch_size, num_fewshot=num_fewshot, limit=limit, seed=seed,
-                                   keys=keys, keep=kept, order=list(pairs))
+                                   keys=keys, keep=kept, order=list(pairs),
+                                   extras=[x for x in extras if x.name in xtodo], extra_keys=xkeys,
+                                   extra_keep=xkept, extra_order=list(xdig))
+            if not todo:         # only extra tasks were scored: the stored pairs stay as they are
+                entry = {**{k: v for k, v in stored.items() if k != "keys"},
+                         "tasks": {p: stored["tasks"][p] for p in pairs}, "extra": entry["extra"]}
         done[m.name] = entry
         manifest.append(entry)
         write_json(stage_dir / "evals.json", manifest)

@@ -80,6 +80,12 @@ def paired_delta(model: np.ndarray, base: np.ndarray, n_boot: int = 1000, seed: 
     return out
 
 
+def base_name(cfg: Any) -> str:
+    """The base model's name among 07's models (``baseline-toy`` for ``base_model: toy``)."""
+    from lib.evaluate import baseline_name
+    return baseline_name(cfg.base_model, "" if cfg.base_model == "toy" else cfg.source(cfg.base_model))
+
+
 def base_entry(entries: Sequence[Mapping], base: str) -> Mapping:
     hits = [e for e in entries if e["name"] == base]
     if not hits:
@@ -154,6 +160,12 @@ def markdown(rows: Sequence[Mapping], digits: int = 3) -> str:
     return ("\n".join(lines) + f"\n\nEach cell: {base} → this model on the same items: the change "
             "(model - base) [bootstrap 95% interval of the paired per-item difference]. English tasks: "
             "retention; Korean tasks: gain.\n")
+
+
+def section(rows: Sequence[Mapping]) -> str:
+    """The table with a heading, for the end of 08's ``summary.md`` ("" when there are no extra tasks)."""
+    table = markdown(rows)
+    return f"\n\n### Extra tasks: change from the base model\n\n{table}" if table else ""
 
 
 def delta_figure(rows: Sequence[Mapping], path: str | Path | None = None):

@@ -8,6 +8,8 @@ on every task of :mod:`lib.evaltasks` in one ``simple_evaluate`` call, then free
     <stage>/results/<name>/results.json             lm-eval's results (config, versions, seeds, n-samples)
     <stage>/results/<name>/samples_<pair>_<lang>.jsonl   per-sample records (doc with "id", logliks, acc)
     <stage>/results/<name>/eval.json                this model's manifest entry; written last = done
+    <stage>/extra/<name>/                           the extra tasks (``extras=``, :mod:`lib.extratasks`),
+                                                    scored with the same loaded model; extra.json last
 
 and for the stage: ``evals.json`` (the manifest: one entry per model, see :func:`evaluate_model`),
 ``results.csv`` / ``results.md`` (one row per model and pair). A model whose ``eval.json`` exists

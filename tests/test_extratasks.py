@@ -297,3 +297,52 @@ def test_delta_rows_markdown_and_figure(tmp_path):
     with pytest.raises(ValueError, match="1 items are scored for only one"):
         xd.delta_rows([base, short], "baseline-toy")
     assert xd.delta_rows([{**base, "extra": {}}], "baseline-toy") == []
+
+
+# ---------------------------------------------------------------------------- lib.check
+
+
+def real_model_profile(tmp_path: Path, tiny_assets, extra: str) -> Path:
+    en = write_jsonl(tmp_path / "en.jsonl", [{"id": "q", "question": "Which animal sees the river?",
+                                              "choices": {"text": ["cat", "dog"], "label": ["A", "B"]}, "answerKey": "A"}])
+    ko = write_jsonl(tmp_path / "ko.jsonl", [{"id": "q", "question": "어느 동물이 강을 보나요?",
+                                              "choices": {"text": ["고양이", "개"], "label": ["A", "B"]}, "answerKey": "A"}])
+    f = tmp_path / "p.yaml"
+    f.write_text(f"common:\n  base_model: {tiny_assets['model']}\n07_benchmark_eval:\n  baselines: []\n"
+                 f"  tasks: {{t: {{en: {en}, ko: {ko}, format: arc}}}}\n{extra}", encoding="utf-8")
+    return f
+
+
+def test_check_names_missing_yamls_toy_tasks_without_a_toy_world_and_stray_metrics(tmp_path, tiny_assets):
+    from lib.check import check_profile
+    from lib.params import load_profile
+    good = mc_task(tmp_path / "t", "tiny_mc", ROWS)
+    f = real_model_profile(tmp_path, tiny_assets, f"  extra_tasks: {{en: [{good}, {tmp_path}/nope.yaml], "
+                                                  "ko: [toy:ko_syntax]}\n  extra_metric: {tiny_mc: acc, other: acc}\n")
+    problems = check_profile(load_profile(f), ["07_benchmark_eval"])
+    assert problems == [
+        f"{f}:6: 07_benchmark_eval.extra_tasks: file not found: {tmp_path}/nope.yaml",
+        f"{f}:6: 07_benchmark_eval.extra_tasks: 'toy:ko_syntax' is built from 00_toy_world's files, and this "
+        "run has none: leave toy: tasks out of a real model's profile"]
+    f = real_model_profile(tmp_path, tiny_assets, f"  extra_tasks: {{en: [{good}]}}\n  extra_metric: {{other: acc}}\n")
+    assert check_profile(load_profile(f), ["07_benchmark_eval"]) == [
+        f"{f}:7: 07_benchmark_eval.extra_metric: names ['other'], which are not in extra_tasks"]
+    f = real_model_profile(tmp_path, tiny_assets, "  extra_tasks: {fr: [hellaswag]}\n")
+    (problem,) = check_profile(load_profile(f), ["07_benchmark_eval"])
+    assert problem.startswith(f"{f}:6: 07_benchmark_eval.extra_tasks: unknown language keys ['fr']")
+    f = real_model_profile(tmp_path, tiny_assets, f"  extra_tasks: {{en: [{good}]}}\n  extra_metric: {{tiny_mc: acc}}\n")
+    assert check_profile(load_profile(f), ["07_benchmark_eval"]) == []
+
+
+@pytest.mark.slow
+def test_check_finds_task_names_missing_from_lm_evals_index(tmp_path, tiny_assets):
+    from lib.check import check_profile
+    from lib.params import load_profile
+    f = real_model_profile(tmp_path, tiny_assets, "  extra_tasks: {en: [hellaswag, mmlu, hellaswag_typo], "
+                                                  "ko: [kobest_copa, kmmlu]}\n")
+    (problem,) = check_profile(load_profile(f), ["07_benchmark_eval"])
+    assert problem.startswith(f"{f}:6: 07_benchmark_eval.extra_tasks: 'hellaswag_typo' not in lm-eval's task index")
+    prof = load_profile(Path(__file__).parents[1] / "params" / "a6000.yaml")
+    from lib.params import stage_params
+    extra = stage_params(prof, "07_benchmark_eval", "x")["extra_tasks"]
+    assert XT.unknown_names(extra["en"] + extra["ko"]) == [] and len(extra["en"]) >= 3 and len(extra["ko"]) >= 3

@@ -551,8 +551,13 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
         elif m.same_as in done and not kept and not xkept:
             entry = _reuse(m, done[m.same_as], stage_dir, keys)
             if extras:
-                entry["extra"] = XT.reuse(m.name, m.same_as, stage_dir, xkeys)
+                entry["extra"] = XT.reuse(m.name, m.same_as, done[m.same_as]["extra"], stage_dir, xkeys)
             bar.write(f"{m.name}: same weights as {m.same_as}, its results reused")
+        elif not todo and m.same_as in done and not xkept:
+            entry = {**{k: v for k, v in stored.items() if k != "keys"},
+                     "tasks": {p: stored["tasks"][p] for p in pairs},
+                     "extra": XT.reuse(m.name, m.same_as, done[m.same_as]["extra"], stage_dir, xkeys)}
+            bar.write(f"{m.name}: same weights as {m.same_as}, its extra-task results reused")
         else:
             if kept or xkept:
                 bar.write(f"{m.name}: scoring {', '.join(todo + xtodo)}; kept {', '.join([*kept, *xkept])}")

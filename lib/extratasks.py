@@ -409,10 +409,11 @@ def write_results(model: str, extras: Sequence[Extra], res: Mapping[str, Any] | 
     return out
 
 
-def reuse(model: str, source: str, stage_dir: str | Path, keys: Mapping[str, Any]) -> dict[str, Any]:
-    """``model``'s extra results as a copy of an identical model's (same weights)."""
+def reuse(model: str, source: str, tasks: Mapping[str, Mapping], stage_dir: str | Path,
+          keys: Mapping[str, Any]) -> dict[str, Any]:
+    """``model``'s extra results as a copy of an identical model's (same weights): ``tasks`` is
+    the source's manifest ``extra`` (the tasks to copy)."""
     src, final = Path(stage_dir) / STORE / source, Path(stage_dir) / STORE / model
-    tasks = read_json(src / ENTRY)["tasks"]
     out = {}
     with atomic_dir(final, overwrite=True) as tmp:
         for name, t in tasks.items():

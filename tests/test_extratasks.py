@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from lib import evaluate as E
 from lib import extradelta as xd
 from lib import extratasks as XT
 from lib import toyextra
-from tests.test_evaluate import arc_pair, write_jsonl
+from tests.test_evaluate import arc_pair, done, write_jsonl
 
 TRAINED = ["Minsu lives in Busan.", "Jiho and Mina are friends."]
 HELDOUT = ["Minsu and Jiho are friends.",        # fine
@@ -169,7 +170,12 @@ def test_extra_tasks_scored_stored_and_added_incrementally(tmp_path, tiny_assets
                                        "aggregate_metric_list:\n  - metric: acc\n    weight_by_size: true\n")
     sd = tmp_path / "st"
     pairs = ET.write_tasks({"tiny": arc_pair(tmp_path / "data")}, sd / "tasks")
-    models = E.baseline_models([str(tiny_assets["model"])], str)
+    run = tmp_path / "run"
+    ckpt = run / "04_stage2_lm_head/checkpoints/step-000002/model"
+    shutil.copytree(tiny_assets["model"], ckpt)
+    shutil.copytree(ckpt, run / "04_stage2_lm_head/model")       # the final model: same weights
+    done(run / "04_stage2_lm_head")
+    models = E.baseline_models([str(tiny_assets["model"])], str) + E.stage_models(run)
     extras = XT.resolve({"en": [str(one)], "ko": [str(grp_dir / "_grp.yaml")]}, {"tiny_mc": "acc"},
                         tmp_path, sd / XT.TASKS_DIR)
     assert [(x.name, x.lang, x.kind, x.metric) for x in extras] == [("tiny_mc", "en", "yaml", "acc"),
@@ -177,8 +183,16 @@ def test_extra_tasks_scored_stored_and_added_incrementally(tmp_path, tiny_assets
     calls = []
     real_run = XT.run_extra
     monkeypatch.setattr(XT, "run_extra", lambda lm, xs, **k: calls.append([x.name for x in xs]) or real_run(lm, xs, **k))
+    before = E.evaluate_all(models, pairs, sd, device="cpu", batch_size=4, progress=False)   # pairs only
+    assert all("extra" not in e for e in before) and not (sd / "extra").exists()
+    # extras added to a finished run: scored alone (pairs kept), the final model reuses its checkpoint's
     manifest = E.evaluate_all(models, pairs, sd, device="cpu", batch_size=4, progress=False, extras=extras)
-    assert calls == [["tiny_mc", "tiny_group"]]
+    assert calls == [["tiny_mc", "tiny_group"]] * 2
+    assert [e["tasks"] for e in manifest] == [e["tasks"] for e in before]
+    final = manifest[2]
+    assert final["extra"]["tiny_mc"]["value"] == manifest[1]["extra"]["tiny_mc"]["value"]
+    assert final["extra"]["tiny_mc"]["seconds"] == 0.0
+    assert Path(final["extra"]["tiny_mc"]["samples"]["tiny_mc"]).parent == sd / "extra" / "04_stage2_lm_head"
     ex = manifest[0]["extra"]
     assert list(ex) == ["tiny_mc", "tiny_group"]
     assert ex["tiny_mc"]["metric"] == "acc,none" and ex["tiny_group"]["metric"] == "acc_norm,none"
@@ -209,7 +223,7 @@ def test_extra_tasks_scored_stored_and_added_incrementally(tmp_path, tiny_assets
     more = XT.resolve({"en": [str(one), str(two)], "ko": [str(grp_dir / "_grp.yaml")]}, {"tiny_mc": "acc"},
                       tmp_path, sd / XT.TASKS_DIR)
     grown = E.evaluate_all(models, pairs, sd, device="cpu", batch_size=4, progress=False, extras=more)
-    assert scored == [([], ["tiny_mc2"])] and calls == [["tiny_mc2"]]
+    assert scored == [([], ["tiny_mc2"])] * 3 and calls == [["tiny_mc2"]] * 3
     assert grown[0]["tasks"] == manifest[0]["tasks"] and grown[0]["seconds"] == manifest[0]["seconds"]
     assert list(grown[0]["extra"]) == ["tiny_mc", "tiny_mc2", "tiny_group"]
     assert grown[0]["extra"]["tiny_mc"] == manifest[0]["extra"]["tiny_mc"]
@@ -221,7 +235,7 @@ def test_extra_tasks_scored_stored_and_added_incrementally(tmp_path, tiny_assets
     with pytest.raises(E.ChangedTask, match="tiny_mc2 changed"):
         E.evaluate_all(models, pairs, sd, device="cpu", progress=False, extras=edited)
     E.evaluate_all(models, pairs, sd, device="cpu", progress=False, extras=edited, rescore_changed=True)
-    assert scored == [([], ["tiny_mc2"])]
+    assert scored == [([], ["tiny_mc2"])] * 3
 
 
 @pytest.mark.slow

@@ -512,21 +512,23 @@ def plan_model(stored: Mapping[str, Any] | None, keys: Mapping[str, Mapping[str,
 def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *,
                  device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
                  seed: int = 0, progress: bool = True, rescore_changed: bool = False,
-                 extras: Sequence[XT.Extra] = ()) -> list[dict[str, Any]]:
+                 extras: Sequence[XT.Extra] = (), extra_checkpoints: bool = True) -> list[dict[str, Any]]:
     """Score what is not stored yet, per (model, pair): a new model, a new pair, new settings or
     a new checkpoint is scored, everything else kept; rewrite ``evals.json`` after each model.
     A pair whose prompts or data changed since it was stored raises :class:`ChangedTask` (before
     anything is scored) unless ``rescore_changed``; then only that pair is scored again.
     ``extras`` (:mod:`lib.extratasks`) follow the same rules per (model, extra task), scored with
-    the same loaded model; each entry then has ``"extra": {task: ...}``."""
+    the same loaded model; each entry then has ``"extra": {task: ...}`` (with ``extra_checkpoints``
+    False, every entry but the intermediate checkpoints)."""
     from tqdm.auto import tqdm
     stage_dir = Path(stage_dir)
     for stale in [*(stage_dir / "results").glob(".*.tmp*"), *(stage_dir / XT.STORE).glob(".*.tmp*")]:
         shutil.rmtree(stale, ignore_errors=True)    # a killed run's half-written folder
     tasks, settings = task_digests(pairs), settings_digest(num_fewshot, limit, seed)
     plans = {m.name: (result_keys(m, tasks, settings), stored_entry(stage_dir, m.name)) for m in models}
-    xdig = {x.name: x.digest for x in extras}
-    xplans = {m.name: (result_keys(m, xdig, settings), XT.stored(stage_dir, m.name)) for m in models}
+    mx = {m.name: [x for x in extras if extra_checkpoints or m.kind != "checkpoint"] for m in models}
+    xplans = {m.name: (result_keys(m, {x.name: x.digest for x in mx[m.name]}, settings),
+                       XT.stored(stage_dir, m.name)) for m in models}
     changed = sorted({p for keys, st in [*plans.values(), *xplans.values()] for p in plan_model(st, keys)[2]})
     if changed and not rescore_changed:
         raise ChangedTask(f"{stage_dir}: the prompts or data of {', '.join(changed)} changed since their "
@@ -542,33 +544,40 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
         kept, todo, _ = plan_model(stored, keys)
         xkeys, xstored = xplans[m.name]
         xkept, xtodo, _ = plan_model(xstored, xkeys)
+        mine = mx[m.name]
+        src_extra = done.get(m.same_as, {}).get("extra") if m.same_as else None
         if not todo and not xtodo:
+            bar.write(f"{m.name}: every task already scored with these settings, kept")
+        # the pairs: stored, copied from a model with the same weights, or scored (entry None)
+        entry = None
+        if not todo:
             entry = {**{k: v for k, v in stored.items() if k != "keys"},
                      "tasks": {p: stored["tasks"][p] for p in pairs}}
-            if extras:
-                entry["extra"] = {x.name: xstored["tasks"][x.name] for x in extras}
-            bar.write(f"{m.name}: every task already scored with these settings, kept")
-        elif m.same_as in done and not kept and not xkept:
+        elif m.same_as in done and not kept:
             entry = _reuse(m, done[m.same_as], stage_dir, keys)
-            if extras:
-                entry["extra"] = XT.reuse(m.name, m.same_as, done[m.same_as]["extra"], stage_dir, xkeys)
             bar.write(f"{m.name}: same weights as {m.same_as}, its results reused")
-        elif not todo and m.same_as in done and not xkept:
-            entry = {**{k: v for k, v in stored.items() if k != "keys"},
-                     "tasks": {p: stored["tasks"][p] for p in pairs},
-                     "extra": XT.reuse(m.name, m.same_as, done[m.same_as]["extra"], stage_dir, xkeys)}
+        # the extra tasks, the same way (extra None: scored with the pairs' loaded model)
+        extra = {}
+        if xtodo and not xkept and src_extra is not None and list(src_extra) == [x.name for x in mine]:
+            extra = XT.reuse(m.name, m.same_as, src_extra, stage_dir, xkeys)
             bar.write(f"{m.name}: same weights as {m.same_as}, its extra-task results reused")
-        else:
+        elif xtodo:
+            extra = None
+        elif mine:
+            extra = {x.name: xstored["tasks"][x.name] for x in mine}
+        if entry is None or extra is None:
             if kept or xkept:
                 bar.write(f"{m.name}: scoring {', '.join(todo + xtodo)}; kept {', '.join([*kept, *xkept])}")
-            entry = evaluate_model(m, {p: pairs[p] for p in todo}, stage_dir, device=device,
-                                   batch_size=batch_size, num_fewshot=num_fewshot, limit=limit, seed=seed,
-                                   keys=keys, keep=kept, order=list(pairs),
-                                   extras=[x for x in extras if x.name in xtodo], extra_keys=xkeys,
-                                   extra_keep=xkept, extra_order=list(xdig))
-            if not todo:         # only extra tasks were scored: the stored pairs stay as they are
-                entry = {**{k: v for k, v in stored.items() if k != "keys"},
-                         "tasks": {p: stored["tasks"][p] for p in pairs}, "extra": entry["extra"]}
+            scored = evaluate_model(m, {p: pairs[p] for p in todo} if entry is None else {}, stage_dir,
+                                    device=device, batch_size=batch_size, num_fewshot=num_fewshot, limit=limit,
+                                    seed=seed, keys=keys, keep=kept, order=list(pairs),
+                                    extras=[x for x in mine if x.name in xtodo] if extra is None else [],
+                                    extra_keys=xkeys, extra_keep=xkept if extra is None else None,
+                                    extra_order=[x.name for x in mine])
+            entry = scored if entry is None else entry
+            extra = scored["extra"] if extra is None else extra
+        if mine:
+            entry["extra"] = extra
         done[m.name] = entry
         manifest.append(entry)
         write_json(stage_dir / "evals.json", manifest)

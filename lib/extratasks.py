@@ -439,3 +439,42 @@ def table_rows(manifest: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     return [{"model": e["name"], "stage": e["stage"], "step": e["step"], "task": t, "lang": v["lang"],
              "metric": v["metric"], "value": v["value"], "lm_eval": v["lm_eval"], "n": v["n"]}
             for e in manifest for t, v in (e.get("extra") or {}).items()]
+
+
+# ---------------------------------------------------------------------------- planning (lib.plan)
+
+# Approximate evaluation size of common lm-eval tasks: (items, options per item, leaf subtasks),
+# for lib.plan's time estimate only (unknown tasks count as UNKNOWN_SIZE).
+KNOWN_SIZES: dict[str, tuple[int, int, int]] = {
+    "hellaswag": (10042, 4, 1), "truthfulqa_mc2": (817, 7, 1), "arc_easy": (2376, 4, 1),
+    "arc_challenge": (1172, 4, 1), "mmlu": (14042, 4, 57), "winogrande": (1267, 2, 1), "piqa": (1838, 2, 1),
+    "kobest_boolq": (1404, 2, 1), "kobest_copa": (1000, 2, 1), "kobest_hellaswag": (500, 4, 1),
+    "kobest_sentineg": (397, 2, 1), "kobest_wic": (1260, 2, 1), "kmmlu": (35030, 4, 45)}
+UNKNOWN_SIZE = (1000, 4, 1)
+
+
+def planned_requests(extra_tasks: Any, limit: int, path_of) -> tuple[int, list[str]]:
+    """``(requests, notes)``: the option log-likelihoods one model's extra tasks ask for, roughly
+    (``path_of`` resolves a path parameter; local files are counted, known names looked up)."""
+    total, guessed = 0, []
+    for _, spec in entries(extra_tasks):
+        kind = kind_of(spec)
+        if kind == "toy":
+            f = path_of("{toy}/" + toyextra.TASKS[toyextra.check_name(spec)][0])
+            items, options, leaves_n = (sum(1 for _ in f.open(encoding="utf-8")) if f.is_file() else 200), 2, 1
+        elif kind == "yaml":
+            f = path_of(spec)
+            files = [Path(d) for d in _data_files(_load_yaml(f))] if f.is_file() else []
+            items = sum(sum(1 for _ in d.open(encoding="utf-8")) for d in files if d.is_file()) or UNKNOWN_SIZE[0]
+            options, leaves_n = UNKNOWN_SIZE[1:]
+        else:
+            if spec not in KNOWN_SIZES:
+                guessed.append(spec)
+            items, options, leaves_n = KNOWN_SIZES.get(spec, UNKNOWN_SIZE)
+        if limit:
+            items = min(items, limit * leaves_n)
+        total += items * options
+    notes = [f"extra tasks: {total:,} requests per model"] if total else []
+    if guessed:
+        notes.append(f"sizes of {', '.join(guessed)} unknown: counted as {UNKNOWN_SIZE[0]:,} items")
+    return total, notes

@@ -236,6 +236,15 @@ def test_extra_tasks_scored_stored_and_added_incrementally(tmp_path, tiny_assets
         E.evaluate_all(models, pairs, sd, device="cpu", progress=False, extras=edited)
     E.evaluate_all(models, pairs, sd, device="cpu", progress=False, extras=edited, rescore_changed=True)
     assert scored == [([], ["tiny_mc2"])] * 3
+    # extra_checkpoints=False: every model but the intermediate checkpoints (the final model scores its own)
+    scored.clear()
+    sd2 = tmp_path / "st2"
+    ET.write_tasks({"tiny": arc_pair(tmp_path / "data")}, sd2 / "tasks")
+    few = E.evaluate_all(models, pairs, sd2, device="cpu", batch_size=4, progress=False, extras=edited[:1],
+                         extra_checkpoints=False)
+    assert [("extra" in e, e["kind"]) for e in few] == [(True, "baseline"), (False, "checkpoint"), (True, "stage")]
+    assert scored == [(["tiny"], ["tiny_mc"]), (["tiny"], []), ([], ["tiny_mc"])]   # its pairs: copied
+    assert few[2]["tasks"]["tiny"]["en"]["acc"] == few[1]["tasks"]["tiny"]["en"]["acc"]
 
 
 @pytest.mark.slow

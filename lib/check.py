@@ -134,6 +134,8 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "dpo_beta": _range(0, lo_open=True), "dpo_lr": _range(0, lo_open=True), "dpo_heldout": _range(0, 1, hi_open=True),
     "dpo_batch_size": _range(1), "dpo_grad_accum": _range(1), "dpo_steps": _range(1),
     "prediction": _raises(_prediction),
+    "extra_tasks": _raises(lambda v: importlib.import_module("lib.extratasks").check(v)),
+    "extra_metric": _raises(lambda v: importlib.import_module("lib.extratasks").check_metrics(v)),
     "schedule": _train_spec("schedule"),
     "report_to": _train_spec("report_to"),
     "steps": _train_spec("steps"),
@@ -439,6 +441,45 @@ def _tasks(st: _Stage) -> None:
             st.lang("tasks", pair.sources[lang].path, lang, text)
 
 
+def _extra_tasks(st: _Stage) -> None:
+    """07's extra tasks: local YAMLs exist and name a task, toy tasks have a toy world, and names
+    are in lm-eval's default index (built, ~12 s, only when some entry is a name)."""
+    from lib import extratasks as XT
+    from lib import toyextra
+    try:
+        items = XT.entries(st.values["extra_tasks"])
+    except XT.ExtraTaskError:
+        return                              # reported by the value rule
+    names, known, unread = [], {spec for _, spec in items}, False
+    for lang, spec in items:
+        kind = XT.kind_of(spec)
+        if kind == "name":
+            names.append(spec)
+        elif kind == "toy":
+            known.add(toyextra.task_name(toyextra.check_name(spec)))
+            built = (paths.stage_dir(st.run, paths.TOY_STAGE) / "DONE").exists()
+            if paths.TOY_STAGE not in st.planned and not built:
+                st.problem("extra_tasks", f"{spec!r} is built from {paths.TOY_STAGE}'s files, and this run "
+                                          "has none: " + ("run 00 first" if st.toy_profile() else
+                                                          "leave toy: tasks out of a real model's profile"))
+        elif (path := st.file("extra_tasks", spec)) is None:
+            unread = True
+        else:
+            try:
+                known.add(XT.yaml_task_name(path))
+            except XT.ExtraTaskError as e:
+                st.problem("extra_tasks", str(e))
+    if names:
+        unknown = XT.unknown_names(names)
+        if unknown:
+            st.problem("extra_tasks", f"{', '.join(map(repr, unknown))} not in lm-eval's task index "
+                                      f"(lm_eval {XT.lm_eval_version()}): check the spelling (`lm_eval ls "
+                                      "tasks`) or give the path of a task YAML")
+    stray = [] if unread else [k for k in st.values["extra_metric"] if k not in known]
+    if stray:
+        st.problem("extra_metric", f"names {stray}, which are not in extra_tasks")
+
+
 def _oracle_needs_a_clone(st: _Stage) -> None:
     """02's oracle init and controls need 00's word map, which only the clone styles write."""
     wants = st.values.get("controls") or st.values.get("init") in ("oracle", "oracle_deranged")
@@ -581,6 +622,7 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
         _instructions(st)
     if stage == "07_benchmark_eval":
         _tasks(st)
+        _extra_tasks(st)
 
 
 def check_profile(prof: Profile, stages: list[str], run: str | None = None) -> list[str]:

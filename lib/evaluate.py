@@ -8,6 +8,8 @@ on every task of :mod:`lib.evaltasks` in one ``simple_evaluate`` call, then free
     <stage>/results/<name>/results.json             lm-eval's results (config, versions, seeds, n-samples)
     <stage>/results/<name>/samples_<pair>_<lang>.jsonl   per-sample records (doc with "id", logliks, acc)
     <stage>/results/<name>/eval.json                this model's manifest entry; written last = done
+    <stage>/extra/<name>/                           the extra tasks (``extras=``, :mod:`lib.extratasks`),
+                                                    scored with the same loaded model; extra.json last
 
 and for the stage: ``evals.json`` (the manifest: one entry per model, see :func:`evaluate_model`),
 ``results.csv`` / ``results.md`` (one row per model and pair). A model whose ``eval.json`` exists
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 from lib import evaltasks as ET
+from lib import extratasks as XT
 from lib import paths
 from lib.outputs import atomic_dir, read_json, write_json, write_text
 
@@ -411,13 +414,19 @@ def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping
 def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *, device: str = "auto",
                    batch_size: int = 16, num_fewshot: int = 0, limit: int = 0, seed: int = 0,
                    keys: Mapping[str, Any] | None = None, keep: Mapping[str, Mapping] | None = None,
-                   order: Sequence[str] | None = None) -> dict[str, Any]:
+                   order: Sequence[str] | None = None, extras: Sequence[XT.Extra] = (),
+                   extra_keys: Mapping[str, Any] | None = None, extra_keep: Mapping[str, Mapping] | None = None,
+                   extra_order: Sequence[str] | None = None) -> dict[str, Any]:
     """Load, score every pair of ``pairs`` in both languages (``keep``: stored pairs carried over), write ``results/<name>/`` and return the entry::
 
         {"name", "kind", "stage", "step", "path",
          "tasks": {pair: {"en": {"acc", "acc_norm", "acc_mutual_info", "rule", "n",
                                  "samples": <absolute path>}, "ko": {...}}},
          "seconds"}
+
+    With ``extras`` (or ``extra_keep``) the same loaded model also scores those extra tasks
+    (:mod:`lib.extratasks`, stored under ``extra/<name>/``) and the entry gets ``"extra"``;
+    with no pairs to score, the entry is only ``{"extra": ...}`` (the caller keeps the pairs).
     """
     import torch
     from lm_eval.models.huggingface import HFLM
@@ -435,10 +444,16 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
             # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
             lm = HFLM(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
                       softmax_dtype="float32")
-            res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
-                              limit=limit, seed=seed, device=str(dev))
-            entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
-                                        hflm_token_counter(lm), keep=keep, order=order)
+            res, entry = {}, {}
+            if pairs:
+                res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
+                                  limit=limit, seed=seed, device=str(dev))
+                entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
+                                            hflm_token_counter(lm), keep=keep, order=order)
+            if extras or extra_keep:
+                entry["extra"] = XT.score(lm, m.name, extras, stage_dir, extra_keys or {}, extra_keep, extra_order,
+                                          batch_size=batch_size, num_fewshot=num_fewshot, limit=limit,
+                                          seed=seed, device=str(dev))
     finally:
         del model
         lm = None
@@ -496,18 +511,25 @@ def plan_model(stored: Mapping[str, Any] | None, keys: Mapping[str, Mapping[str,
 
 def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *,
                  device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
-                 seed: int = 0, progress: bool = True, rescore_changed: bool = False) -> list[dict[str, Any]]:
+                 seed: int = 0, progress: bool = True, rescore_changed: bool = False,
+                 extras: Sequence[XT.Extra] = (), extra_checkpoints: bool = True) -> list[dict[str, Any]]:
     """Score what is not stored yet, per (model, pair): a new model, a new pair, new settings or
     a new checkpoint is scored, everything else kept; rewrite ``evals.json`` after each model.
     A pair whose prompts or data changed since it was stored raises :class:`ChangedTask` (before
-    anything is scored) unless ``rescore_changed``; then only that pair is scored again."""
+    anything is scored) unless ``rescore_changed``; then only that pair is scored again.
+    ``extras`` (:mod:`lib.extratasks`) follow the same rules per (model, extra task), scored with
+    the same loaded model; each entry then has ``"extra": {task: ...}`` (with ``extra_checkpoints``
+    False, every entry but the intermediate checkpoints)."""
     from tqdm.auto import tqdm
     stage_dir = Path(stage_dir)
-    for stale in (stage_dir / "results").glob(".*.tmp*"):   # a killed run's half-written folder
-        shutil.rmtree(stale, ignore_errors=True)
+    for stale in [*(stage_dir / "results").glob(".*.tmp*"), *(stage_dir / XT.STORE).glob(".*.tmp*")]:
+        shutil.rmtree(stale, ignore_errors=True)    # a killed run's half-written folder
     tasks, settings = task_digests(pairs), settings_digest(num_fewshot, limit, seed)
     plans = {m.name: (result_keys(m, tasks, settings), stored_entry(stage_dir, m.name)) for m in models}
-    changed = sorted({p for keys, st in plans.values() for p in plan_model(st, keys)[2]})
+    mx = {m.name: [x for x in extras if extra_checkpoints or m.kind != "checkpoint"] for m in models}
+    xplans = {m.name: (result_keys(m, {x.name: x.digest for x in mx[m.name]}, settings),
+                       XT.stored(stage_dir, m.name)) for m in models}
+    changed = sorted({p for keys, st in [*plans.values(), *xplans.values()] for p in plan_model(st, keys)[2]})
     if changed and not rescore_changed:
         raise ChangedTask(f"{stage_dir}: the prompts or data of {', '.join(changed)} changed since their "
                           "results were stored. Nothing was scored. Set rescore_changed: true in "
@@ -520,19 +542,42 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
         bar.set_postfix_str(m.name)
         keys, stored = plans[m.name]
         kept, todo, _ = plan_model(stored, keys)
+        xkeys, xstored = xplans[m.name]
+        xkept, xtodo, _ = plan_model(xstored, xkeys)
+        mine = mx[m.name]
+        src_extra = done.get(m.same_as, {}).get("extra") if m.same_as else None
+        if not todo and not xtodo:
+            bar.write(f"{m.name}: every task already scored with these settings, kept")
+        # the pairs: stored, copied from a model with the same weights, or scored (entry None)
+        entry = None
         if not todo:
             entry = {**{k: v for k, v in stored.items() if k != "keys"},
                      "tasks": {p: stored["tasks"][p] for p in pairs}}
-            bar.write(f"{m.name}: every task already scored with these settings, kept")
         elif m.same_as in done and not kept:
             entry = _reuse(m, done[m.same_as], stage_dir, keys)
             bar.write(f"{m.name}: same weights as {m.same_as}, its results reused")
-        else:
-            if kept:
-                bar.write(f"{m.name}: scoring {', '.join(todo)}; kept {', '.join(kept)}")
-            entry = evaluate_model(m, {p: pairs[p] for p in todo}, stage_dir, device=device,
-                                   batch_size=batch_size, num_fewshot=num_fewshot, limit=limit, seed=seed,
-                                   keys=keys, keep=kept, order=list(pairs))
+        # the extra tasks, the same way (extra None: scored with the pairs' loaded model)
+        extra = {}
+        if xtodo and not xkept and src_extra is not None and list(src_extra) == [x.name for x in mine]:
+            extra = XT.reuse(m.name, m.same_as, src_extra, stage_dir, xkeys)
+            bar.write(f"{m.name}: same weights as {m.same_as}, its extra-task results reused")
+        elif xtodo:
+            extra = None
+        elif mine:
+            extra = {x.name: xstored["tasks"][x.name] for x in mine}
+        if entry is None or extra is None:
+            if kept or xkept:
+                bar.write(f"{m.name}: scoring {', '.join(todo + xtodo)}; kept {', '.join([*kept, *xkept])}")
+            scored = evaluate_model(m, {p: pairs[p] for p in todo} if entry is None else {}, stage_dir,
+                                    device=device, batch_size=batch_size, num_fewshot=num_fewshot, limit=limit,
+                                    seed=seed, keys=keys, keep=kept, order=list(pairs),
+                                    extras=[x for x in mine if x.name in xtodo] if extra is None else [],
+                                    extra_keys=xkeys, extra_keep=xkept if extra is None else None,
+                                    extra_order=[x.name for x in mine])
+            entry = scored if entry is None else entry
+            extra = scored["extra"] if extra is None else extra
+        if mine:
+            entry["extra"] = extra
         done[m.name] = entry
         manifest.append(entry)
         write_json(stage_dir / "evals.json", manifest)

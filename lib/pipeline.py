@@ -50,7 +50,8 @@ class StageFailed(RuntimeError):
 # Stages that keep their finished work and add to it when only these parameters changed (07:
 # results are stored per model, task and settings), and stages recomputed from them (08).
 INCREMENTAL = {"07_benchmark_eval": ("tasks", "baselines", "stages", "include_checkpoints",
-                                     "rescore_changed", "batch_size", "device")}
+                                     "rescore_changed", "batch_size", "device", "extra_tasks", "extra_metric",
+                                     "extra_checkpoints")}
 DERIVED = ("08_agreement_analysis",)
 
 

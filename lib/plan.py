@@ -333,10 +333,15 @@ def plan_profile(prof: Profile, stages: list[str], run: str, cuda: bool = True) 
         elif stage.startswith("07"):
             n_models = len(p["baselines"]) + _models_of_run(prof, stages, run)
             req = _eval_requests(p, lambda s: paths.resolve_path(s, rd))
-            tok = req * EVAL_TOKENS_PER_REQUEST * n_models
+            from lib.extratasks import planned_requests
+            extra, extra_notes = planned_requests(p.get("extra_tasks", {}), p.get("limit", 0),
+                                                  lambda s: paths.resolve_path(s, rd))
+            n_extra = len(p["baselines"]) + _models_of_run(prof, stages, run, p.get("extra_checkpoints", True))
+            tok = (req * n_models + extra * n_extra) * EVAL_TOKENS_PER_REQUEST
             sp = StagePlan(stage, peak=infer_memory(merged_shape, p["batch_size"], 1024, cuda), tokens=tok,
                            flops=2 * merged_shape.params * tok,
-                           notes=[f"{n_models} models x {req:,} requests (~{EVAL_TOKENS_PER_REQUEST} tokens each)"],
+                           notes=[f"{n_models} models x {req:,} requests (~{EVAL_TOKENS_PER_REQUEST} tokens each)",
+                                  *[f"{n} ({n_extra} models)" for n in extra_notes[:1]], *extra_notes[1:]],
                            knob=f"{stage}.batch_size")
         elif stage.startswith("08"):
             sp = StagePlan(stage, peak=infer_memory(merged_shape, p["batch_size"], p["max_len"], cuda))
@@ -346,15 +351,17 @@ def plan_profile(prof: Profile, stages: list[str], run: str, cuda: bool = True) 
     return out
 
 
-def _models_of_run(prof: Profile, stages: list[str], run: str) -> int:
-    """Models 07 scores besides the baselines: every stage's model/ and its kept checkpoints."""
+def _models_of_run(prof: Profile, stages: list[str], run: str, checkpoints: bool = True) -> int:
+    """Models 07 scores besides the baselines: every stage's model/ and (``checkpoints`` and
+    07's ``include_checkpoints``) its kept checkpoints."""
     n = 0
     for stage in stages:
         if stage[:2] == "02":
             n += 1
         elif stage[:2] in ("03", "04", "05", "06"):
             p = stage_params(prof, stage, run)
-            n += 1 + (_n_saves(p) - 1 if stage_params(prof, "07_benchmark_eval", run).get("include_checkpoints") else 0)
+            with_ckpts = checkpoints and stage_params(prof, "07_benchmark_eval", run).get("include_checkpoints")
+            n += 1 + (_n_saves(p) - 1 if with_ckpts else 0)
     return n
 
 

@@ -396,6 +396,13 @@ def test_notebook_runs_headless_on_a_fake_run(tmp_path, tiny_assets):
     for cell in ("knowledge", "bridge_heldout", "ghost"):
         write_jsonl(toy / f"eval/{cell}_en.jsonl", arc_records("en"))
         write_jsonl(toy / f"eval/{cell}_ko.jsonl", arc_records("ko"))
+    from lib.toyworld.files import TRAINING_FILES   # the default extra tasks read these (lib.toyextra)
+    for rel in TRAINING_FILES:
+        (toy / rel).parent.mkdir(parents=True, exist_ok=True)
+        (toy / rel).write_text('{"instruction": "The cat sees the apple."}\n' if rel.endswith(".jsonl")
+                               else "The cat sees the apple.\n", encoding="utf-8")
+    (toy / "data/heldout_pairs.en").write_text("The dog finds the river.\nThe child paints the house.\n")
+    (toy / "data/heldout_pairs.ko").write_text("개가 강을 찾는다.\n아이가 집을 칠한다.\n", encoding="utf-8")
     stage = done(run / "02_embedding_init")
     shutil.copytree(tiny_assets["model"], stage / "model")
     shutil.copytree(tiny_assets["model"], stage / "controls/oracle/model")
@@ -412,6 +419,10 @@ def test_notebook_runs_headless_on_a_fake_run(tmp_path, tiny_assets):
     assert [(e["name"], e["kind"]) for e in entries] == [("baseline-toy", "baseline"), ("control-oracle", "control"),
                                                          ("02_embedding_init", "stage")]
     assert sorted(entries[1]["tasks"]) == ["bridge_heldout", "ghost", "knowledge"]
+    # the default extra tasks: the toy world's English and Korean minimal pairs, for every model
+    assert [(r["model"], r["task"], r["lang"], r["n"]) for r in m["extra_tasks"]["rows"]][:2] == [
+        ("baseline-toy", "toy_en_syntax", "en", 2), ("baseline-toy", "toy_ko_syntax", "ko", 2)]
+    assert len(m["extra_tasks"]["rows"]) == 6 and all(0 <= r["value"] <= 1 for r in m["extra_tasks"]["rows"])
 
 
 # ---------------------------------------------------------------------------- real data

@@ -171,14 +171,14 @@ def arc(path: Path, lang: str, n: int = 3) -> Path:
 
 def test_swapped_benchmark_sides_and_bad_records_are_caught(tmp_path, tiny_assets):
     en, ko = arc(tmp_path / "en.jsonl", "en"), arc(tmp_path / "ko.jsonl", "ko")
-    f = tiny_profile(tmp_path, tiny_assets, "07_benchmark_eval:\n  baselines: []\n"
+    f = tiny_profile(tmp_path, tiny_assets, "07_benchmark_eval:\n  baselines: []\n  extra_tasks: {}\n"
                      f"  tasks: {{t: {{en: {ko}, ko: {en}, format: arc}}}}\n")
     problems = check_profile(load_profile(f), ["07_benchmark_eval"])
     assert [p.split(": ", 2)[1] for p in problems] == ["07_benchmark_eval.tasks"] * 2
     assert f"{ko} should be English but reads as Korean" in problems[0]
     assert f"{en} should be Korean but reads as English" in problems[1]
     # the right way round it is clean; a record without answerKey is named by file and line
-    f = tiny_profile(tmp_path, tiny_assets, "07_benchmark_eval:\n  baselines: []\n"
+    f = tiny_profile(tmp_path, tiny_assets, "07_benchmark_eval:\n  baselines: []\n  extra_tasks: {}\n"
                      f"  tasks: {{t: {{en: {en}, ko: {ko}, format: arc}}}}\n")
     assert check_profile(load_profile(f), ["07_benchmark_eval"]) == []
     lines = ko.read_text(encoding="utf-8").splitlines()

@@ -119,6 +119,32 @@ def test_controls_calibrate_the_instrument(micro_run):
     assert transfer.splitlines()[2].startswith("| control-oracle |")
 
 
+def test_extra_tasks_show_each_stage_minus_the_base(micro_run):
+    """The toy default's extra tasks (English and Korean word-order minimal pairs): scored for every
+    model in 07, each model minus the base in 08 with intervals, in summary.md and the report."""
+    run = micro_run[0]
+    evals = json.loads((run / "07_benchmark_eval" / "evals.json").read_text())
+    tasks = ["toy_en_syntax", "toy_ko_syntax"]
+    assert all(list(e["extra"]) == tasks for e in evals)
+    n = {t: evals[0]["extra"][t]["n"] for t in tasks}
+    assert all(e["extra"][t]["n"] == n[t] >= 30 for e in evals for t in tasks)
+    rows = json.loads((run / "08_agreement_analysis" / "summary.json").read_text())["extra_deltas"]
+    assert [(r["model"], r["task"]) for r in rows] == [(e["name"], t) for e in evals[1:] for t in tasks]
+    for r in rows:
+        assert r["base_model"] == "baseline-toy" and r["n"] == n[r["task"]]
+        assert r["delta"] == pytest.approx(r["value"] - r["base"]) and r["delta_lo"] <= r["delta"] <= r["delta_hi"]
+    by = {(r["model"], r["task"]): r for r in rows}
+    # the instrument: the oracle reads Korean as English (clone world), so its Korean minimal pairs
+    # score as the English ones do; the English side of every control is the base model's
+    oracle_ko, oracle_en = by[("control-oracle", "toy_ko_syntax")], by[("control-oracle", "toy_en_syntax")]
+    assert abs(oracle_ko["value"] - oracle_en["value"]) * oracle_ko["n"] <= 2
+    assert abs(oracle_en["delta"]) * oracle_en["n"] <= 2
+    md = (run / "08_agreement_analysis" / "summary.md").read_text(encoding="utf-8")
+    assert "### Extra tasks: change from the base model" in md and "| toy_en_syntax (en, acc, n=" in md
+    assert (run / "08_agreement_analysis" / "figures" / "extra_deltas.png").stat().st_size > 0
+    assert "Extra tasks: change from the base model" in (run / "report.md").read_text(encoding="utf-8")
+
+
 def test_run_report_gathers_the_stages(micro_run):
     run = micro_run[0]
     report = (run / "report.md").read_text(encoding="utf-8")

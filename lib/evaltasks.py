@@ -22,12 +22,21 @@ Formats (task names ``<pair>_en`` / ``<pair>_ko``; every option is scored as ``"
 after the prompt; metrics ``acc``, ``acc_norm`` and ``acc_mutual_info``, the last for the
 calibrated prediction rule of :mod:`lib.rules`; optional key ``rule``: the rule 08 uses for the
 pair, by default ``calibrated`` when every item offers the same option strings (yes/no labels)
-and ``acc`` when the options are answer texts):
+and ``acc`` when the options are answer texts). ``format`` is a preset name or a mapping of the
+generic shape of :mod:`lib.taskshape` (which fields are the question, context, options, answer
+and id; a prompt template and an answer prefix per language), e.g. a sentence-pair task::
 
-- ``arc``: the kollm_evaluation prompts ``Question: {{question}}\\nAnswer:`` and
-  ``질문: {{question}}\\n정답:``; options ``choices.text``; gold = index of ``answerKey`` in
+    {"en": ..., "ko": ..., "format": {"question": "sentence1", "context": "sentence2", "answer": "label",
+        "choices": {"en": ["no", "yes"], "ko": ["아니요", "예"]},
+        "template": {"en": "Sentence 1: {question}\nSentence 2: {context}\nSame meaning?",
+                     "ko": "문장 1: {question}\n문장 2: {context}\n같은 뜻인가요?"}}}
+
+The presets are that shape:
+
+- ``arc``: the kollm_evaluation prompts ``Question: {{question}}\nAnswer:`` and
+  ``질문: {{question}}\n정답:``; options ``choices.text``; gold = index of ``answerKey`` in
   ``choices.label``; id = ``id``.
-- ``belebele``: ``Passage: ...\\nQuestion: ...\\nAnswer:`` and ``지문: ...\\n질문: ...\\n정답:``;
+- ``belebele``: ``Passage: ...\nQuestion: ...\nAnswer:`` and ``지문: ...\n질문: ...\n정답:``;
   options ``mc_answer1..4`` (the answer texts, not letters, as for ARC); gold =
   ``correct_answer_num - 1``; id = ``"<link>#<question_number>"`` (Belebele has no id column;
   07 writes this id into each logged ``doc`` so :mod:`lib.agreement` joins every pair the same way).

@@ -6,7 +6,7 @@ A pair's ``format`` is a preset name (``arc``, ``belebele``) or a mapping of thi
     format:
       question: sentence1          # field of the question (a dotted path: choices.text)
       context: sentence2           # optional: field of a passage; the template places it
-      choices: {en: [no, yes], ko: [아니요, 예]}   # the same labels on every item, per language;
+      choices: {en: ["no", "yes"], ko: [아니요, 예]}   # the same labels on every item, per language;
                                    # or a field holding the option list (choices.text);
                                    # or a list of fields, one per option ([mc_answer1, mc_answer2])
       answer: label                # field of the gold answer: the option's index, counted from
@@ -129,7 +129,10 @@ def _choices(value: Any, where: str) -> Any:
             labels = value[lang]
             if not isinstance(labels, (list, tuple)) or len(labels) < 2 or \
                     not all(isinstance(x, str) and x.strip() for x in labels):
-                raise PairError(f"{where}['{lang}']: expected at least 2 non-empty label strings, got {labels!r}")
+                hint = (" (YAML reads bare yes/no/on/off as booleans: quote them, [\"no\", \"yes\"])"
+                        if isinstance(labels, list) and any(isinstance(x, bool) for x in labels) else "")
+                raise PairError(f"{where}['{lang}']: expected at least 2 non-empty label strings, "
+                                f"got {labels!r}{hint}")
             if len(set(labels)) != len(labels):
                 raise PairError(f"{where}['{lang}']: duplicate labels {labels!r}")
             out.append((lang, tuple(labels)))

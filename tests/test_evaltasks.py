@@ -102,6 +102,7 @@ def test_a_sentence_pair_task_through_the_generic_shape(tmp_path):
     ({"context": None}, r"\['template'\]\['en'\]: the template shows \{context\} but no 'context' field"),
     ({"choices": {"en": ["no", "yes"], "ko": ["예"]}}, r"\['choices'\]\['ko'\]: expected at least 2"),
     ({"choices": "options list"}, r"\['choices'\]: expected a field name"),
+    ({"choices": {"en": [False, True], "ko": ["아니요", "예"]}}, r"YAML reads bare yes/no/on/off as booleans"),
     ({"labels": "lab"}, r"\['labels'\]: fixed labels in 'choices' need no 'labels' field"),
     ({"answer_base": 2}, r"\['answer_base'\]: expected 0 or 1"),
     ({"questions": "x"}, r"tasks\['para'\]\['format'\]: unknown keys \['questions'\]"),

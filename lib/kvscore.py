@@ -99,8 +99,8 @@ class ContextOnceHFLM(HFLM):
 
     def _forward(self, **kwargs: Any) -> Any:
         """One model call as HFLM's ``_model_call`` makes it: no grad, HFLM's autocast setting."""
-        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype,
-                                             enabled=self.mixed_precision_dtype is not None):
+        dtype = getattr(self, "mixed_precision_dtype", None)      # lm-eval >= 0.4.10
+        with torch.no_grad(), torch.autocast(device_type=self.device.type, dtype=dtype, enabled=dtype is not None):
             return self.model(**kwargs)
 
     def _loglikelihood_tokens(self, requests: list[Request], disable_tqdm: bool = False,

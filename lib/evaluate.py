@@ -438,8 +438,9 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     try:
         with _quiet_lm_eval(truncated):
             # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
-            lm = (ContextOnceHFLM if context_once else HFLM)(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
-                      softmax_dtype="float32")
+            scorer = ContextOnceHFLM if context_once else HFLM
+            lm = scorer(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
+                        softmax_dtype="float32")
             res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
                               limit=limit, seed=seed, device=str(dev))
             entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,

@@ -255,7 +255,7 @@ def task_digests(pairs: Mapping[str, ET.Pair]) -> dict[str, str]:
     out = {}
     for name, p in pairs.items():
         info = ET.pair_info(p)
-        out[name] = _digest({lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.format,
+        out[name] = _digest({lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.shape,
                                                                               p.sources[lang]).items()
                                                if k != "dataset_kwargs"},
                                     "data": info[lang]["sha256"] or info[lang]["source"]}
@@ -401,7 +401,7 @@ def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping
             for lang in ET.LANGS:
                 t = ET.task_name(pair, lang)
                 samples = audit_samples(res["samples"][t], p.rule, n_tokens)
-                write_text(tmp / f"samples_{t}.jsonl", _samples_jsonl(samples, p.format))
+                write_text(tmp / f"samples_{t}.jsonl", _samples_jsonl(samples, p.shape))
                 r = res["results"][t]
                 entry["tasks"][pair][lang] = {"acc": r["acc,none"], "acc_norm": r["acc_norm,none"],
                                               "acc_mutual_info": r.get("acc_mutual_info,none"),
@@ -416,7 +416,7 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
                    keys: Mapping[str, Any] | None = None, keep: Mapping[str, Mapping] | None = None,
                    order: Sequence[str] | None = None, extras: Sequence[XT.Extra] = (),
                    extra_keys: Mapping[str, Any] | None = None, extra_keep: Mapping[str, Mapping] | None = None,
-                   extra_order: Sequence[str] | None = None) -> dict[str, Any]:
+                   extra_order: Sequence[str] | None = None, context_once: bool = True) -> dict[str, Any]:
     """Load, score every pair of ``pairs`` in both languages (``keep``: stored pairs carried over), write ``results/<name>/`` and return the entry::
 
         {"name", "kind", "stage", "step", "path",
@@ -427,9 +427,13 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     With ``extras`` (or ``extra_keep``) the same loaded model also scores those extra tasks
     (:mod:`lib.extratasks`, stored under ``extra/<name>/``) and the entry gets ``"extra"``;
     with no pairs to score, the entry is only ``{"extra": ...}`` (the caller keeps the pairs).
+    ``context_once``: score each shared context once (:mod:`lib.kvscore`, the same numbers as
+    lm-eval's ``HFLM``, which scores it again for every option; False: plain ``HFLM``).
     """
     import torch
     from lm_eval.models.huggingface import HFLM
+
+    from lib.kvscore import ContextOnceHFLM
 
     from lib.model import auto_device, load_model
     stage_dir = Path(stage_dir)
@@ -442,8 +446,9 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     try:
         with _quiet_lm_eval(truncated):
             # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
-            lm = HFLM(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
-                      softmax_dtype="float32")
+            scorer = ContextOnceHFLM if context_once else HFLM
+            lm = scorer(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
+                        softmax_dtype="float32")
             res, entry = {}, {}
             if pairs:
                 res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
@@ -512,14 +517,18 @@ def plan_model(stored: Mapping[str, Any] | None, keys: Mapping[str, Mapping[str,
 def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stage_dir: str | Path, *,
                  device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
                  seed: int = 0, progress: bool = True, rescore_changed: bool = False,
-                 extras: Sequence[XT.Extra] = (), extra_checkpoints: bool = True) -> list[dict[str, Any]]:
+                 extras: Sequence[XT.Extra] = (), extra_checkpoints: bool = True,
+                 context_once: bool = True) -> list[dict[str, Any]]:
     """Score what is not stored yet, per (model, pair): a new model, a new pair, new settings or
     a new checkpoint is scored, everything else kept; rewrite ``evals.json`` after each model.
     A pair whose prompts or data changed since it was stored raises :class:`ChangedTask` (before
     anything is scored) unless ``rescore_changed``; then only that pair is scored again.
     ``extras`` (:mod:`lib.extratasks`) follow the same rules per (model, extra task), scored with
     the same loaded model; each entry then has ``"extra": {task: ...}`` (with ``extra_checkpoints``
-    False, every entry but the intermediate checkpoints)."""
+    False, every entry but the intermediate checkpoints).
+
+    ``context_once`` (see :func:`evaluate_model`) is not part of a stored result's key: both
+    scorers give the same numbers."""
     from tqdm.auto import tqdm
     stage_dir = Path(stage_dir)
     for stale in [*(stage_dir / "results").glob(".*.tmp*"), *(stage_dir / XT.STORE).glob(".*.tmp*")]:
@@ -573,7 +582,7 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
                                     seed=seed, keys=keys, keep=kept, order=list(pairs),
                                     extras=[x for x in mine if x.name in xtodo] if extra is None else [],
                                     extra_keys=xkeys, extra_keep=xkept if extra is None else None,
-                                    extra_order=[x.name for x in mine])
+                                    extra_order=[x.name for x in mine], context_once=context_once)
             entry = scored if entry is None else entry
             extra = scored["extra"] if extra is None else extra
         if mine:

@@ -136,7 +136,8 @@ def test_profile_check_names_a_bad_generic_format(tmp_path, tiny_assets):
     spec = paraphrase_pair(tmp_path)
     bad = {**PARAPHRASE, "template": {"en": "{question} {context}", "ko": "{question}"}}
     text = yaml.safe_dump({"common": {"base_model": str(tiny_assets["model"])},
-                           "07_benchmark_eval": {"baselines": [], "tasks": {"para": {**spec, "format": bad}}}},
+                           "07_benchmark_eval": {"baselines": [], "extra_tasks": {},
+                                                 "tasks": {"para": {**spec, "format": bad}}}},
                           allow_unicode=True)
     f = tmp_path / "p.yaml"
     f.write_text(text, encoding="utf-8")

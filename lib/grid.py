@@ -22,8 +22,8 @@ only 04 or later). A finished condition is not rerun, and an interrupted grid re
 
 After the runs, ``grid.md`` / ``grid.json`` hold, per condition and stage model, the knowledge
 cell's transfer ratio and kappa with 95% intervals (from each condition's 08 ``summary.json``),
-the controls first; ``figures/grid.png`` draws the conditions' final models with the controls
-as reference bands.
+the controls first; ``figures/grid.png`` draws each condition's stage models (03 to the last)
+with the controls as reference bands.
 """
 from __future__ import annotations
 
@@ -244,31 +244,53 @@ def final_of_conditions(table: list[dict]) -> list[dict]:
     return list(last.values())
 
 
+def stage_rows(table: list[dict]) -> list[dict]:
+    """Each condition's trained stage models (02's initialisation, the same in every condition, left out)."""
+    return [r for r in table if r["kind"] == "stage" and not r["model"].startswith("02_")]
+
+
+def _bar(r: dict, m: str) -> tuple[float, float, float]:
+    v = r.get(m)
+    if v is None:
+        return float("nan"), 0.0, 0.0
+    lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
+    return v, max(0.0, v - (lo if lo is not None else v)), max(0.0, (hi if hi is not None else v) - v)
+
+
 def figure(table: list[dict], path: Path | None = None):
-    """Transfer ratio and kappa of each condition's final model, 95% intervals; the controls as bands."""
+    """Transfer ratio and kappa of each condition's stage models (03 to the last, one colour a
+    stage), 95% intervals; the oracle and deranged controls as reference bands."""
     import matplotlib.pyplot as plt
     import seaborn as sns
     from lib.plots import save
-    finals = final_of_conditions(table)
+    rows = stage_rows(table)
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    stages = sorted({r["model"] for r in rows})
     controls = [r for r in table if r["kind"] == "control" and r["model"] in ("control-oracle", "control-oracle_deranged")]
     sns.set_theme(style="whitegrid")
-    fig, axes = plt.subplots(1, 2, figsize=(11, 0.45 * max(len(finals), 4) + 1.5), sharey=True)
+    colours = dict(zip(stages, sns.color_palette("viridis", len(stages))))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * max(len(conds), 4) + 1.8), sharey=True)
+    width = 0.7 / max(len(stages), 1)
     for ax, m in zip(axes, ("transfer_ratio", "kappa")):
         for c, colour in zip(controls, ("#2a9d8f", "#e76f51")):
-            v, lo, hi = (c.get(m), c.get(f"{m}_lo"), c.get(f"{m}_hi"))
-            if v is None:
+            v, lo, hi = _bar(c, m)
+            if v != v:
                 continue
-            ax.axvspan(lo if lo is not None else v - 0.01, hi if hi is not None else v + 0.01,
-                       color=colour, alpha=0.25, label=c["model"].removeprefix("control-"))
-        ys = list(range(len(finals)))
-        vals = [r.get(m) if r.get(m) is not None else float("nan") for r in finals]
-        err = [[max(0, (r.get(m) or 0) - (r.get(f"{m}_lo") if r.get(f"{m}_lo") is not None else (r.get(m) or 0))) for r in finals],
-               [max(0, (r.get(f"{m}_hi") if r.get(f"{m}_hi") is not None else (r.get(m) or 0)) - (r.get(m) or 0)) for r in finals]]
-        ax.errorbar(vals, ys, xerr=err, fmt="o", color="#264653", capsize=3)
-        ax.set_yticks(ys, [f"{r['condition']} ({r['model']})" for r in finals])
+            # a control with no spread (the oracle: exactly 1) still shows as a thin band
+            ax.axvspan(v - max(lo, 0.01), v + max(hi, 0.01), color=colour, alpha=0.25,
+                       label=c["model"].removeprefix("control-"))
+        for k, stage in enumerate(stages):
+            mine = [(conds.index(r["condition"]), r) for r in rows if r["model"] == stage]
+            if not mine:
+                continue
+            ys = [i - 0.35 + width * (k + 0.5) for i, _ in mine]
+            vals, lo, hi = zip(*(_bar(r, m) for _, r in mine))
+            ax.errorbar(vals, ys, xerr=[lo, hi], fmt="o", ms=4, color=colours[stage], capsize=2,
+                        label=stage)
+        ax.set_yticks(range(len(conds)), conds)
         ax.set(xlabel=m.replace("_", " "), title=f"{CELL}: {m.replace('_', ' ')}")
         ax.axvline(0, color="grey", lw=0.8)
-        ax.legend(loc="lower right", fontsize=8)
+    axes[1].legend(loc="lower right", fontsize=8)
     axes[0].invert_yaxis()
     fig.tight_layout()
     return save(fig, path)
@@ -279,7 +301,7 @@ def write_outputs(grid: Grid, table: list[dict]) -> dict[str, Path]:
     note = ("\nBrackets: 95% bootstrap intervals. Controls: oracle (Korean rows copied from English: the "
             "top of the scale) and oracle_deranged (rows of the wrong words: chance).\n")
     out["md"] = write_text(grid.root / "grid.md", markdown(table) + note)
-    if final_of_conditions(table):
+    if stage_rows(table):
         import matplotlib.pyplot as plt
         plt.close(figure(table, grid.root / "figures" / "grid.png"))
         out["figure"] = grid.root / "figures" / "grid.png"

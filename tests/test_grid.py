@@ -94,6 +94,8 @@ def test_table_and_figure_from_summaries(tmp_path, outputs):
         ("a", "03_stage1_contrastive"), ("a", "06_instruction_tuning"),
         ("b", "03_stage1_contrastive"), ("b", "06_instruction_tuning")]
     assert [r["transfer_ratio"] for r in G.final_of_conditions(table)] == [0.1, 0.4]
+    assert [(r["condition"], r["model"][:2]) for r in G.stage_rows(table)] == [   # what the figure draws
+        ("a", "03"), ("a", "06"), ("b", "03"), ("b", "06")]
     out = G.write_outputs(g, table)
     md = out["md"].read_text()
     assert "| b | 06_instruction_tuning | 0.900 | 0.300 | 0.200 [0.10, 0.30] | 0.400 [0.30, 0.50] |" in md

@@ -132,12 +132,17 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+SFT_MODEL = "sft_model"      # 06's instruction-tuned model when DPO ran after it (model/ is DPO's)
+
+
 def stage_models(run_dir: str | Path, stages: str | Sequence[str] = "auto", include_checkpoints: bool = True,
                  exclude: Sequence[str] = (paths.TOY_STAGE,)) -> list[ModelSpec]:
     """The models of a run's stages, in stage order; per stage its checkpoints (by step) then its
     final ``model/``. ``auto``: every finished stage (``DONE``) with a ``model/``, except ``exclude``
     (00_toy_world's model is the ``toy`` baseline). A final model byte-identical to its last
-    checkpoint (the training loop copies it) reuses that checkpoint's results."""
+    checkpoint (the training loop copies it) reuses that checkpoint's results. A stage with an
+    ``sft_model/`` (06 followed by DPO) also gives ``<stage>-sft``, before its final model, so
+    the tables of final models show the stage with and without DPO."""
     run_dir = Path(run_dir)
     wanted = _parse_stages(stages)
     if wanted is None:
@@ -170,11 +175,16 @@ def stage_models(run_dir: str | Path, stages: str | Sequence[str] = "auto", incl
             out += [ModelSpec(f"{n}-step-{s:06d}", "checkpoint", n, s, str(c / "model"))
                     for s, c in ckpts if _is_model_dir(c / "model")]
         last = ckpts[-1] if ckpts else None
-        same = None
-        if include_checkpoints and last and _is_model_dir(last[1] / "model") \
-                and same_weights(d / "model", last[1] / "model"):
-            same = f"{n}-step-{last[0]:06d}"
-        out.append(ModelSpec(n, "stage", n, last[0] if last else None, str(d / "model"), same))
+
+        def same_as_last(model_dir: Path) -> str | None:
+            if include_checkpoints and last and _is_model_dir(last[1] / "model") \
+                    and same_weights(model_dir, last[1] / "model"):
+                return f"{n}-step-{last[0]:06d}"
+            return None
+        if _is_model_dir(d / SFT_MODEL):     # 06 with DPO: the model before it, a row of its own
+            out.append(ModelSpec(f"{n}-sft", "stage", n, last[0] if last else None, str(d / SFT_MODEL),
+                                 same_as_last(d / SFT_MODEL)))
+        out.append(ModelSpec(n, "stage", n, last[0] if last else None, str(d / "model"), same_as_last(d / "model")))
     return out
 
 

@@ -248,8 +248,8 @@ def test_06_with_dpo_keeps_the_sft_model_and_saves_the_dpo_model(tmp_path, tiny_
     m = sft.run(cfg)
     d = m["dpo"]
     sd = cfg.stage_dir
-    assert d["rows_07"] == {"without_dpo": f"{STAGE}-step-000006", "with_dpo": STAGE}
-    # 07's row without DPO is the last SFT checkpoint, the same weights as sft_model/
+    assert d["rows_07"] == {"without_dpo": f"{STAGE}-sft", "with_dpo": STAGE}
+    # 07's row without DPO is sft_model/, the same weights as the last SFT checkpoint
     ckpt = AutoModelForCausalLM.from_pretrained(sd / "checkpoints/step-000006/model").state_dict()
     kept = AutoModelForCausalLM.from_pretrained(sd / "sft_model").state_dict()
     final = AutoModelForCausalLM.from_pretrained(sd / "model").state_dict()

@@ -236,6 +236,18 @@ def test_stage_models_order_kinds_and_reuse(tmp_path):
             "04_stage2_lm_head", "stage", "04_stage2_lm_head", 100, str(s4 / "model"), None)
     assert [m.name for m in E.stage_models(run, "04, 02_embedding_init", include_checkpoints=False)] == [
         "04_stage2_lm_head", "02_embedding_init"]
+    s6 = done(run / "06_instruction_tuning")                 # DPO after SFT: sft_model/ is a row too
+    fake_model(s6 / "checkpoints/step-000300/model", b"s")
+    fake_model(s6 / "sft_model", b"s")
+    fake_model(s6 / "model", b"d")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        six = [(m.name, m.kind, m.step, m.same_as) for m in E.stage_models(run, "06")]
+        assert six == [("06_instruction_tuning-step-000300", "checkpoint", 300, None),
+                       ("06_instruction_tuning-sft", "stage", 300, "06_instruction_tuning-step-000300"),
+                       ("06_instruction_tuning", "stage", 300, None)]
+        assert [m.name for m in E.stage_models(run, "06", include_checkpoints=False)] == [
+            "06_instruction_tuning-sft", "06_instruction_tuning"]
     with pytest.raises(FileNotFoundError, match="is not finished"):
         E.stage_models(run, ["05"])
     with pytest.raises(FileNotFoundError, match="has no model/"):

@@ -90,14 +90,16 @@ def test_evaluation_and_agreement_table(micro_run):
 
 def test_dpo_rows_with_and_without(micro_run):
     """The toy profiles run DPO after instruction tuning: 07 and 08 hold the model without DPO
-    (the last SFT checkpoint) and with it (06's model/), scored apart."""
+    (06's sft_model/, the same weights as its last SFT checkpoint) and with it (06's model/),
+    both final-model rows, scored apart."""
     run = micro_run[0]
     d = metrics(run, "06_instruction_tuning")["dpo"]
-    assert d["rows_07"] == {"without_dpo": "06_instruction_tuning-step-000008", "with_dpo": "06_instruction_tuning"}
+    assert d["rows_07"] == {"without_dpo": "06_instruction_tuning-sft", "with_dpo": "06_instruction_tuning"}
     assert d["pairs"]["source"] == "toy" and d["pairs"]["dropped_evaluated"] == 0 and d["heldout"]["after"]["n"] > 0
     evals = {e["name"]: e for e in json.loads((run / "07_benchmark_eval" / "evals.json").read_text())}
     without, with_ = evals[d["rows_07"]["without_dpo"]], evals["06_instruction_tuning"]
-    assert without["kind"] == "checkpoint" and with_["kind"] == "stage"
+    assert without["kind"] == "stage" and with_["kind"] == "stage"
+    assert without["seconds"] == 0.0             # the last SFT checkpoint's results, reused (same weights)
     assert with_["seconds"] > 0                      # scored on its own, not reused as identical weights
     assert (run / "06_instruction_tuning" / "sft_model").is_dir()
     rows = json.loads((run / "08_agreement_analysis" / "summary.json").read_text())["rows"]

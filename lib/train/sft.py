@@ -27,8 +27,8 @@ DPO on preference pairs (:mod:`lib.train.dpo`, pairs from :mod:`lib.preferences`
 into ``dpo/checkpoints/``; its final model is ``model/``. The metrics gain ``dpo`` (held-out
 reward accuracy and margins per pair kind, before and after) and a ``dpo`` column in the
 generations and exact-match tables. SFT records held out above are never DPO pairs. 07 scores the
-last SFT checkpoint (``06_instruction_tuning-step-N``) and the DPO model (``06_instruction_tuning``):
-the rows without and with DPO (``metrics["dpo"]["rows_07"]``).
+SFT model (``06_instruction_tuning-sft``, from ``sft_model/``) and the DPO model
+(``06_instruction_tuning``): the rows without and with DPO (``metrics["dpo"]["rows_07"]``).
 """
 from __future__ import annotations
 
@@ -319,7 +319,7 @@ def run(cfg: Any) -> dict:
         _on_main(lambda: final_model(cfg, out["result"]))
         dpo_after = look(load_model(str(final_dir), device)[0])
         dpo_metrics = {**out["metrics"], "heldout_loss": dpo_after["held"], "seconds": time.time() - t_dpo,
-                       "rows_07": {"without_dpo": f"{cfg.stage}-step-{spec.steps:06d}", "with_dpo": cfg.stage}}
+                       "rows_07": {"without_dpo": f"{cfg.stage}-sft", "with_dpo": cfg.stage}}
 
     generations = []
     for i, r in enumerate(requests):

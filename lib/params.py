@@ -481,6 +481,7 @@ def resolve(stage: str, namespace: dict[str, Any]) -> Config:
     write_json(sd / "config.json", {
         "stage": stage, "params": values, "config_hash": config_hash(values),
         "seed": values.get("seed"), "versions": versions(), "git": git_state(),
+        "torch_threads": torch_threads(),    # CPU training numbers depend on it (summation order)
     })
     return cfg
 
@@ -504,6 +505,13 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             out[pkg] = "absent"
     return out
+
+
+def torch_threads() -> int:
+    """Torch's intra-op threads: on a CPU the float summation order, and so the trained weights,
+    depend on it, so a run records it (set ``OMP_NUM_THREADS`` to reproduce another machine's)."""
+    import torch
+    return torch.get_num_threads()
 
 
 def git_state() -> dict[str, Any]:

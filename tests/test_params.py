@@ -107,6 +107,8 @@ def test_resolve_writes_config_and_refuses_a_finished_stage(tmp_path):
     cfg = resolve("01_vocab_merge", ns)
     conf = json.loads((cfg.stage_dir / "config.json").read_text())
     assert conf["params"]["merge_mode"] == "all" and conf["versions"]["torch"].startswith("2.13")
+    import torch
+    assert conf["torch_threads"] == torch.get_num_threads() >= 1
     assert cfg.path("{toy}/x.txt") == tmp_path / "r" / "00_toy_world" / "x.txt"
     (cfg.stage_dir / "DONE").write_text("{}")
     with pytest.raises(FileExistsError, match="finished stage"):

@@ -214,15 +214,21 @@ def _warn_if_reported_differs(entry: Mapping, task: str, by: Mapping[str, Mappin
 
 
 def paired_rows(manifest: Sequence[Mapping], prediction: str = "auto", n_boot: int = 1000,
-                seed: int = 0, items: Mapping | None = None) -> list[dict]:
+                seed: int = 0, items: Mapping | None = None, check_reported: bool = True) -> list[dict]:
     """One flat row per (model, task) in manifest order: run, model, kind, stage, step, task,
     prediction (the rule used: ``prediction``, or the task's own rule for ``auto``), n, acc_en/ko,
     agreement, kappa (each with ``_lo``/``_hi``), the five split shares; ``by_prediction`` holds
-    the full metrics under every rule the logs allow."""
+    the full metrics under every rule the logs allow.
+
+    ``items`` (from :func:`load_items`) may hold a subset of the tasks and of their items (such
+    as :func:`lib.contamination.clean_items`, with ``check_reported=False``: 07's reported
+    accuracies are over every item): only those are computed."""
     _check_prediction(prediction)
     rows = []
     for e in manifest:
         for task in e["tasks"]:
+            if items is not None and (e["run"], e["name"], task) not in items:
+                continue
             its = items[(e["run"], e["name"], task)] if items is not None else task_items(e, task)
             by = {}
             chance = sum(it["chance"] for it in its) / len(its) if its and "chance" in its[0] else None
@@ -231,7 +237,8 @@ def paired_rows(manifest: Sequence[Mapping], prediction: str = "auto", n_boot: i
                     continue
                 pairs = [ag.Item(it["id"], it["gold"], it[f"{col}_en"], it[f"{col}_ko"]) for it in its]
                 by[rule] = ag.paired_metrics(pairs, n_boot=n_boot, seed=seed, chance=chance)
-            _warn_if_reported_differs(e, task, by)
+            if check_reported:
+                _warn_if_reported_differs(e, task, by)
             used = rules.resolve(prediction, its[0].get("rule") if its else None, by)
             flat = ag.summary_row(e["name"], e["stage"], task, by[used])
             rows.append({"run": e["run"], "model": e["name"], "kind": e["kind"], "stage": e["stage"],

@@ -111,6 +111,8 @@ POSITIVE = _range(0, lo_open=True)
 SHARE = _range(0, 1)
 
 KEY_RULES: dict[str, Callable[[Any], str | None]] = {
+    "contamination_ngram": lambda v: None if v == 0 or (isinstance(v, int) and v >= 2) else
+    f"must be 0 (no scan) or 2 or more words, got {v!r}",
     "device": _device,
     "init": lambda v: _enum_of(v, "lib.oracle", "all_inits"),
     "controls": _raises(lambda v: importlib.import_module("lib.oracle").check_controls(v)),

@@ -8,6 +8,7 @@
     python -m lib.pipeline check params/a6000.yaml             # validate only, run nothing
     python -m lib.pipeline plan params/a6000.yaml --gpu-memory 48   # memory, disk, time per stage (lib.plan)
     python -m lib.pipeline grid params/grids/toy_transfer.yaml      # named conditions, shared stages (lib.grid)
+    python -m lib.pipeline contamination params/a6000.yaml          # evaluated items in the training files? (lib.contamination)
 
 Each stage runs into ``outputs/<run>/<NN_stage>/`` (executed notebook, config.json, metrics.json,
 figures/, artifacts, log.txt) and is finished when its ``DONE`` exists. A finished stage whose
@@ -51,7 +52,7 @@ class StageFailed(RuntimeError):
 # results are stored per model, task and settings), and stages recomputed from them (08).
 INCREMENTAL = {"07_benchmark_eval": ("tasks", "baselines", "stages", "include_checkpoints",
                                      "rescore_changed", "batch_size", "device", "extra_tasks", "extra_metric",
-                                     "extra_checkpoints")}
+                                     "extra_checkpoints", "contamination_ngram")}
 DERIVED = ("08_agreement_analysis",)
 
 
@@ -277,6 +278,11 @@ def main(argv: list[str] | None = None) -> int:
     pl.add_argument("--gpu-memory", type=float, default=48.0, help="GiB of the device (default 48: A6000)")
     pl.add_argument("--mfu", type=float, default=0.35, help="assumed model FLOPs utilisation (default 0.35)")
     pl.add_argument("--tflops", type=float, default=154.8, help="device bf16 peak TFLOP/s (default: A6000)")
+    ct = sub.add_parser("contamination", help="look for the 07 tasks' questions and passages in the "
+                        "profile's training files (lib.contamination); exit 1 when an item is dirty")
+    ct.add_argument("params")
+    ct.add_argument("--run", help="run whose built files (the toy world's) to read; default: the profile name")
+    ct.add_argument("--ngram", type=int, default=8, help="words per n-gram (default 8)")
     g = sub.add_parser("grid", help="run a grid of conditions sharing identical stages (lib.grid)")
     g.add_argument("grid", help="a grid YAML, e.g. params/grids/toy_transfer.yaml")
     g.add_argument("--only", help="comma-separated condition names")
@@ -289,6 +295,11 @@ def main(argv: list[str] | None = None) -> int:
             from lib.plan import print_plan
             print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
             return 0
+        if args.cmd == "contamination":
+            from lib.contamination import n_dirty, render, scan_profile
+            found = scan_profile(load_profile(args.params), args.run, args.ngram)
+            print(render(found), end="")
+            return 1 if n_dirty(found) else 0
         if args.cmd == "grid" and args.slurm:
             from lib.gridslurm import render
             files = render(args.grid)

@@ -30,6 +30,7 @@ and are unmeasured until a GPU runs ``bench/gpu_smoke.py``.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -226,7 +227,8 @@ def _precision(p: dict, cuda: bool) -> tuple[bool, bool]:
     return prec == "bf16-mixed", prec == "bf16"
 
 
-def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool) -> StagePlan:
+def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool, adapters_only: bool = False) -> StagePlan:
+    """``adapters_only``: LoRA trains its adapters alone (DPO), not also the embeddings and head."""
     mixed, pure = _precision(p, cuda)
     accum = p.get("grad_accum", 1)
     P, Vh = shape.params, shape.embed_params
@@ -257,6 +259,9 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool) -> StagePlan:
         tokens = p["batch_size"] * (p["block_size"] if stage.startswith("05") else p["max_len"])
         if method == "full":
             trainable = P
+        elif adapters_only:
+            trainable = _lora_params(shape, p)
+            notes.append(f"{method} r={p.get('lora_r')}")
         else:
             trainable = _lora_params(shape, p) + 2 * Vh         # modules_to_save: embeddings and head
             extra += (2 if pure else 4) * 2 * Vh                # their trainable copies
@@ -283,6 +288,23 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool) -> StagePlan:
     if method != "full":
         disk += _n_saves(p) * 4 * trainable                    # adapter/ folders
     return StagePlan(stage, mem, mem.peak, disk, steps_tokens, per_token * steps_tokens, notes, knob)
+
+
+def _dpo_stage(stage: str, p: dict, shape: Shape, cuda: bool) -> StagePlan:
+    """06's DPO after SFT (``dpo: true``, :mod:`lib.train.dpo`): each micro-batch holds the chosen
+    and the rejected sequence of ``dpo_batch_size`` pairs at 06's ``max_len``; the reference
+    log-probabilities are computed once, before training (one forward pass over the pairs, counted
+    here as over every token trained on: an upper bound past one epoch). A LoRA policy trains its
+    adapters only; a full one every weight, with the reference kept as precomputed numbers."""
+    q = {**p, "method": p["dpo_method"], "batch_size": 2 * p["dpo_batch_size"], "grad_accum": p["dpo_grad_accum"],
+         "steps": p["dpo_steps"], "save_every": p.get("dpo_save_every", 0)}
+    sp = _train_stage(stage, q, shape, cuda, adapters_only=True)
+    sp.stage = f"{stage} (dpo)"
+    sp.flops += 2 * shape.params * sp.tokens                   # the reference pass
+    sp.notes = [f"dpo {n}" for n in sp.notes] + [f"dpo: {p['dpo_steps']} steps x {p['dpo_batch_size']} x "
+                                                 f"{p['dpo_grad_accum']} pairs (chosen + rejected)"]
+    sp.knob = re.sub(r"\b(batch_size|grad_accum|method)\b", r"dpo_\1", sp.knob)   # DPO's own knobs
+    return sp
 
 
 def _eval_requests(p: dict, cfg_path) -> int:
@@ -324,6 +346,9 @@ def plan_profile(prof: Profile, stages: list[str], run: str, cuda: bool = True) 
         p = stage_params(prof, stage, run)
         if stage[:2] in ("03", "04", "05", "06"):
             sp = _train_stage(stage, p, merged_shape, cuda)
+            if stage[:2] == "06" and p.get("dpo"):
+                out.append(sp)
+                sp = _dpo_stage(stage, p, merged_shape, cuda)
         elif stage.startswith("01"):
             sp = StagePlan(stage, notes=[f"tokenizer only; merged vocab {vocab:,} ({how})"])
         elif stage.startswith("02"):

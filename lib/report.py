@@ -44,12 +44,12 @@ HEADLINES: dict[str, list[str]] = {
     "05": ["method", "ko_ratio", "ko_ppl", "en_ppl", "loss", "train_seconds"],
     "06": ["method", "loss", "heldout_loss", "train_seconds", "dpo.heldout.after.reward_accuracy",
            "dpo.heldout.after.margin", "dpo.train_seconds"],
-    "07": ["n_models", "eval_seconds", "items_per_s"],
+    "07": ["n_models", "eval_seconds", "items_per_s", "contamination.dirty_items"],
     "08": ["models", "prediction", "rep_layer", "rep_pairs", "seconds"],
 }
 MAX_FALLBACK = 12                     # top-level scalars shown for a stage without headlines
 FIGURE_TYPES = (".png", ".svg", ".jpg", ".jpeg")
-TABLE_FILES = ("results.md",)         # a stage's own tables, linked (07's is one row per model)
+TABLE_FILES = ("results.md", "contamination.md")        # a stage's own tables, linked (07's is one row per model)
 STAGE_DIR = re.compile(r"^\d\d_")
 
 

@@ -3,6 +3,7 @@ each stage's metrics.json (never scraped from notebook text)."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -86,6 +87,19 @@ def test_evaluation_and_agreement_table(micro_run):
         assert r["transfer_ratio_lo"] is not None or r["transfer_ratio"] is None
     md = (run / "08_agreement_analysis" / "summary.md").read_text()
     assert md.count("\n|") >= len(rows) + 1
+
+
+def test_no_evaluated_question_is_in_any_training_file(micro_run):
+    """07's n-gram scan over every file the run trained on (00's world, 03-06) reads 0, as the toy
+    world's own validity check does; 08 then has nothing to leave out."""
+    run = micro_run[0]
+    found = json.loads((run / "07_benchmark_eval" / "contamination.json").read_text(encoding="utf-8"))
+    assert found["dirty_items"] == {"knowledge": [], "bridge_heldout": [], "ghost": []}
+    assert all(g["overlapping"] == 0 for g in found["groups"])
+    files = {Path(i["file"]).name for i in found["inputs"] if not i["not_scanned"]}
+    assert {"en_pretrain.txt", "ko_mono.txt", "stage3_ko.txt", "instructions.jsonl"} <= files
+    assert json.loads((run / "07_benchmark_eval" / "metrics.json").read_text())["contamination"]["dirty_items"] == 0
+    assert json.loads((run / "08_agreement_analysis" / "metrics.json").read_text())["contamination"] == []
 
 
 def test_dpo_rows_with_and_without(micro_run):

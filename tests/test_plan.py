@@ -82,6 +82,28 @@ def test_the_old_05_batch_does_not_fit_and_the_error_names_the_knob(tmp_path):
     check_fits(prof, ["03_stage1_contrastive", "06_instruction_tuning"], "plan_test", 48)   # the others fit
 
 
+def test_dpo_is_planned_as_its_own_row_with_its_own_knobs(tmp_path):
+    """06 with ``dpo: true`` adds a row: chosen + rejected per pair at 06's max_len; a LoRA policy
+    trains its adapters only (SFT's LoRA also trains embeddings and head); a full one does not fit
+    at a larger batch, and the error names DPO's knobs, not SFT's."""
+    f = tmp_path / "dpo.yaml"
+    f.write_text(f"extends: {A6000}\n06_instruction_tuning:\n  dpo: true\n", encoding="utf-8")
+    prof = load_profile(f)
+    plans = {sp.stage: sp for sp in plan_profile(prof, select_stages(prof), "plan_test")}
+    sft, dpo = plans["06_instruction_tuning"], plans["06_instruction_tuning (dpo)"]
+    p = {"batch": 4, "accum": 16, "steps": 900, "max_len": 2048}              # a6000.yaml's dpo_* values
+    assert dpo.tokens == p["steps"] * p["accum"] * 2 * p["batch"] * p["max_len"]
+    assert dpo.memory.grads < sft.memory.grads and dpo.memory.weights < sft.memory.weights
+    assert "06_instruction_tuning (dpo)" not in {sp.stage for sp in plan_profile(load_profile(A6000), select_stages(
+        load_profile(A6000)), "plan_test")}
+    f.write_text(f"extends: {A6000}\n06_instruction_tuning:\n  dpo: true\n  dpo_method: full\n"
+                 f"  dpo_batch_size: 16\n  dpo_grad_accum: 4\n", encoding="utf-8")
+    prof = load_profile(f)
+    with pytest.raises(PlanError, match=r"06_instruction_tuning \(dpo\) needs about .*06_instruction_tuning\."
+                                        r"dpo_batch_size \(raise dpo_grad_accum.*or dpo_method: lora"):
+        check_fits(prof, select_stages(prof), "plan_test", 48)
+
+
 @pytest.mark.shared_data
 def test_run_refuses_before_any_stage_runs(tmp_path, capsys, shared_data):
     dev = paths.PARAMS / "dev_shared.yaml"          # a6000 with every input file present

@@ -113,3 +113,15 @@ def test_benchmarks_score_both_baselines_and_every_stage(rehearsal):
     rows = json.loads((run / "08_agreement_analysis" / "summary.json").read_text())["rows"]
     assert {r["model"] for r in rows} == set(names)
     assert all(0 <= r["agreement"] <= 1 for r in rows)
+
+
+def test_07_finds_the_arc_question_lima_holds_and_08_sets_it_apart(rehearsal):
+    """06 trains on LIMA, whose record 593 asks ARC's Mercury_SC_416167; 07 names it, and 08 shows
+    arc_challenge for every model without it (it is item 482, past the rehearsal's limit of 10)."""
+    run = rehearsal[0]
+    c = metrics(run, "07_benchmark_eval")["contamination"]
+    assert c["dirty_by_pair"] == {"arc_challenge": 1, "belebele": 0} and c["dirty_items"] == 1
+    rows = metrics(run, "08_agreement_analysis")["contamination"]
+    evals = json.loads((run / "07_benchmark_eval" / "evals.json").read_text())
+    assert {r["model"] for r in rows} == {e["name"] for e in evals} and {r["task"] for r in rows} == {"arc_challenge"}
+    assert all(r["n"] == r["n_clean"] == 10 and r["acc_en"] == r["acc_en_clean"] for r in rows)

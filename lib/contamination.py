@@ -15,8 +15,8 @@ not compared: an answer entity is meant to appear in training. Questions under
 
 What is read: the text files, JSONL corpora, instruction files and preference pairs of 03-06
 (the keys in :data:`STAGE_INPUTS`, those a stage's settings make it train on) and, for the toy
-world, every file its base model and stages train on. A Hub corpus is not read here (it is
-listed as not scanned): scan a local copy of it. The toy world guarantees zero by construction
+world, every file its base model and stages train on. A local dataset folder
+(``hub:/path//train``) is read; a Hub id is not (it is listed as not scanned): scan a local copy. The toy world guarantees zero by construction
 (:mod:`lib.toyworld.validity`); this scan is the same rule for real data.
 """
 from __future__ import annotations
@@ -143,6 +143,7 @@ class Input:
     why_not: str | None = None    # set when it cannot be read here
     texts: int = 0
     hits: int = 0
+    dataset: Any = None           # a local dataset folder's CorpusSource (``hub:/path//split``)
 
 
 def _lines(path: Path) -> Iterator[tuple[str, str]]:
@@ -183,7 +184,15 @@ def _records(path: Path) -> Iterator[tuple[str, str]]:
         yield f"{path}, record {i}", _strings(rec)
 
 
+def _rows(src: Any) -> Iterator[tuple[str, str]]:
+    from lib.corpus import _load_rows
+    for i, row in enumerate(_load_rows(src, None)):
+        yield f"{src.describe()}, row {i}", row["text"] or ""
+
+
 def _texts(inp: Input, field_: str | None) -> Iterator[tuple[str, str]]:
+    if inp.dataset is not None:
+        return _rows(inp.dataset)
     if inp.kind in ("instructions", "preferences"):
         return _records(inp.path)
     if field_:
@@ -198,26 +207,28 @@ def _add(inputs: dict[tuple[str, str], tuple[Input, str | None]], stage: str, ke
     from lib.corpus import DataError, parse_corpus
     fld = None
     path: Path | None = None
-    why = None
+    why, dataset = None, None
     if kind == "corpus":
         try:
             src = parse_corpus(spec, run)
         except DataError as e:
             why = str(e)
         else:
-            if src.kind == "hub":
+            if src.kind == "hub" and Path(src.dataset).is_dir():      # a local dataset folder
+                path, dataset = Path(src.dataset), src
+            elif src.kind == "hub":
                 why = "a Hub dataset: not read here (scan a local copy of it)"
             else:
                 path, fld = src.path, (src.field if src.kind == "jsonl" else None)
     else:
         path = paths.resolve_path(spec, run)
-    if path is not None and not path.is_file():
+    if path is not None and dataset is None and not path.is_file():
         why, path = f"not found: {path}", None
-    ident = (str(path) if path else spec, fld or "")
+    ident = (dataset.describe() if dataset else str(path) if path else spec, fld or "")
     if ident in inputs:
         inputs[ident][0].stages.append(stage)
         return
-    inputs[ident] = (Input([stage], key, kind, spec, path, why), fld)
+    inputs[ident] = (Input([stage], key, kind, spec, path, why, dataset=dataset), fld)
 
 
 def stage_inputs(stage_params: Mapping[str, Mapping], run: str | Path) -> list[tuple[Input, str | None]]:
@@ -253,7 +264,7 @@ def scan(pairs: Mapping[str, Any], inputs: list[tuple[Input, str | None]], ngram
             for where, text in _texts(inp, fld):
                 inp.texts += 1
                 inp.hits += index.feed(where, text)
-        except (OSError, ValueError) as e:      # json errors are ValueErrors: the stage's own check names them
+        except (OSError, ValueError) as e:      # json and DataErrors are ValueErrors: the stage's own check names them
             inp.why_not = f"not read ({e})"
     return summarise(index, [i for i, _ in inputs])
 

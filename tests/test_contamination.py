@@ -180,3 +180,18 @@ def test_check_refuses_a_one_word_ngram(tmp_path):
                for p in problems), problems
     f.write_text("07_benchmark_eval:\n  contamination_ngram: 0\n")
     assert not any("contamination_ngram" in p for p in check_profile(load_profile(f), ["07_benchmark_eval"]))
+
+
+def test_a_local_dataset_folder_is_read_and_a_hub_id_is_listed_as_not_scanned(tmp_path):
+    pairs = {"quiz": read_pair("quiz", _write_pair(tmp_path))}
+    folder = tmp_path / "hubdir"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text(json.dumps({"body": "intro"}) + "\n"
+                                        + json.dumps({"body": "so: " + Q_LONG.upper()}) + "\n", encoding="utf-8")
+    params = {"05_stage3_pretrain": {"ko_text": "hub:someone/corpus//train", "en_text": f"hub:{folder}//train#body"}}
+    found = C.scan(pairs, C.stage_inputs(params, tmp_path), progress=False)
+    assert found["dirty_items"] == {"quiz": ["q1"]}
+    ex = next(e for g in found["groups"] for e in g["examples"])
+    assert ex["where"] == f"hub:{folder}//train#body, row 1"
+    assert C.not_scanned(found) == ["05_stage3_pretrain.ko_text: hub:someone/corpus//train: "
+                                    "a Hub dataset: not read here (scan a local copy of it)"]

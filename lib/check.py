@@ -590,7 +590,7 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
             continue
         st.model(key, value)
     if stage == "07_benchmark_eval":
-        from lib.evaluate import _parse_stages
+        from lib.evalmodels import _parse_stages
         for item in _parse_stages(st.values["stages"]) or []:
             if not any(s == item or (item.isdigit() and s[:2] == item.zfill(2)) for s in paths.stages()):
                 st.problem("stages", f"{item!r} names no stage (use 'auto' or names such as "

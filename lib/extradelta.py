@@ -82,7 +82,7 @@ def paired_delta(model: np.ndarray, base: np.ndarray, n_boot: int = 1000, seed: 
 
 def base_name(cfg: Any) -> str:
     """The base model's name among 07's models (``baseline-toy`` for ``base_model: toy``)."""
-    from lib.evaluate import baseline_name
+    from lib.evalmodels import baseline_name
     return baseline_name(cfg.base_model, "" if cfg.base_model == "toy" else cfg.source(cfg.base_model))
 
 

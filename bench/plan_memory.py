@@ -25,7 +25,11 @@ CASES = {
     "full": dict(h=256, i=688, L=4, V=8000, B=4, T=512, gc=False, mode="full", accum=1),
     "full_gc_accum2": dict(h=256, i=688, L=6, V=16000, B=4, T=512, gc=True, mode="full", accum=2),
     "head_only": dict(h=256, i=688, L=4, V=32000, B=2, T=512, gc=False, mode="head", accum=1),
+    # DPO's LoRA policy (06 dpo_method: lora): adapters on every projection train alone; a
+    # micro-batch of 2 pairs is 4 sequences (chosen and rejected)
+    "lora_adapters": dict(h=256, i=688, L=4, V=16000, B=4, T=512, gc=False, mode="lora", accum=1, r=16),
 }
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 def _rss() -> int:
@@ -60,7 +64,7 @@ def measure(case: dict) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lib.plan import Shape, train_memory
+    from lib.plan import Shape, _lora_params, train_memory
     from lib.train.loop import Interrupted, TrainSpec, train
     torch.set_num_threads(2)
     c = case
@@ -92,6 +96,10 @@ def measure(case: dict) -> dict:
     if c["mode"] == "head":
         model.requires_grad_(False)
         model.lm_head.weight.requires_grad_(True)
+    if c["mode"] == "lora":
+        from peft import LoraConfig, get_peft_model
+        model = get_peft_model(model, LoraConfig(r=c["r"], lora_alpha=2 * c["r"], lora_dropout=0.0,
+                                                 target_modules=LORA_TARGETS, task_type="CAUSAL_LM"))
     ids = torch.randint(0, c["V"], (c["B"], c["T"]), generator=torch.Generator().manual_seed(1))
 
     spec = TrainSpec(steps=3, lr=1e-4, grad_accum=c["accum"], report_to="none")
@@ -103,6 +111,8 @@ def measure(case: dict) -> dict:
     peak = (_peak() if reset else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024) - rss0
     shape = Shape("llama", c["h"], c["L"], c["i"], 4, 4, c["V"])
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    if c["mode"] == "lora":             # the plan's own count of the adapters must be the real one
+        assert trainable == _lora_params(shape, {"lora_r": c["r"], "lora_targets": LORA_TARGETS}), trainable
     est = train_memory(shape, c["B"] * c["T"], trainable=trainable, mixed=False,
                        layers_saved=c["mode"] != "head", checkpointing=c["gc"], grad_accum=c["accum"])
     return {"measured": peak, "estimated": est.peak, "ratio": est.peak / peak,

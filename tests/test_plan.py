@@ -48,7 +48,7 @@ def test_checkpointing_and_head_only_cut_activations():
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["full", "full_gc_accum2", "head_only"])
+@pytest.mark.parametrize("case", ["full", "full_gc_accum2", "head_only", "lora_adapters"])
 def test_estimate_within_25_percent_of_measured_cpu_peak(case):
     spec = importlib.util.spec_from_file_location("plan_memory", paths.PROJ_ROOT / "bench" / "plan_memory.py")
     bench = importlib.util.module_from_spec(spec)

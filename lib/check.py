@@ -83,7 +83,8 @@ def _device(value: Any) -> str | None:
     except (RuntimeError, TypeError):
         return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
     if dev.type == "cuda" and not torch.cuda.is_available():
-        return f"is {value!r} but this machine has no CUDA GPU; use auto (cuda when present, else cpu)"
+        from lib.model import cuda_missing_message
+        return f"is {value!r}, but {cuda_missing_message(str(value)).split(': ', 1)[1]}"
     return None
 
 
@@ -114,6 +115,7 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "contamination_ngram": lambda v: None if v == 0 or (isinstance(v, int) and v >= 2) else
     f"must be 0 (no scan) or 2 or more words, got {v!r}",
     "device": _device,
+    "precision": _enum("lib.model", "PRECISIONS"),
     "init": lambda v: _enum_of(v, "lib.oracle", "all_inits"),
     "controls": _raises(lambda v: importlib.import_module("lib.oracle").check_controls(v)),
     "oracle_alpha": _range(0, 1),

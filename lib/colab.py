@@ -94,13 +94,18 @@ if "google.colab" in sys.modules:
 
 
 def device_cell() -> nbformat.NotebookNode:
-    src = '''# Which device `device="auto"` will use: CUDA in bf16 if there is a GPU, else the CPU in fp32.
+    src = '''# Which device and precision `device="auto"`, `precision="auto"` will use: on an A100/L4 (Ampere or
+# newer) bf16 autocast over fp32 weights; on a T4 (no native bf16) fp16 autocast with a gradient
+# scaler, and fp16 weights to evaluate; without a GPU, the CPU in fp32.
 import subprocess
 import torch
 if torch.cuda.is_available():
     subprocess.run(["nvidia-smi"], check=False)
     if torch.cuda.get_device_capability()[0] < 8:
-        print("This GPU has no native bf16 (e.g. a T4): it runs emulated, slower than on an A100/L4.")
+        print("This GPU has no native bf16 (e.g. a T4): precision 'auto' trains with fp16 autocast and a "
+              "gradient scaler (fp16-mixed) and evaluates in fp16.")
+    else:
+        print("precision 'auto': bf16 autocast over fp32 weights (bf16-mixed).")
 else:
     print("No GPU: stages fall back to the CPU in fp32. The toy defaults run on a CPU in minutes; "
           "for real models pick Runtime > Change runtime type > GPU.")'''

@@ -105,9 +105,38 @@ def task_digests(pairs: Mapping[str, ET.Pair]) -> dict[str, str]:
     return out
 
 
-def settings_digest(num_fewshot: int, limit: int, seed: int) -> str:
-    """The scoring settings every stored result depends on besides its model and task."""
-    return _digest({"num_fewshot": num_fewshot, "limit": limit, "seed": seed})
+def settings_digest(num_fewshot: int, limit: int, seed: int, precision: str = "auto") -> str:
+    """The scoring settings every stored result depends on besides its model and task (the
+    precision only when it is not ``auto``, so results stored before it was a setting are kept)."""
+    d = {"num_fewshot": num_fewshot, "limit": limit, "seed": seed}
+    if precision != "auto":
+        d["precision"] = precision
+    return _digest(d)
+
+
+def scoring_precision(precision: str, device) -> tuple[str, Any]:
+    """``(weight dtype name, autocast dtype or None)`` 07 scores in. ``auto``: the inference dtype
+    (:func:`lib.model.auto_dtype`: bf16 weights on Ampere+ GPUs, fp16 on older, fp32 on CPU);
+    ``bf16-mixed`` / ``fp16-mixed``: fp32 weights under autocast, as the training stages measure;
+    ``bf16`` / ``fp32``: those weights, no autocast. Option log-softmax is fp32 in every case."""
+    import torch
+
+    from lib.model import AUTOCAST_DTYPES, PRECISIONS, auto_dtype
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "auto":
+        from lib.model import auto_device
+        dev = auto_device(device) if isinstance(device, str) else torch.device(device)
+        return str(auto_dtype(dev)).replace("torch.", ""), None
+    if precision.endswith("-mixed"):
+        return "float32", AUTOCAST_DTYPES[precision[:4]]
+    return {"bf16": "bfloat16", "fp32": "float32"}[precision], None
+
+
+def precision_note(precision: str, device) -> str:
+    """How 07 computes, in words, for evals.json and metrics.json."""
+    weights, auto = scoring_precision(precision, device)
+    return f"{str(auto).replace('torch.', '')} autocast over {weights} weights" if auto is not None else weights
 
 
 def model_fingerprint(m: ModelSpec) -> str:
@@ -258,7 +287,8 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
                    keys: Mapping[str, Any] | None = None, keep: Mapping[str, Mapping] | None = None,
                    order: Sequence[str] | None = None, extras: Sequence[XT.Extra] = (),
                    extra_keys: Mapping[str, Any] | None = None, extra_keep: Mapping[str, Mapping] | None = None,
-                   extra_order: Sequence[str] | None = None, context_once: bool = True) -> dict[str, Any]:
+                   extra_order: Sequence[str] | None = None, context_once: bool = True,
+                   precision: str = "auto") -> dict[str, Any]:
     """Load, score every pair of ``pairs`` in both languages (``keep``: stored pairs carried over), write ``results/<name>/`` and return the entry::
 
         {"name", "kind", "stage", "step", "path",
@@ -282,7 +312,8 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     final = stage_dir / "results" / m.name
     start = time.perf_counter()
     dev = auto_device(device)
-    model, tok = load_model(m.path, device=str(dev))
+    weights, autocast = scoring_precision(precision, dev)
+    model, tok = load_model(m.path, device=str(dev), dtype=weights)
     alive = weakref.ref(model)
     truncated = [0]
     try:
@@ -290,13 +321,14 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
             # log-softmax in fp32 even for a bf16 model: option scores differ by small margins
             scorer = ContextOnceHFLM if context_once else HFLM
             lm = scorer(pretrained=model, tokenizer=tok, device=str(dev), batch_size=batch_size,
-                        softmax_dtype="float32")
+                        softmax_dtype="float32", mixed_precision_dtype=autocast)
             res, entry = {}, {}
             if pairs:
                 res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
                                   limit=limit, seed=seed, device=str(dev))
                 entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
                                             hflm_token_counter(lm), keep=keep, order=order)
+                entry["precision"] = precision_note(precision, dev)
             if extras or extra_keep:
                 entry["extra"] = XT.score(lm, m.name, extras, stage_dir, extra_keys or {}, extra_keep, extra_order,
                                           batch_size=batch_size, num_fewshot=num_fewshot, limit=limit,
@@ -360,7 +392,7 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
                  device: str = "auto", batch_size: int = 16, num_fewshot: int = 0, limit: int = 0,
                  seed: int = 0, progress: bool = True, rescore_changed: bool = False,
                  extras: Sequence[XT.Extra] = (), extra_checkpoints: bool = True,
-                 context_once: bool = True) -> list[dict[str, Any]]:
+                 context_once: bool = True, precision: str = "auto") -> list[dict[str, Any]]:
     """Score what is not stored yet, per (model, pair): a new model, a new pair, new settings or
     a new checkpoint is scored, everything else kept; rewrite ``evals.json`` after each model.
     A pair whose prompts or data changed since it was stored raises :class:`ChangedTask` (before
@@ -375,7 +407,8 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
     stage_dir = Path(stage_dir)
     for stale in [*(stage_dir / "results").glob(".*.tmp*"), *(stage_dir / XT.STORE).glob(".*.tmp*")]:
         shutil.rmtree(stale, ignore_errors=True)    # a killed run's half-written folder
-    tasks, settings = task_digests(pairs), settings_digest(num_fewshot, limit, seed)
+    scoring_precision(precision, "cpu")           # a bad value fails before anything is scored
+    tasks, settings = task_digests(pairs), settings_digest(num_fewshot, limit, seed, precision)
     plans = {m.name: (result_keys(m, tasks, settings), stored_entry(stage_dir, m.name)) for m in models}
     mx = {m.name: [x for x in extras if extra_checkpoints or m.kind != "checkpoint"] for m in models}
     xplans = {m.name: (result_keys(m, {x.name: x.digest for x in mx[m.name]}, settings),
@@ -424,7 +457,8 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
                                     seed=seed, keys=keys, keep=kept, order=list(pairs),
                                     extras=[x for x in mine if x.name in xtodo] if extra is None else [],
                                     extra_keys=xkeys, extra_keep=xkept if extra is None else None,
-                                    extra_order=[x.name for x in mine], context_once=context_once)
+                                    extra_order=[x.name for x in mine], context_once=context_once,
+                                    precision=precision)
             entry = scored if entry is None else entry
             extra = scored["extra"] if extra is None else extra
         if mine:

@@ -5,12 +5,17 @@
     loss = loss + clm_weight * clm_loss(out.logits, clm_labels(batch["input_ids"], batch["attention_mask"]))
 
 Both compute in float32 whatever the input dtype: a bf16 softmax over a batch or a 40k vocab
-loses the small differences the gradient is made of.
+loses the small differences the gradient is made of. InfoNCE also turns autocast off for its own
+body (:func:`lib.model.fp32_region`): under bf16 autocast (the GPU default, and the suite's
+``bf16-mixed`` runs) a matmul casts its inputs to bf16 whatever ``.float()`` made of them, and at
+temperature 0.05 the logits reach 16-20, where bf16 steps by 0.125.
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from lib.model import fp32_region
 
 IGNORE_INDEX = -100  # the label value cross-entropy skips (PyTorch and HF convention)
 
@@ -33,11 +38,12 @@ def info_nce(a: torch.Tensor, b: torch.Tensor, temperature: float = 0.05) -> tor
                          f"{tuple(a.shape)} and {tuple(b.shape)}")
     if not temperature > 0:
         raise ValueError(f"info_nce temperature must be > 0, got {temperature}")
-    u = F.normalize(a.float(), dim=-1)
-    v = F.normalize(b.float(), dim=-1)
-    logits = u @ v.T / temperature
-    targets = torch.arange(logits.shape[0], device=logits.device)
-    return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
+    with fp32_region(a):
+        u = F.normalize(a.float(), dim=-1)
+        v = F.normalize(b.float(), dim=-1)
+        logits = u @ v.T / temperature
+        targets = torch.arange(logits.shape[0], device=logits.device)
+        return 0.5 * (F.cross_entropy(logits, targets) + F.cross_entropy(logits.T, targets))
 
 
 def clm_loss(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:

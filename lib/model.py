@@ -6,9 +6,11 @@ the new rows, measure perplexity, save as a plain ``from_pretrained`` folder.
     save_model(model, merged_tok, "outputs/toy/02_embedding_init/model")
 
 Device and dtype are ``auto``. The device is this process's (``cuda:<local rank>`` under
-``accelerate launch``, else ``cuda`` or ``cpu``). Models loaded to *evaluate* are bf16 on CUDA and
-fp32 on CPU (bf16 on these CPUs is ~30x slower). Models loaded to *train* follow ``precision``
-(:func:`precision_settings`): by default fp32 weights with bf16 autocast on CUDA.
+``accelerate launch``, else ``cuda`` or ``cpu``). Models loaded to *evaluate* are bf16 on Ampere+
+GPUs, fp16 on older ones and fp32 on CPU (bf16 weights on these CPUs are ~30x slower). Models
+loaded to *train* follow ``precision`` (:func:`precision_settings`): by default fp32 weights with
+bf16 autocast on CUDA, and every metric a stage compares runs in that same precision
+(:func:`compute_context`).
 """
 from __future__ import annotations
 
@@ -21,49 +23,123 @@ import torch
 INIT_METHODS = ("subword_mean", "mean", "random")
 
 
-PRECISIONS = ("auto", "bf16-mixed", "bf16", "fp32")
+PRECISIONS = ("auto", "bf16-mixed", "fp16-mixed", "bf16", "fp32")
 _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16,
            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
+# accelerate's mixed_precision -> the dtype autocast computes in (None: no autocast)
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}
+# drivers older than the pinned torch wheel's CUDA build need a wheel from this index (see README)
+OLDER_DRIVER_INDEX = "https://download.pytorch.org/whl/cu128"
+
+
+def cuda_missing_message(asked: str = "cuda") -> str:
+    """One line: CUDA was asked for, torch sees no GPU, and what to do about it."""
+    build = torch.version.cuda
+    what = (f"this torch {torch.__version__} is a CUDA {build} build: the node's NVIDIA driver may be too "
+            f"old for it (check nvidia-smi); for older drivers install torch from {OLDER_DRIVER_INDEX} "
+            f"(pip install torch=={torch.__version__.split('+')[0]} --index-url {OLDER_DRIVER_INDEX})"
+            if build else f"this torch {torch.__version__} is a CPU-only build: install a CUDA build "
+            f"(see the README's GPU section; {OLDER_DRIVER_INDEX} for drivers older than R580)")
+    return f"device {asked!r} asks for a CUDA GPU but torch sees none: {what}"
+
+
+def cuda_capability(device: torch.device | None = None) -> tuple[int, int]:
+    """Compute capability of ``device`` (of the current GPU when None): (8, 0) is Ampere."""
+    return torch.cuda.get_device_capability(device)
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """bf16 with tensor cores: Ampere (capability 8.0) and newer. Older GPUs (Colab's T4, V100)
+    only emulate bf16 (``torch.cuda.is_bf16_supported()`` still says yes) and take fp16."""
+    return device.type == "cuda" and cuda_capability(device) >= (8, 0)
 
 
 def auto_device(device: str = "auto") -> torch.device:
     """This process's device. ``auto`` (and ``cuda``): the GPU accelerate assigns to this process
     (``cuda:<local rank>`` under ``accelerate launch``, so two processes never share GPU 0);
-    ``auto`` without CUDA: the CPU."""
+    ``auto`` without CUDA: the CPU. ``cuda`` without a GPU torch can see fails in one line
+    (:func:`cuda_missing_message`) instead of training on the CPU for days."""
     if device in ("auto", "cuda") and torch.cuda.is_available():
         from accelerate import PartialState
         return PartialState().device
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(cuda_missing_message(str(device)))
     return torch.device("cpu" if device == "auto" else device)
 
 
 def auto_dtype(device: torch.device, dtype: str = "auto") -> torch.dtype:
-    """The dtype to load a model in for *inference*: bf16 on CUDA, fp32 on CPU."""
+    """The dtype to load a model in for *inference*: bf16 on Ampere+ GPUs, fp16 on older ones,
+    fp32 on CPU."""
     if dtype == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        if device.type != "cuda":
+            return torch.float32
+        return torch.bfloat16 if fast_bf16(device) else torch.float16
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be auto or one of {sorted(_DTYPES)}, got {dtype!r}")
     return _DTYPES[dtype]
 
 
+def resolve_precision(precision: str = "auto", device: torch.device | str = "auto") -> str:
+    """The precision ``auto`` stands for on ``device``: ``bf16-mixed`` on Ampere+ GPUs,
+    ``fp16-mixed`` (with a gradient scaler) on older GPUs, ``fp32`` on CPU; others as given."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision != "auto":
+        return precision
+    # only the device *type* matters here: a named device is taken at its word (no process state)
+    dev = auto_device(device) if device == "auto" else torch.device(device)
+    if dev.type != "cuda":
+        return "fp32"
+    return "bf16-mixed" if fast_bf16(dev) else "fp16-mixed"
+
+
 def precision_settings(precision: str = "auto", device: torch.device | str = "auto") -> tuple[torch.dtype, str]:
     """``(weight dtype, accelerate mixed_precision)`` for training.
 
-    - ``auto``: on CUDA, fp32 master weights, gradients and AdamW state with bf16 autocast
-      (``bf16-mixed``); on CPU plain fp32 (``no``);
-    - ``bf16-mixed``: the same on any device (slow on CPUs without bf16 units);
+    - ``auto``: on an Ampere or newer GPU, fp32 master weights, gradients and AdamW state with
+      bf16 autocast (``bf16-mixed``); on an older GPU (T4, V100) the same with fp16 autocast and a
+      gradient scaler (``fp16-mixed``: their bf16 is emulated, without tensor cores); on CPU plain fp32;
+    - ``bf16-mixed`` / ``fp16-mixed``: as above on any device (CPU autocast casts as CUDA's does);
     - ``bf16``: pure bf16 weights and optimizer state, no autocast: half the memory of the
       weights and ~40% of the training state, but an update smaller than ~1/256 of a weight
       rounds away (at lr 2e-5 most do), so only for short runs or with care;
     - ``fp32``: everything in fp32, no autocast.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    # only the device *type* matters here: a named device is taken at its word (no process state)
-    dev = auto_device(device) if device == "auto" else torch.device(device)
-    if precision == "auto":
-        precision = "bf16-mixed" if dev.type == "cuda" else "fp32"
-    return {"bf16-mixed": (torch.float32, "bf16"), "bf16": (torch.bfloat16, "no"),
-            "fp32": (torch.float32, "no")}[precision]
+    return {"bf16-mixed": (torch.float32, "bf16"), "fp16-mixed": (torch.float32, "fp16"),
+            "bf16": (torch.bfloat16, "no"), "fp32": (torch.float32, "no")}[resolve_precision(precision, device)]
+
+
+def compute_context(mixed_precision: str, device: torch.device | str):
+    """The context a stage computes in under accelerate's ``mixed_precision`` (``bf16``, ``fp16``,
+    ``no``): autocast to that dtype on ``device``'s type, or nothing. Training, the evaluation
+    during training, before/after metrics and DPO's reference all run in it, so what a stage
+    compares is measured in one precision (``metrics.json`` records which: :func:`precision_record`)."""
+    from contextlib import nullcontext
+    if mixed_precision not in AUTOCAST_DTYPES:
+        raise ValueError(f"mixed_precision must be one of {sorted(AUTOCAST_DTYPES)}, got {mixed_precision!r}")
+    dtype = AUTOCAST_DTYPES[mixed_precision]
+    if dtype is None:
+        return nullcontext()
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype)
+
+
+def fp32_region(t: torch.Tensor):
+    """A region where autocast is off for ``t``'s device: ops on fp32 inputs stay fp32 (autocast
+    casts matmul inputs to bf16 whatever ``.float()`` made of them)."""
+    return torch.autocast(device_type=t.device.type, enabled=False)
+
+
+def precision_record(precision: str, device: torch.device | str = "auto") -> dict:
+    """What ``metrics.json`` records of a stage's precision: its resolved name, the dtype of the
+    weights it trains, the dtype its forward passes compute in (training, evaluation, before/after
+    metrics and references alike) and the dtype of the model folders it saves."""
+    name = resolve_precision(precision, device)
+    weights, mp = precision_settings(name, device)
+    auto = AUTOCAST_DTYPES[mp]
+    short = lambda d: str(d).replace("torch.", "")  # noqa: E731
+    return {"precision": name, "weights": short(weights),
+            "compute": f"{short(auto)} autocast over {short(weights)} weights" if auto else short(weights),
+            "saved": short(weights)}
 
 
 def load_model(spec: str, device: str = "auto", dtype: str = "auto"):

@@ -48,7 +48,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import yaml
 
 from lib import paths
@@ -91,11 +90,18 @@ class Param:
 
 
 def parameters_cell(nb_path: Path) -> str:
-    nb = nbformat.read(str(nb_path), as_version=4)
-    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    """The source of a notebook's cell tagged ``parameters``. Read as plain JSON (an .ipynb is one),
+    not with nbformat: ``python -m lib.train`` and the GPU bench run on machines without notebook
+    packages."""
+    try:
+        nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ParamsError(f"{nb_path}: cannot read the notebook ({e})") from e
+    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
     if len(cells) != 1:
         raise ParamsError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
-    return cells[0].source
+    src = cells[0].get("source", "")
+    return "".join(src) if isinstance(src, list) else src
 
 
 def notebook_params(stage: str, nb_path: Path | None = None) -> dict[str, Param]:

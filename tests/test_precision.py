@@ -7,6 +7,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
+from lib import paths
 from lib.model import precision_settings
 from lib.train.loop import Interrupted, TrainSpec, checkpoints, train
 
@@ -38,23 +39,75 @@ def lm_loss(mods, ids):
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 
-def test_precision_settings_table():
+@pytest.fixture
+def fake_gpu(monkeypatch):
+    """A GPU of the given compute capability as far as lib.model can tell (there is none here)."""
+    import lib.model as M
+
+    def make(capability=(8, 6)):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(M, "cuda_capability", lambda device=None: capability)
+    return make
+
+
+def test_precision_settings_table(fake_gpu):
+    fake_gpu((8, 6))                                                         # an A6000
     assert precision_settings("auto", CUDA) == (torch.float32, "bf16")     # fp32 master + autocast
     assert precision_settings("auto", CPU) == (torch.float32, "no")
     assert precision_settings("bf16-mixed", CPU) == (torch.float32, "bf16")
+    assert precision_settings("fp16-mixed", CPU) == (torch.float32, "fp16")
     assert precision_settings("bf16", CUDA) == (torch.bfloat16, "no")      # pure bf16: only when asked
     assert precision_settings("fp32", CUDA) == (torch.float32, "no")
     with pytest.raises(ValueError, match="precision must be one of"):
         precision_settings("fp16", CPU)
 
 
-def test_train_spec_maps_precision_to_accelerate(monkeypatch):
+def test_pre_ampere_gpus_get_fp16_with_a_gradient_scaler(fake_gpu):
+    """F6: a T4 (capability 7.5) only emulates bf16, without tensor cores: ``auto`` trains with
+    fp16 autocast (accelerate adds the GradScaler; the loop's acc.backward / clip_grad_norm_
+    unscale) and evaluates fp16 weights."""
+    from lib.model import auto_dtype, precision_record, resolve_precision
+    fake_gpu((7, 5))
+    assert resolve_precision("auto", CUDA) == "fp16-mixed"
+    assert precision_settings("auto", CUDA) == (torch.float32, "fp16")
+    assert auto_dtype(CUDA) == torch.float16
+    assert precision_record("auto", CUDA) == {"precision": "fp16-mixed", "weights": "float32",
+                                              "compute": "float16 autocast over float32 weights",
+                                              "saved": "float32"}
+    fake_gpu((8, 0))                                                         # A100 and newer: bf16
+    assert resolve_precision("auto", CUDA) == "bf16-mixed" and auto_dtype(CUDA) == torch.bfloat16
+
+
+def test_cuda_asked_without_a_gpu_fails_in_one_line(monkeypatch):
+    """F5: ``device: cuda`` on a node whose torch sees no GPU (a driver older than the wheel's
+    CUDA build) fails at once, naming torch's CUDA build and the wheel index for older drivers,
+    instead of training on the CPU; ``check`` says the same before any stage runs."""
+    from lib.check import KEY_RULES
+    from lib.model import OLDER_DRIVER_INDEX, auto_device
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(RuntimeError) as e:
+        auto_device("cuda")
+    msg = str(e.value)
+    assert "\n" not in msg and torch.__version__ in msg and OLDER_DRIVER_INDEX in msg
+    assert auto_device("auto").type == "cpu"                      # auto still means: CPU when no GPU
+    problem = KEY_RULES["device"]("cuda")
+    assert problem.startswith("is 'cuda', but") and "\n" not in problem and OLDER_DRIVER_INDEX in problem
+    assert KEY_RULES["precision"]("fp16") .startswith("must be one of auto, bf16-mixed, fp16-mixed")
+
+
+def test_a6000_profile_asks_for_cuda():
+    from lib.params import load_profile
+    prof = load_profile(paths.PARAMS / "a6000.yaml")
+    assert prof.sections["common"]["device"] == "cuda"
+
+
+def test_train_spec_maps_precision_to_accelerate(fake_gpu):
     from lib.train.common import train_spec
     base = {"steps": 3, "lr": 1e-3, "device": "auto"}
     assert train_spec({**base, "precision": "auto"}).mixed_precision == "no"         # this CPU
     assert train_spec({**base, "precision": "bf16-mixed"}).mixed_precision == "bf16"
     assert train_spec({**base, "precision": "bf16"}).mixed_precision == "no"
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    fake_gpu((8, 6))
     assert train_spec({**base, "device": "cuda", "precision": "auto"}).mixed_precision == "bf16"
 
 

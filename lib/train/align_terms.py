@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from lib.losses import info_nce
+from lib.model import fp32_region
 
 from lib.wordpairs import Locator
 
@@ -163,13 +164,14 @@ def word_vectors(states: torch.Tensor, words: torch.Tensor, n_ko: int) -> tuple[
 def masked_info_nce(a: torch.Tensor, b: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE where ``a[i]``/``b[i]`` are positives and rows with the same ``ids`` (the
     same word twice in a batch) are not negatives of each other."""
-    u, v = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
-    logits = u @ v.T / temperature
-    same = ids.unsqueeze(0) == ids.unsqueeze(1)
-    same.fill_diagonal_(False)
-    logits = logits.masked_fill(same, float("-inf"))
-    target = torch.arange(len(a), device=a.device)
-    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
+    with fp32_region(a):                     # fp32 logits under autocast too (see lib.losses)
+        u, v = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
+        logits = u @ v.T / temperature
+        same = ids.unsqueeze(0) == ids.unsqueeze(1)
+        same.fill_diagonal_(False)
+        logits = logits.masked_fill(same, float("-inf"))
+        target = torch.arange(len(a), device=a.device)
+        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))
 
 
 # ----------------------------------------------------------------------------- the shared head

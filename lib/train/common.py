@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lib.model import auto_device, precision_settings
+from lib.model import auto_device, compute_context, precision_record, precision_settings
 from lib.train.loop import TrainSpec
 
 SPEC_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "grad_accum",
@@ -24,6 +24,29 @@ def train_spec(cfg: Any) -> TrainSpec:
     spec = {k: cfg[k] for k in SPEC_KEYS if k in cfg}
     _, spec["mixed_precision"] = precision_settings(cfg.get("precision", "auto"), cfg.get("device", "auto"))
     return TrainSpec(**spec)
+
+
+def measured(cfg: Any):
+    """The context a stage's metrics are computed in: the precision it trains in (bf16 autocast
+    over fp32 weights on a GPU by default, plain fp32 on CPU), so before/after metrics, the
+    evaluation during training (the loop uses the same autocast) and DPO's reference agree."""
+    dev = auto_device(cfg.get("device", "auto"))
+    _, mixed = precision_settings(cfg.get("precision", "auto"), dev)
+    return compute_context(mixed, dev)
+
+
+def precision_of(cfg: Any) -> dict:
+    """``metrics.json``'s record of the precision a stage trained, measured and saved in."""
+    return precision_record(cfg.get("precision", "auto"), auto_device(cfg.get("device", "auto")))
+
+
+def load_measured(cfg: Any, folder: str | Path):
+    """(model, tokenizer) of a saved ``folder`` in this stage's training weight dtype, in eval mode,
+    to measure it as the stage measured the model it trained (under :func:`measured`)."""
+    from lib.model import load_model
+    dev = auto_device(cfg.get("device", "auto"))
+    weights, _ = precision_settings(cfg.get("precision", "auto"), dev)
+    return load_model(str(folder), str(dev), dtype=str(weights).replace("torch.", ""))
 
 
 def load_start(cfg: Any, init_from: str | None = None):
@@ -53,12 +76,18 @@ def saver(model, tok, source_folder: str | Path):
 
 
 def final_model(cfg: Any, result: dict) -> Path:
-    """Copy the last checkpoint's model to ``<stage>/model`` (what later stages load)."""
+    """Copy the last checkpoint's model to ``<stage>/model`` (what later stages load). Under
+    ``accelerate launch`` only the main process copies and every process waits for it: two ranks
+    renaming the same folder race (ENOTEMPTY / FileNotFoundError)."""
+    from accelerate import PartialState
     from lib.outputs import atomic_dir
-    last = Path(result["checkpoints"][-1]) / "model"
-    with atomic_dir(cfg.stage_dir / "model", overwrite=True) as tmp:
-        for f in last.iterdir():
-            shutil.copy(f, tmp / f.name)
+    state = PartialState()
+    if state.is_main_process:
+        last = Path(result["checkpoints"][-1]) / "model"
+        with atomic_dir(cfg.stage_dir / "model", overwrite=True) as tmp:
+            for f in last.iterdir():
+                shutil.copy(f, tmp / f.name)
+    state.wait_for_everyone()
     return cfg.stage_dir / "model"
 
 

@@ -36,7 +36,8 @@ from lib.losses import clm_loss, info_nce
 from lib.outputs import write_json
 from lib.represent import (POOLING_MODES, LayerWeights, alignment_report, embed_texts, encode_batch,
                            hidden_states_of, pooled_vectors, sentence_vectors)
-from lib.train.common import final_model, load_start, saver, train_spec, trainable_summary
+from lib.model import AUTOCAST_DTYPES, precision_settings
+from lib.train.common import final_model, load_start, precision_of, saver, train_spec, trainable_summary
 from lib.train.loop import train
 
 STAGE = "03_stage1_contrastive"
@@ -307,6 +308,11 @@ def build(cfg: Any) -> Stage1:
     if cfg.english_encoder == "frozen":
         # copied before anything is untied or frozen: exactly the starting model
         frozen = copy.deepcopy(model).eval().requires_grad_(False)
+        # it only ever runs under the training autocast, which computes its matmuls in that dtype
+        # anyway: keep it there (half the memory: 2.7 GB instead of 5.5 GB at 1.3B)
+        _, mixed = precision_settings(cfg.get("precision", "auto"), model.device)
+        if AUTOCAST_DTYPES[mixed] is not None:
+            frozen.to(AUTOCAST_DTYPES[mixed])
     info = freeze_for_stage1(model, top, keep_all=cfg.clm_weight > 0)
     objective = cfg.get("objective", "sentence")
     word_pairs = None
@@ -428,8 +434,8 @@ def run(cfg: Any, stop_at: int | None = None) -> dict:
                    eval_fn=lambda: evaluate(s), save_fn=save_fn(s), tokens_in=tokens, stop_at=stop_at,
                    desc="stage1 contrastive")
     metrics = summarise(s, result)
+    final_model(cfg, result)                  # the main process copies, every process waits
     if PartialState().is_main_process:
-        final_model(cfg, result)
         if "layer_weights" in metrics:
             write_json(cfg.stage_dir / "layer_weights.json", metrics["layer_weights"])
     PartialState().wait_for_everyone()
@@ -449,7 +455,7 @@ def summarise(s: Stage1, result: dict) -> dict:
         "pair_cos": ba("pair_cos"), "nonpair_cos": ba("nonpair_cos"), "gap": ba("gap"),
         "curves": {"loss": [h for h in result["history"] if "loss" in h],
                    "eval": [{"step": e["step"], **e["eval"]} for e in evals]},
-        "checkpoints": result["checkpoints"], "model": str(cfg.stage_dir / "model"),
+        "checkpoints": result["checkpoints"], "model": str(cfg.stage_dir / "model"), "precision": precision_of(cfg),
         "train_seconds": result["train_seconds"], "resumed_from": result["resumed_from"],
         "pairs_per_second": (run_steps * cfg.batch_size * cfg.grad_accum / result["train_seconds"]
                              if result["train_seconds"] else None),

@@ -247,7 +247,7 @@ def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) ->
     (``model`` is the trained policy, in eval mode, for the caller to inspect and free)."""
     from lib import preferences as P
     from lib.params import Config
-    from lib.train.common import trainable_summary
+    from lib.train.common import measured, precision_of, trainable_summary
     from lib.train.loop import train
     from lib.train.pretrain import merged_saver
     check_dpo(cfg)
@@ -258,9 +258,12 @@ def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) ->
     train_enc, train_pairs, train_rep = P.encode_pairs(tok, train_pairs, template, cfg.max_len)
     held_enc, held_pairs, held_rep = P.encode_pairs(tok, held_pairs, template, cfg.max_len)
     t0 = time.time()
-    # the reference never changes: its log-probs once, before training (exact, no second model)
-    ref_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size, reference=True)
-    ref_held = pair_logps(model, held_enc, pad, cfg.dpo_batch_size, reference=True)
+    # the reference never changes: its log-probs once, before training (exact, no second model),
+    # in the precision the policy is scored in (the loop's autocast): at step 0 both are the same
+    # weights, so every reward is 0 only if both are measured alike
+    with measured(cfg):
+        ref_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size, reference=True)
+        ref_held = pair_logps(model, held_enc, pad, cfg.dpo_batch_size, reference=True)
     ref_seconds = time.time() - t0
     kinds = [p["kind"] for p in held_pairs]
     stream = PairStream(train_enc, ref_train, cfg.dpo_batch_size, cfg.dpo_grad_accum, cfg.seed, pad)
@@ -279,15 +282,18 @@ def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) ->
                    tokens_in=lambda b: int(b["attention_mask"].sum()), desc=f"06 DPO ({cfg.dpo_method})")
     seconds = time.time() - t1
     train_kinds = [p["kind"] for p in train_pairs]
-    after_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size)
+    with measured(cfg):
+        after_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size)
+        after_held = pair_logps(model, held_enc, pad, cfg.dpo_batch_size)
     held = {"before": pair_summary(ref_held, ref_held, cfg.dpo_beta, kinds),
-            "after": pair_summary(pair_logps(model, held_enc, pad, cfg.dpo_batch_size), ref_held, cfg.dpo_beta, kinds)}
+            "after": pair_summary(after_held, ref_held, cfg.dpo_beta, kinds)}
     losses = [h for h in result["history"] if "loss" in h]
     evals = result["evals"]
     return {
         "model": model, "result": result,
         "metrics": {
-            "method": cfg.dpo_method, "beta": cfg.dpo_beta, "start": str(sft_dir), **trainable_summary(model),
+            "method": cfg.dpo_method, "beta": cfg.dpo_beta, "start": str(sft_dir), "precision": precision_of(cfg),
+            **trainable_summary(model),
             "pairs": {**source, "train": P.counts(train_pairs), "heldout": P.counts(held_pairs),
                       "encode": {"train": train_rep, "heldout": held_rep}, "epochs": stream.epochs(spec.steps),
                       "example": {k: train_pairs[0][k] for k in ("prompt", "chosen", "rejected", "kind")}},

@@ -21,7 +21,7 @@ from lib.data import read_lines
 from lib.model import text_nll
 from lib.outputs import read_json
 from lib.packing import MixedStream, pack_file, stream_stats
-from lib.train.common import final_model, load_start, saver, train_spec, trainable_summary
+from lib.train.common import final_model, load_start, measured, precision_of, saver, train_spec, trainable_summary
 from lib.train.loop import train
 
 
@@ -90,17 +90,19 @@ def run(cfg: Any) -> dict:
     blocks, report = pack_file(tok, cfg.corpus(cfg.text), cfg.block_size)
     stream = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed)
     spec = train_spec(cfg)
-    before = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)
+    with measured(cfg):                       # before and after in the precision it trains in
+        before = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)
     t0 = time.time()
     result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, save_fn=saver(model, tok, start),
                    tokens_in=lambda b: int(b["attention_mask"].sum()), desc="04 LM head")
     seconds = time.time() - t0
-    after = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)
+    with measured(cfg):
+        after = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)
     final_model(cfg, result)
     losses = [h for h in result["history"] if "loss" in h]
     return {
         "init_from": start, "train_new_embeddings": cfg.train_new_embeddings, "train_rows": cfg.train_rows,
-        "base_vocab_size": n_base,
+        "base_vocab_size": n_base, "precision": precision_of(cfg),
         **trainable_summary(model),
         "ko_ppl": {"before": before["ko"]["ppl"], "after": after["ko"]["ppl"]},
         "en_ppl": {"before": before["en"]["ppl"], "after": after["en"]["ppl"]},

@@ -22,6 +22,20 @@ Calling ``train`` again on the same ``out_dir`` continues from the last checkpoi
 fp32 the final weights equal an uninterrupted run's (tested). Precision is ``spec.mixed_precision``
 (accelerate's): with ``auto``, bf16 autocast on CUDA over the fp32 weights the stage loaded
 (:func:`lib.model.precision_settings`), plain fp32 on CPU.
+
+Autocast is on exactly where the loop puts it: around ``loss_fn`` and around ``eval_fn`` (so the
+step-0 evaluation and every later one measure in the training precision). ``accelerate.prepare``
+also wraps each model's ``forward`` in autocast *on the object itself*, which would make every
+forward after training started bf16 and every one before it fp32 (a DPO reference computed before
+``train`` would then differ from the policy at step 0); the loop takes that wrapper off again
+(:func:`plain_forward`), and stages compute their before/after metrics and references in
+:func:`lib.model.compute_context` of the same ``mixed_precision``.
+
+Distributed: DDP (``params/accelerate/ddp.yaml``) is the supported launch. FSDP is accepted only
+for full training without autocast (``--mixed_precision no``): under accelerate's FSDP bf16 policy
+RoPE's ``inv_freq`` buffer is cast to bf16 and gradients are reduced in bf16, and clipping a
+subset of parameters clips each shard by its own norm. DeepSpeed is refused (it saves bf16 model
+folders and replaces ``max_grad_norm`` with its own clipping).
 """
 from __future__ import annotations
 
@@ -187,11 +201,36 @@ def to_device(batch: Any, device: torch.device) -> Any:
 
 def _fused_adamw_ok(params: list[torch.nn.Parameter], acc) -> bool:
     """Use torch's fused AdamW (one kernel for all parameters) where it applies: floating-point
-    parameters on CPU or CUDA, not under DeepSpeed (which brings its own optimizer step).
+    parameters on CPU or CUDA.
     ``transformers.Trainer`` does the same by default; on CPU the per-parameter loop it replaces
     was ~7% of a step for a small model (bench/train_vs_trainer.py)."""
-    return (acc.distributed_type.name != "DEEPSPEED"
-            and all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params))
+    return (all(p.is_floating_point() and p.device.type in ("cpu", "cuda") for p in params))
+
+
+def check_distributed(distributed_type: str, mixed_precision: str, full_training: bool) -> None:
+    """Refuse the distributed set-ups that would train or save something else than asked (see
+    the module docstring), in one line naming what to use instead."""
+    if distributed_type == "DEEPSPEED":
+        raise ValueError("DeepSpeed is not supported: it saves bf16 model folders and ignores the stage's "
+                         "max_grad_norm; launch with --config_file params/accelerate/ddp.yaml")
+    if distributed_type == "FSDP" and mixed_precision != "no":
+        raise ValueError(f"FSDP with mixed_precision {mixed_precision!r} casts RoPE's inv_freq and the gradient "
+                         "reduction to that dtype: launch with params/accelerate/ddp.yaml, or FSDP with "
+                         "--mixed_precision no")
+    if distributed_type == "FSDP" and not full_training:
+        raise ValueError("FSDP clips each shard by its own norm when only some parameters train (stages 03, "
+                         "04, LoRA): launch with params/accelerate/ddp.yaml")
+
+
+def plain_forward(module: torch.nn.Module) -> torch.nn.Module:
+    """Take accelerate's autocast wrapper off ``module.forward`` (``prepare`` installs it on the
+    object, keeping the original in ``_original_forward``); returns the module."""
+    original = module.__dict__.pop("_original_forward", None)
+    if original is not None:
+        module.__dict__.pop("forward", None)
+        if module.forward != original:      # the original was itself set on the object
+            module.forward = original
+    return module
 
 
 def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable, spec: TrainSpec,
@@ -208,18 +247,19 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(spec, out_dir)
-    if acc.distributed_type.name == "DEEPSPEED" and spec.grad_accum > 1:
-        raise ValueError("with DeepSpeed set gradient_accumulation_steps in the DeepSpeed config and "
-                         "keep grad_accum: 1 (DeepSpeed accumulates and scales by itself)")
     set_seed(spec.seed)
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
     if not params:
         raise ValueError("nothing to train: no parameter has requires_grad=True")
+    check_distributed(acc.distributed_type.name, acc.mixed_precision,
+                      len(params) == sum(1 for m in modules for _ in m.parameters()))
     opt = torch.optim.AdamW(params, lr=spec.lr, weight_decay=spec.weight_decay,
                             fused=_fused_adamw_ok(params, acc))
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(spec))
     prepared = acc.prepare(*modules, opt, sched)
     modules_p, opt, sched = list(prepared[:len(modules)]), prepared[-2], prepared[-1]
+    for m in modules:            # autocast only where this loop puts it (see the module docstring)
+        plain_forward(m)
 
     history: list[dict] = []
     start, resumed_from = 0, None
@@ -232,7 +272,8 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
 
     evals = [h for h in history if "eval" in h]
     if start == 0 and eval_fn is not None:
-        evals.append({"step": 0, "eval": eval_fn()})
+        with acc.autocast():
+            evals.append({"step": 0, "eval": eval_fn()})
         history.append(evals[-1])
     if start >= spec.steps:
         acc.end_training()
@@ -276,7 +317,8 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
         if eval_fn is not None and ((spec.eval_every and done_steps % spec.eval_every == 0) or is_last):
             for m in modules_p:
                 m.eval()
-            ev = {"step": done_steps, "eval": eval_fn()}
+            with acc.autocast():
+                ev = {"step": done_steps, "eval": eval_fn()}
             for m in modules_p:
                 m.train()
             history.append(ev)

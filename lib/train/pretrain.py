@@ -26,7 +26,7 @@ import torch
 from lib.data import read_lines
 from lib.model import auto_device, text_nll
 from lib.packing import MixedStream, nonpad_fraction, pack_file, pad_naive, stream_stats, tokenize_lines
-from lib.train.common import final_model, load_start, train_spec, trainable_summary
+from lib.train.common import final_model, load_start, measured, precision_of, train_spec, trainable_summary
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
 
@@ -103,7 +103,10 @@ def merge_adapter(cfg: Any, model, start: str, adapter_dir: Path):
         return copy.deepcopy(model).merge_and_unload()
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
-    base = AutoModelForCausalLM.from_pretrained(start, dtype=torch.bfloat16)
+    # fp32, not the bf16 the 4-bit compute used: a LoRA delta of ~1e-3 of a weight is mostly below
+    # half a bf16 step and would round away. (The adapter learned against the NF4-rounded weights;
+    # it is merged into the unquantised ones, as peft and every QLoRA recipe do.)
+    base = AutoModelForCausalLM.from_pretrained(start, dtype=torch.float32)
     return PeftModel.from_pretrained(base, adapter_dir).merge_and_unload()
 
 
@@ -154,7 +157,11 @@ def run(cfg: Any) -> dict:
         return {"ko_ppl": text_nll(model, tok, ko_eval[:n_eval], cfg.block_size)["ppl"],
                 "en_ppl": text_nll(model, tok, en_eval[:n_eval], cfg.block_size)["ppl"]}
 
-    before = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
+    with measured(cfg):                       # the precision of training and of its evaluations
+        before = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
+        # the step-0 evaluation's numbers, measured before training: they must be equal (a check on
+        # the precision the loop evaluates in; accelerate's prepare changed it silently once)
+        eval_before = eval_fn()
     sample = stream.batch(0)
     t0 = time.time()
     modules, batch_at, loss_fn, tokens_in, aligned = [model], stream.batch, clm_loss_fn, None, None
@@ -167,18 +174,21 @@ def run(cfg: Any) -> dict:
                    tokens_in=tokens_in or (lambda b: int(b["attention_mask"].sum())),
                    desc=f"05 pretrain ({cfg.method})")
     seconds = time.time() - t0
-    after = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
+    with measured(cfg):
+        after = {"ko": text_nll(model, tok, ko_eval, cfg.block_size), "en": text_nll(model, tok, en_eval, cfg.block_size)}
     final_model(cfg, result)
     losses = [h for h in result["history"] if "loss" in h]
     evals = result["evals"]
     return {
-        "init_from": start, "method": cfg.method, "ko_ratio": cfg.ko_ratio, **trainable_summary(model),
+        "init_from": start, "method": cfg.method, "ko_ratio": cfg.ko_ratio, "precision": precision_of(cfg),
+        **trainable_summary(model),
         "code_switch_ratio": cfg.code_switch_ratio, "code_switched": switched,
         "align_weight": cfg.align_weight, "alignment": aligned,
         "ko_ppl": {"before": before["ko"]["ppl"], "after": after["ko"]["ppl"]},
         "en_ppl": {"before": before["en"]["ppl"], "after": after["en"]["ppl"]},
         "ko_bits_per_char": {"before": before["ko"]["bits_per_char"], "after": after["ko"]["bits_per_char"]},
         "en_bits_per_char": {"before": before["en"]["bits_per_char"], "after": after["en"]["bits_per_char"]},
+        "eval_before_training": eval_before,
         "loss": {"first": losses[0]["loss"], "last": losses[-1]["loss"]},
         "nonpad_fraction": nonpad_fraction(sample),
         "packing_vs_naive": packing_comparison(tok, ko_eval + en_eval, cfg.block_size),

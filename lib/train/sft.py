@@ -44,7 +44,7 @@ from lib.instructions import (PROMPT_TEMPLATE, SYSTEM_PROMPT, TURN_TEMPLATE, Exa
                               load_instructions, pad_id_of, read_records, split_heldout, template_from, _special)
 from lib.losses import IGNORE_INDEX
 from lib.packing import MixedStream
-from lib.train.common import final_model, trainable_summary, train_spec
+from lib.train.common import final_model, load_measured, measured, precision_of, trainable_summary, train_spec
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
 from lib.train.pretrain import check_method, load_for_method, merged_saver
@@ -231,7 +231,9 @@ def add_chat_vector(cfg: Any, src: str | Path, dst: str | Path) -> dict:
     from lib.chatvector import apply_chat_vector, load_chat_vector
     from lib.model import load_model, save_model
     vector = load_chat_vector(cfg.source(cfg.chat_vector_base), cfg.source(cfg.chat_vector_instruct))
-    model, tok = load_model(str(src), cfg.get("device", "auto"))
+    # fp32 whatever the device: a delta of ~1e-3 of the weight scale added to bf16 weights (the
+    # inference dtype on a GPU) mostly rounds away, and the saved model would be bf16 too
+    model, tok = load_model(str(src), cfg.get("device", "auto"), dtype="fp32")
     report = apply_chat_vector(model, vector, cfg.chat_vector_weight, rows=cfg.chat_vector_rows)
     del vector
     sp = Path(src) / "tokenizer.model"
@@ -252,14 +254,12 @@ def _on_main(fn):
 
 def run(cfg: Any) -> dict:
     from lib.chatvector import summary
-    from lib.model import load_model
     from lib.params import Config
     check_method(cfg)
     from lib.train.dpo import check_dpo
     check_dpo(cfg)
     use_cv = chat_vector_enabled(cfg)
     when = cfg.chat_vector_when if use_cv else None
-    device = cfg.get("device", "auto")
     template = template_from(cfg)
     records, data_report = load_instructions([cfg.path(f) for f in cfg.data_files], cfg.languages,
                                              cfg.max_examples)
@@ -287,13 +287,16 @@ def run(cfg: Any) -> dict:
                                     ("train", [r for r in train_recs if not r["history"]][:cfg.match_examples])) if v}
 
     def look(m) -> dict:
-        """What the metrics record of a model: sample generations, held-out loss, exact match."""
-        return {"gens": generate(m, tok, template, requests, cfg.max_new_tokens),
-                "held": response_loss(m, held, pad, cfg.batch_size) if held else None,
-                "match": {k: exact_match(m, tok, template, v, cfg.max_new_tokens) for k, v in match_sets.items()}}
+        """What the metrics record of a model: sample generations, held-out loss, exact match,
+        in the precision the stage trains and evaluates in (before, after and DPO alike)."""
+        with measured(cfg):
+            return {"gens": generate(m, tok, template, requests, cfg.max_new_tokens),
+                    "held": response_loss(m, held, pad, cfg.batch_size) if held else None,
+                    "match": {k: exact_match(m, tok, template, v, cfg.max_new_tokens) for k, v in match_sets.items()}}
 
-    before = look(load_model(start, device)[0] if when == "before" else model)
-    cv_only = generate(model, tok, template, requests, cfg.max_new_tokens) if when == "before" else None
+    before = look(load_measured(cfg, start)[0] if when == "before" else model)
+    with measured(cfg):
+        cv_only = generate(model, tok, template, requests, cfg.max_new_tokens) if when == "before" else None
     eval_fn = (lambda: response_loss(model, held, pad, cfg.batch_size)) if held else None
     t0 = time.time()
     result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
@@ -303,12 +306,13 @@ def run(cfg: Any) -> dict:
     trainable = trainable_summary(model)
     del model
     final_dir = cfg.stage_dir / "model"
-    _on_main(lambda: final_model(cfg, result))
+    final_model(cfg, result)                 # the main process copies, every process waits
     sft_only = None
     if when == "after":          # generate without the vector first, then add it to model/
-        sft_only = generate(load_model(str(final_dir), device)[0], tok, template, requests, cfg.max_new_tokens)
+        with measured(cfg):
+            sft_only = generate(load_measured(cfg, final_dir)[0], tok, template, requests, cfg.max_new_tokens)
         cv_report = _on_main(lambda: add_chat_vector(cfg, final_dir, final_dir))
-    after = look(load_model(str(final_dir), device)[0])
+    after = look(load_measured(cfg, final_dir)[0])
     dpo_metrics = dpo_after = None
     if cfg.dpo:                  # the tuned model becomes sft_model/ and DPO's result model/
         from lib.train import dpo
@@ -316,8 +320,8 @@ def run(cfg: Any) -> dict:
         sft_dir = _on_main(lambda: dpo.keep_sft_model(cfg.stage_dir)) or cfg.stage_dir / "sft_model"
         out = dpo.train_dpo(cfg, sft_dir, template, exclude=[r["instruction"] for r in held_recs])
         del out["model"]
-        _on_main(lambda: final_model(cfg, out["result"]))
-        dpo_after = look(load_model(str(final_dir), device)[0])
+        final_model(cfg, out["result"])
+        dpo_after = look(load_measured(cfg, final_dir)[0])
         dpo_metrics = {**out["metrics"], "heldout_loss": dpo_after["held"], "seconds": time.time() - t_dpo,
                        "rows_07": {"without_dpo": f"{cfg.stage}-sft", "with_dpo": cfg.stage}}
 
@@ -337,7 +341,7 @@ def run(cfg: Any) -> dict:
     evals = result["evals"]
     lens = [len(e.ids) for e in examples]
     return {
-        "init_from": start, "method": cfg.method, **trainable,
+        "init_from": start, "method": cfg.method, "precision": precision_of(cfg), **trainable,
         "data": {**data_report, **enc_report, "records": len(records), "train_examples": len(examples),
                  "heldout_examples": len(held), "by_lang": counts,
                  "mean_tokens": float(np.mean(lens)), "max_tokens": max(lens),

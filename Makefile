@@ -5,6 +5,8 @@
 # make report RUN=toy : outputs/<run>/report.md + report.html
 # make bench : every benchmark in bench/ (make bench-NAME for one, ARGS=--quick for a smoke run);
 #              tables and JSON lines also go to outputs/bench/NAME.txt (see docs/benchmarks.md)
+# make gpu-check : the prepared GPU check (bench/gpu_check.sh: one GPU, no network, < 9 min) into
+#              outputs/gpu_check/; needs no .venv (a GPU image's python3 with torch will do)
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
@@ -12,7 +14,7 @@ PARAMS ?= params/toy.yaml
 BENCHES := train_vs_trainer packing contrastive scaling eval_vs_lm_eval tokenizer plan_memory corpus_memory gpu_smoke
 SHELL  := /bin/bash
 
-.PHONY: run test lab check clean-venv colab report bench
+.PHONY: run test lab check clean-venv colab report bench gpu-check
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,3 +48,6 @@ bench: $(addprefix bench-,$(BENCHES))
 bench-%: $(VENV)/.installed
 	mkdir -p outputs/bench
 	set -o pipefail; $(PY) bench/$*.py $(ARGS) | tee outputs/bench/$*.txt
+
+gpu-check:
+	bash bench/gpu_check.sh

@@ -7,7 +7,10 @@ is ``HFLM`` with one method replaced, ``_loglikelihood_tokens``: requests are gr
 they are scored after, each group's context runs once (``use_cache``: its keys and values are kept)
 and its options run on those cached keys/values, a few tokens each. Tasks, request building,
 metrics and logs stay lm-eval's; the numbers are the same as ``HFLM``'s (``tests/test_kvscore.py``:
-log-likelihoods equal to 1e-5 in fp32, the same ``is_greedy``).
+log-likelihoods equal to 1e-5 in fp32, the same ``is_greedy``). With bf16 weights or under bf16
+autocast (07's ``precision``), the cached prefix plus a short tail pass rounds differently from
+HFLM's full passes, so near-tie items can flip: every model of a run is scored by the same scorer,
+so comparisons hold; for HFLM's numbers bit for bit, score in ``fp32`` (GPU_AUDIT F12, retired).
 
 What exactly is computed, as in ``HFLM`` (causal backend): the model input of a request is
 ``(context + continuation)[-(max_length + 1):][:-1]`` (too long: cut from the left), and the

@@ -53,9 +53,12 @@ def main(argv: list[str] | None = None) -> int:
             cfg = resolve(stage, stage_params(prof, stage, run))
             metrics = importlib.import_module(module).run(cfg)
             from accelerate import PartialState
-            if PartialState().is_main_process:
+            state = PartialState()
+            if state.is_main_process:
                 finish(cfg, metrics)
                 print(f"{stage} finished: {paths.stage_dir(cfg['run'], stage)}")
+            state.wait_for_everyone()
+            state.destroy_process_group()
     except ParamsError as e:
         for p in e.problems:
             print(f"error: {p}", file=sys.stderr)

@@ -276,7 +276,7 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
             evals.append({"step": 0, "eval": eval_fn()})
         history.append(evals[-1])
     if start >= spec.steps:
-        acc.end_training()
+        _end(acc)
         return _result(history, out_dir, 0.0, 0, resumed_from)
 
     for m in modules_p:
@@ -328,13 +328,21 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
             _save_checkpoint(acc, out_dir, done_steps, history, save_fn, spec.keep_checkpoints)
         if stop_at is not None and done_steps >= stop_at and not is_last:
             bar.close()
-            acc.end_training()
+            _end(acc)
             raise Interrupted(f"stopped after step {done_steps} (stop_at)")
     bar.close()
-    acc.end_training()
+    _end(acc)
     for m in modules_p:
         m.eval()
     return _result(history, out_dir, time.time() - t0, n_tokens, resumed_from)
+
+
+def _end(acc) -> None:
+    """Close the trackers. Not ``acc.end_training()``: it also destroys the process group, and a
+    stage still synchronises its processes after training (rank 0 writes ``model/``, the others
+    wait); ``python -m lib.train`` destroys the group when the stage is finished."""
+    for tracker in acc.trackers:
+        tracker.finish()
 
 
 def _result(history, out_dir, seconds, n_tokens, resumed_from) -> dict:

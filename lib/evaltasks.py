@@ -195,7 +195,7 @@ class Pair:
     records: dict[str, list[dict]]       # lang -> records, ``id`` set, aligned across languages
     positions: dict[str, list[int]]      # lang -> row index in its own file of records[lang][i]
     rule: str = "acc"                    # 08's default prediction rule for this pair (lib.rules)
-    null_kappa: float = math.nan         # question-blind length predictors' kappa (lib.nullcontrols)
+    null_kappa: float = math.nan         # lower 95% bound of the length controls' kappa (lib.nullcontrols)
     shape: Format | None = None          # the format itself (a preset's when None: by ``format``)
 
     def __post_init__(self) -> None:

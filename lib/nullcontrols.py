@@ -20,8 +20,9 @@ the same items (issue 28):
   choices, is biased upwards: the options a length-driven model falls back to are themselves
   correlated across languages; tests/test_nullcontrols.py measured 0.2-0.3 on a noisy length
   model. The subset's size is still reported: ``n_beyond``.)
-- :func:`pair_length_kappa`: the larger kappa of the two character-length controls on a pair's
-  own data, model-free; :func:`lib.rules.default_rule` uses it to pick an answer-text task's rule.
+- :func:`pair_length_kappa`: the lower 95% bound of the larger kappa of the two character-length
+  controls on a pair's own data, model-free; :func:`lib.rules.default_rule` uses it to pick an
+  answer-text task's rule.
 
     from lib import nullcontrols as nc
     controls = nc.control_rows(paired, items, n_boot=1000)   # one row per model, task, control
@@ -53,17 +54,20 @@ N_PERM = 20                                         # permutations of the beyond
 # ---------------------------------------------------------------------------- per task, model-free
 
 
-def length_kappa(en_choices: Sequence[Sequence[str]], ko_choices: Sequence[Sequence[str]]) -> float:
-    """The larger Cohen's kappa, between English and Korean, of the shortest-option and the
-    longest-option predictor (characters); NaN when neither is defined (all options equal)."""
+def length_kappa(en_choices: Sequence[Sequence[str]], ko_choices: Sequence[Sequence[str]],
+                 n_boot: int = 1000, seed: int = 0) -> float:
+    """The lower bootstrap 95% bound of Cohen's kappa, between English and Korean, of the
+    shortest-option or the longest-option predictor (characters), whichever is larger: how
+    surely a question-blind length predictor agrees with itself across the pair's languages.
+    NaN when neither is defined (every item's options of equal length)."""
     if len(en_choices) != len(ko_choices) or not en_choices:
         raise ValueError(f"need the same items in both languages, got {len(en_choices)} English and "
                          f"{len(ko_choices)} Korean option lists")
     en = [rules.null_choices(c) for c in en_choices]
     ko = [rules.null_choices(c) for c in ko_choices]
-    kappas = [ag.paired_metrics([ag.Item(i, 0, e[c], k[c]) for i, (e, k) in enumerate(zip(en, ko))],
-                                n_boot=0)["kappa"] for c in MODEL_FREE]
-    finite = [k for k in kappas if math.isfinite(k)]
+    lows = [ag.paired_metrics([ag.Item(i, 0, e[c], k[c]) for i, (e, k) in enumerate(zip(en, ko))],
+                              n_boot=n_boot, seed=seed)["kappa_ci"][0] for c in MODEL_FREE]
+    finite = [k for k in lows if math.isfinite(k)]
     return max(finite) if finite else math.nan
 
 

@@ -143,7 +143,7 @@ def test_default_rule_follows_the_length_controls(tmp_path):
     same = [["aa", "bb", "cc", "dd"]] * 20
     assert math.isnan(nc.length_kappa(same, same))
     assert rules.default_rule(False, float("nan")) == "acc"
-    assert rules.default_rule(False, 0.05) == "acc" and rules.default_rule(False, 0.3) == "calibrated"
+    assert rules.default_rule(False, 0.08) == "acc" and rules.default_rule(False, 0.26) == "calibrated"
     assert rules.default_rule(True, 0.0) == "calibrated"
     spec = {"format": "arc"}
     for lang, lengths, char in (("en", en_len, "a"), ("ko", ko_len, "가")):
@@ -160,13 +160,14 @@ def test_default_rule_follows_the_length_controls(tmp_path):
 
 
 def test_real_pairs_length_controls(shared_data):
-    """The issue's figures on the real pairs (../shared/data/bench): kappa of the better of the
-    shortest / longest option in characters; both answer-text tasks get the calibrated rule."""
+    """The issue's figures on the real pairs (../shared/data/bench): the longest option in
+    characters reads kappa 0.296 on ARC and 0.448 on Belebele (lower 95% bounds 0.259, 0.408);
+    both answer-text tasks get the calibrated rule."""
     b = shared_data / "bench"
     arc = ET.read_pair("arc", {"en": str(b / "arc_challenge/en_test.jsonl"),
                                "ko": str(b / "arc_challenge/ko_test.jsonl"), "format": "arc"})
     bele = ET.read_pair("bele", {"en": str(b / "belebele/eng_Latn.jsonl"),
                                  "ko": str(b / "belebele/kor_Hang.jsonl"), "format": "belebele"})
     assert (arc.n, bele.n) == (1172, 900)
-    assert arc.null_kappa == pytest.approx(0.296, abs=5e-4) and bele.null_kappa == pytest.approx(0.448, abs=5e-4)
+    assert arc.null_kappa == pytest.approx(0.259, abs=5e-4) and bele.null_kappa == pytest.approx(0.408, abs=5e-4)
     assert arc.rule == bele.rule == "calibrated"

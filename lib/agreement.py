@@ -192,7 +192,9 @@ def parse_lm_eval_sample(record: Mapping, key: Callable[[Mapping], Hashable] | N
                          where: str = "record") -> tuple[Hashable, dict[str, Any]]:
     """One lm-eval per-sample record -> ``(id, {"gold", "pred", "pred_norm", "n_choices"})``, plus
     ``pred_per_token`` when 07 logged ``n_tokens`` and ``pred_calibrated`` when the record holds
-    lm-eval's unconditional (``acc_mutual_info``) requests (:mod:`lib.rules`).
+    lm-eval's unconditional (``acc_mutual_info``) requests (:mod:`lib.rules`), and the choice of
+    every null control the record allows (``null_shortest_chars``, ``null_prior``, ..:
+    :func:`lib.rules.null_choices`).
 
     id: ``doc["id"]`` when present, else ``key(doc)``, else ``doc_id``. With ``check`` the recorded
     ``acc`` / ``acc_norm`` / ``acc_mutual_info`` must match the recomputed predictions, which catches a wrong length unit,
@@ -247,8 +249,9 @@ def parse_lm_eval_sample(record: Mapping, key: Callable[[Mapping], Hashable] | N
                                  f"{p} vs gold {gold} says otherwise; check length_unit="
                                  f"{length_unit!r} and target_delimiter={target_delimiter!r}")
     extra = {rules.KEY[r]: p for r, p in chosen.items() if r not in ("acc", "acc_norm")}
+    nulls = {rules.NULL_KEY[c]: p for c, p in rules.null_choices(choices, n_tokens, prior).items()}
     return _hashable(item_id), {"gold": gold, "pred": pred, "pred_norm": pred_norm, "n_choices": len(choices),
-                                **extra}
+                                **extra, **nulls}
 
 
 def read_lm_eval_samples(source: str | Path | Iterable[Mapping],
@@ -334,7 +337,7 @@ def paired_metrics(items: Sequence[Item], n_boot: int = 1000, seed: int = 0,
         out["transfer_ratio"] = transfer_ratio(out["acc_en"], out["acc_ko"], chance)
     boot = {m: np.full(0, np.nan) for m in metrics}
     if n_boot > 0:
-        idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+        idx = resamples(n, n_boot, seed)
         b_same = same[idx]
         en_counts = (en[idx][..., None] == labels).sum(1)  # (n_boot, n_labels)
         ko_counts = (ko[idx][..., None] == labels).sum(1)
@@ -342,12 +345,25 @@ def paired_metrics(items: Sequence[Item], n_boot: int = 1000, seed: int = 0,
                 "agreement": b_same.mean(1), "kappa": _kappa(b_same.mean(1), en_counts, ko_counts, n)}
         if chance is not None:
             boot["transfer_ratio"] = transfer_ratio(boot["acc_en"], boot["acc_ko"], chance)
-    tail = 100 * (1 - level) / 2
     for m in metrics:
-        vals = boot[m][np.isfinite(boot[m])]
-        lo, hi = np.percentile(vals, [tail, 100 - tail]) if vals.size else (np.nan, np.nan)
-        out[f"{m}_ci"] = [float(lo), float(hi)]
+        out[f"{m}_ci"] = percentile_interval(boot[m], level)
     return out
+
+
+def resamples(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """The bootstrap's item indices, ``(n_boot, n)``: every metric computed on the same items with
+    the same seed (here and in :mod:`lib.nullcontrols`) is resampled the same way."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """Percentile interval of bootstrap values, NaN ones (undefined resamples) left out;
+    ``[nan, nan]`` when none is finite."""
+    values = np.asarray(values, dtype=float)
+    vals = values[np.isfinite(values)]
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(vals, [tail, 100 - tail]) if vals.size else (np.nan, np.nan)
+    return [float(lo), float(hi)]
 
 
 # ---------------------------------------------------------------------------- tables

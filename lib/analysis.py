@@ -159,10 +159,11 @@ def task_items(entry: Mapping, task: str) -> list[dict]:
     """Per-item predictions of one model on one paired task: id, gold, the task's default rule
     (``rule``, as 07 recorded it) and, for every rule the logs of both languages allow
     (:mod:`lib.rules`), the chosen option in each language: ``pred_en`` (raw argmax, lm-eval
-    ``acc``), ``pred_norm_en`` (per character), ``pred_per_token_en``, ``pred_calibrated_en``."""
+    ``acc``), ``pred_norm_en`` (per character), ``pred_per_token_en``, ``pred_calibrated_en``;
+    and the null controls' choices (``null_prior_en``, ..: :mod:`lib.nullcontrols`)."""
     files = {lang: Path(entry["tasks"][task][lang]["samples"]) for lang in LANGS}
     recs = {lang: ag.read_lm_eval_samples(f, key=_id_key(f)) for lang, f in files.items()}
-    cols = [col for col in PREDICTIONS.values()
+    cols = [col for col in (*PREDICTIONS.values(), *rules.NULL_KEY.values())
             if all(col in r for lang in LANGS for r in recs[lang].values())]
     try:
         joined = {col: ag.join_by_id(recs["en"], recs["ko"], pred_key=col) for col in cols}

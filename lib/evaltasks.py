@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
@@ -194,6 +195,7 @@ class Pair:
     records: dict[str, list[dict]]       # lang -> records, ``id`` set, aligned across languages
     positions: dict[str, list[int]]      # lang -> row index in its own file of records[lang][i]
     rule: str = "acc"                    # 08's default prediction rule for this pair (lib.rules)
+    null_kappa: float = math.nan         # lower 95% bound of the length controls' kappa (lib.nullcontrols)
     shape: Format | None = None          # the format itself (a preset's when None: by ``format``)
 
     def __post_init__(self) -> None:
@@ -285,9 +287,10 @@ def read_pair(name: str, spec: Mapping, run: str | Path | None = None) -> Pair:
     positions = {lang: [by_id[lang][k] for k in order] for lang in LANGS}
     records = {lang: [{**rows[lang][p][1], "id": k} for k, p in zip(order, positions[lang])]
                for lang in LANGS}
-    from lib import rules
+    from lib import nullcontrols, rules
     pair = Pair(name, fmt.name, sources, records, positions, shape=fmt)
-    pair.rule = spec.get("rule") or rules.default_rule(pair.fixed_labels())
+    pair.null_kappa = nullcontrols.pair_length_kappa(pair)
+    pair.rule = spec.get("rule") or rules.default_rule(pair.fixed_labels(), pair.null_kappa)
     return pair
 
 
@@ -338,6 +341,7 @@ def dump_yaml(cfg: Mapping) -> str:
 def pair_info(p: Pair) -> dict[str, Any]:
     """What ``pairs.json`` records about a pair (deterministic: no times, no hostnames)."""
     return {"format": p.format, "n": p.n, "chance": p.chance(), "rule": p.rule,
+            "null_kappa": None if math.isnan(p.null_kappa) else round(p.null_kappa, 6),
             **{lang: {"task": task_name(p.name, lang), "source": p.sources[lang].describe(),
                       "sha256": file_sha256(p.sources[lang].path) if p.sources[lang].path else None}
                for lang in LANGS}}

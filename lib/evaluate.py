@@ -53,8 +53,10 @@ def write_tasks(cfg: Any) -> dict[str, ET.Pair]:
 
 
 def pairs_table(pairs: Mapping[str, ET.Pair]) -> list[dict[str, Any]]:
-    """One row per pair: format, items, chance accuracy, both sources."""
-    return [{"pair": name, "format": p.format, "n": p.n, "chance": p.chance(),
+    """One row per pair: format, items, chance accuracy, the prediction rule 08 uses and the
+    length controls' kappa that chose it (:func:`lib.rules.default_rule`), both sources."""
+    return [{"pair": name, "format": p.format, "n": p.n, "chance": p.chance(), "rule": p.rule,
+             "null_kappa": p.null_kappa,
              "en": p.sources["en"].describe(), "ko": p.sources["ko"].describe()}
             for name, p in pairs.items()]
 

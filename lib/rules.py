@@ -16,12 +16,21 @@ two languages can be compared:
 
 Ties go to the first option (``np.argmax``).
 
+Null controls (issue 28): predictors that never read the question, computed on the same items
+(:func:`null_choices`): the shortest and the longest option in characters and in the model's
+tokens, and the model's own ``prior`` (the option with the highest log-likelihood after an empty
+prompt). Translated options keep their relative lengths, so these agree with themselves across
+languages; :mod:`lib.nullcontrols` reads every model against them. :func:`default_rule` uses
+them to pick the rule of an answer-text task: ``calibrated`` where the length controls surely
+agree across languages (real ARC, Belebele), ``acc`` where they do not (the toy cells).
+
     from lib import rules
     rules.choose([-3.0, -4.5], ["yes", "no"], n_tokens=[1, 1], prior=[-2.0, -4.0])
     # {'acc': 0, 'per_token': 0, 'acc_norm': 0, 'calibrated': 1}
 """
 from __future__ import annotations
 
+import math
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -30,6 +39,13 @@ RULES = ("acc", "per_token", "acc_norm", "calibrated")
 AUTO = "auto"
 KEY = {"acc": "pred", "per_token": "pred_per_token", "acc_norm": "pred_norm", "calibrated": "pred_calibrated"}
 REPORTED = {"acc": "acc", "acc_norm": "acc_norm", "calibrated": "acc_mutual_info"}  # lm-eval's own metric
+NULLS = ("shortest_chars", "longest_chars", "shortest_tokens", "longest_tokens", "prior")
+NULL_KEY = {n: f"null_{n}" for n in NULLS}   # null control -> agreement.py record key
+# An answer-text task whose question-blind length predictors surely agree across languages (the
+# lower 95% bound of their kappa at or above this) reads length, not the question, under ``acc``:
+# it gets ``calibrated``. Measured (README, "Real tasks against question-blind controls"): lower
+# bounds ARC-Challenge 0.26, Belebele 0.41; the toy cells 0.02-0.08 (one-token options).
+NULL_KAPPA_MAX = 0.15
 
 
 def check_rule(rule: str, allow_auto: bool = True) -> str:
@@ -63,12 +79,46 @@ def choose(logliks: Sequence[float], choices: Sequence[str], n_tokens: Sequence[
     return {r: out[r] for r in RULES if r in out}
 
 
-def default_rule(fixed_labels: bool) -> str:
-    """The rule a task uses unless told otherwise. Options that are fixed labels whose strings
-    differ by language (yes/no, true/false): ``calibrated``, since the label's own prior is the
-    bias to remove. Options that are answer texts (ARC, Belebele, the toy world): ``acc``, lm-eval's
-    reference metric for them; calibrating content answers rewards rare strings."""
-    return "calibrated" if fixed_labels else "acc"
+def null_choices(choices: Sequence[str], n_tokens: Sequence[int] | None = None,
+                 prior: Sequence[float] | None = None) -> dict[str, int]:
+    """Index chosen by every null control the inputs allow (:data:`NULLS`): shortest / longest
+    option in characters, in tokens (needs ``n_tokens``), highest prior (needs ``prior``, the
+    log-likelihoods after an empty prompt). Ties go to the first option."""
+    chars = np.array([len(c) for c in choices])
+    if chars.size == 0:
+        raise ValueError("need at least one choice")
+    out = {"shortest_chars": int(np.argmin(chars)), "longest_chars": int(np.argmax(chars))}
+    if n_tokens is not None:
+        nt = np.asarray(n_tokens)
+        if nt.shape != chars.shape:
+            raise ValueError(f"need one token count per choice, got {list(n_tokens)!r}")
+        out["shortest_tokens"], out["longest_tokens"] = int(np.argmin(nt)), int(np.argmax(nt))
+    if prior is not None:
+        pr = np.asarray(prior, dtype=float)
+        if pr.shape != chars.shape or np.isnan(pr).any():
+            raise ValueError(f"need one prior log-likelihood per choice, got {list(prior)!r}")
+        out["prior"] = int(np.argmax(pr))
+    return out
+
+
+def default_rule(fixed_labels: bool, null_kappa: float | None = None) -> str:
+    """The rule a task uses unless told otherwise, chosen by its null controls.
+
+    - Fixed labels whose strings differ by language (yes/no, true/false): ``calibrated``, since
+      the label's own prior is the bias to remove.
+    - Answer texts whose question-blind length predictors surely agree across languages
+      (``null_kappa``: the lower 95% bound of the larger kappa of the shortest / longest option in
+      characters, :func:`lib.nullcontrols.length_kappa`, at or above :data:`NULL_KAPPA_MAX`; real
+      ARC-Challenge 0.26, Belebele 0.41): ``calibrated``. Under ``acc`` a model that never reads
+      the question inherits that agreement; removing each option's prior after an empty prompt
+      removes it (the README gives the null models' kappa under each rule).
+    - Other answer texts (the toy cells: one-token entity names, bounds 0.02-0.08): ``acc``,
+      lm-eval's reference metric; there is no length to remove, and the toy's numbers stay."""
+    if fixed_labels:
+        return "calibrated"
+    if null_kappa is not None and math.isfinite(null_kappa) and null_kappa >= NULL_KAPPA_MAX:
+        return "calibrated"
+    return "acc"
 
 
 def resolve(prediction: str, task_rule: str | None, available: Mapping[str, object]) -> str:

@@ -234,8 +234,11 @@ def sample(doc_id, doc, choices, logliks, target, **extra):
 
 
 def test_parse_both_record_shapes():
-    assert ag.parse_lm_eval_sample(ARC_EN) == ("Mercury_7175875", {"gold": 1, "pred": 2, "pred_norm": 1, "n_choices": 4})
-    assert ag.parse_lm_eval_sample(ARC_KO) == ("Mercury_7175875", {"gold": 1, "pred": 2, "pred_norm": 1, "n_choices": 4})
+    # null controls (issue 28): shortest option "heat" / "열" (first of the ties), longest "light from the sun"
+    assert ag.parse_lm_eval_sample(ARC_EN) == ("Mercury_7175875", {"gold": 1, "pred": 2, "pred_norm": 1, "n_choices": 4,
+                                                                   "null_shortest_chars": 0, "null_longest_chars": 1})
+    assert ag.parse_lm_eval_sample(ARC_KO) == ("Mercury_7175875", {"gold": 1, "pred": 2, "pred_norm": 1, "n_choices": 4,
+                                                                   "null_shortest_chars": 0, "null_longest_chars": 1})
 
 
 def test_parse_strips_the_target_delimiter_like_lm_eval():
@@ -249,7 +252,8 @@ def test_parse_ids_from_doc_key_function_or_doc_id():
     doc = {"link": "https://en.wikibooks.org/wiki/Foo", "question_number": 2, "correct_answer_num": "3"}
     rec = sample(17, doc, list("ABCD"), [-4.0, -3.0, -1.0, -2.0], 2, acc=1.0, acc_norm=1.0)
     assert ag.parse_lm_eval_sample(rec, key=ag.belebele_key) == (
-        ("https://en.wikibooks.org/wiki/Foo", 2), {"gold": 2, "pred": 2, "pred_norm": 2, "n_choices": 4})
+        ("https://en.wikibooks.org/wiki/Foo", 2), {"gold": 2, "pred": 2, "pred_norm": 2, "n_choices": 4,
+                                                     "null_shortest_chars": 0, "null_longest_chars": 0})
     assert ag.parse_lm_eval_sample(rec)[0] == 17
     # A text target is looked up among the choices.
     assert ag.parse_lm_eval_sample(dict(rec, target="C"))[1]["gold"] == 2
@@ -267,7 +271,8 @@ def test_parse_fails_clearly_on_bad_shapes_and_inconsistent_metrics():
         ag.parse_lm_eval_sample(dict(ARC_EN, target="E"))
     # Recorded acc_norm (by characters) contradicts a by-bytes recomputation on mixed scripts.
     rec = sample(0, {}, ["abc", "가나"], [-3.0, -2.4], 0, acc=0.0, acc_norm=1.0)
-    assert ag.parse_lm_eval_sample(rec)[1] == {"gold": 0, "pred": 1, "pred_norm": 0, "n_choices": 2}
+    assert ag.parse_lm_eval_sample(rec)[1] == {"gold": 0, "pred": 1, "pred_norm": 0, "n_choices": 2,
+                                               "null_shortest_chars": 1, "null_longest_chars": 0}
     with pytest.raises(ValueError, match="recorded acc_norm=1.0 .* length_unit='bytes'"):
         ag.parse_lm_eval_sample(rec, length_unit="bytes")
 
@@ -280,8 +285,8 @@ def test_read_jsonl_files_join_and_score(tmp_path):
     ko_path.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in [
         sample(1, second, list("ABCD"), [-2.0, -1.0, -3.0, -4.0], 0), ARC_KO]) + "\n", encoding="utf-8")
     en, ko = ag.read_lm_eval_samples(en_path), ag.read_lm_eval_samples(ko_path)
-    assert en == {"Mercury_7175875": {"gold": 1, "pred": 2, "pred_norm": 1, "n_choices": 4},
-                  "Q2": {"gold": 0, "pred": 0, "pred_norm": 0, "n_choices": 4}}
+    assert en == {"Mercury_7175875": {"gold": 1, "pred": 2, "pred_norm": 1, "n_choices": 4, "null_shortest_chars": 0, "null_longest_chars": 1},
+                  "Q2": {"gold": 0, "pred": 0, "pred_norm": 0, "n_choices": 4, "null_shortest_chars": 0, "null_longest_chars": 0}}
     m = ag.paired_metrics(ag.join_by_id(en, ko), n_boot=0)  # Mercury: 2 vs 2; Q2: A vs B
     assert (m["agreement"], m["acc_en"], m["acc_ko"]) == (0.5, 0.5, 0.0)
     assert (m["both_wrong_same"], m["only_en_correct"]) == (0.5, 0.5)

@@ -278,7 +278,7 @@ def test_notebook_headless(runs, tmp_path):
     assert [r["agreement"] for r in m["rows"]][:3] == [0.75, 1.0, 1.0]
     assert (d / "summary.md").exists() and (d / "predictions.jsonl").exists() and (d / "DONE").exists()
     assert sorted(p.name for p in (d / "figures").iterdir()) == [
-        "accuracy.png", "agreement.png", "agreement_intervals.png", "calibration.png", "cosines.png", "p1_by_layer.png", "split.png",
+        "accuracy.png", "agreement.png", "agreement_intervals.png", "calibration.png", "cosines.png", "null_controls.png", "p1_by_layer.png", "split.png",
         "transfer_scale.png"]
     assert (d / "transfer.md").read_text(encoding="utf-8").startswith("| model | knowledge acc_en |")
 

@@ -136,6 +136,38 @@ def test_controls_calibrate_the_instrument(micro_run):
     assert transfer.splitlines()[2].startswith("| control-oracle |")
 
 
+def test_null_controls_for_every_model_and_task(micro_run):
+    """Issue 28: 08 reads every model and task against question-blind controls on the same items
+    and reports the agreement beyond them. The toy cells' options are one token each, so their
+    rule stays acc (their numbers do not move) and the token-length controls are constant."""
+    run = micro_run[0]
+    pairs = json.loads((run / "07_benchmark_eval" / "tasks" / "pairs.json").read_text())
+    assert {c: p["rule"] for c, p in pairs.items()} == {"knowledge": "acc", "bridge_heldout": "acc", "ghost": "acc"}
+    assert all(p["null_kappa"] is None or p["null_kappa"] < 0.15 for p in pairs.values())
+    m = metrics(run, "08_agreement_analysis")
+    rows = m["rows"]
+    assert all(r["prediction"] == "acc" for r in rows)
+    controls = {(c["model"], c["task"], c["control"]): c for c in m["null_controls"]}
+    for r in rows:
+        for c in ("shortest_chars", "longest_chars", "shortest_tokens", "longest_tokens", "prior"):
+            assert (r["model"], r["cell"], c) in controls
+        assert r["null:prior:kappa"] == controls[(r["model"], r["cell"], "prior")]["kappa"]
+        assert r["beyond:kappa_lo"] is None or r["beyond:kappa_lo"] <= r["beyond:kappa"] <= r["beyond:kappa_hi"]
+        k = controls[(r["model"], r["cell"], "shortest_tokens")]["kappa"]   # one-token options: constant
+        assert k is None or k == 0.0 or math.isnan(k)
+    by = {(r["model"], r["cell"]): r for r in rows}
+    # the oracle's Korean is its English: nothing of its agreement is question-blind
+    assert by[("control-oracle", "knowledge")]["beyond:kappa"] >= 0.9
+    beyond = [b for b in m["beyond_null"] if b["model"] == "control-oracle_deranged" and b["task"] == "knowledge"]
+    assert {b["rule"] for b in beyond} == {"acc", "per_token", "acc_norm", "calibrated"}
+    d = next(b for b in beyond if b["used"])
+    assert d["beyond_kappa_lo"] <= 0 <= d["beyond_kappa_hi"]          # deranged: chance beyond the null too
+    d8 = run / "08_agreement_analysis"
+    assert "beyond-null kappa" in (d8 / "rules.md").read_text() and "## Null controls" in (d8 / "summary.md").read_text()
+    assert "## Null controls" in (d8 / "transfer.md").read_text()
+    assert (d8 / "figures" / "null_controls.png").stat().st_size > 0
+
+
 def test_extra_tasks_show_each_stage_minus_the_base(micro_run):
     """The toy default's extra tasks (English and Korean word-order minimal pairs): scored for every
     model in 07, each model minus the base in 08 with intervals, in summary.md and the report."""

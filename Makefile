@@ -38,10 +38,10 @@ clean-venv:
 	rm -rf $(VENV)
 
 colab: $(VENV)/.installed
-	$(PY) -m lib.colab
+	$(PY) -m lib.cli.colab
 
 report: $(VENV)/.installed
-	$(PY) -m lib.report outputs/$(or $(RUN),toy)
+	$(PY) -m lib.cli.report outputs/$(or $(RUN),toy)
 
 bench: $(addprefix bench-,$(BENCHES))
 

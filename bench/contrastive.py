@@ -3,7 +3,7 @@
 Each step is exactly what stage 03 runs (``lib.train.contrastive``): the pairs of a
 ``PairBatches`` batch cut to their longest row, Korean and English stacked into one forward pass
 (``_stack`` + ``Encoder``: hidden states with ``logits_to_keep=1``, mean pooling without BOS),
-symmetric InfoNCE with in-batch negatives (``lib.losses.info_nce``), backward, grad-norm clip and
+symmetric InfoNCE with in-batch negatives (``lib.modeling.losses.info_nce``), backward, grad-norm clip and
 an AdamW step over what ``freeze_for_stage1`` leaves trainable (embeddings + layers; the LM head
 frozen). Only accelerate is left out (on one CPU process it only wraps these calls).
 
@@ -32,7 +32,7 @@ Gradient checkpointing: stage 03 has no such parameter (only 05 does); ``--grad-
 what it would save if it had, by also running every batch size with
 ``activation_checkpointing_enable(use_reentrant=False)`` (transformers 5's name for it).
 
-Threads: 1 by default, as ``lib.toymodel``: with other processes on the cores, torch's default of
+Threads: 1 by default, as ``lib.world.basemodel``: with other processes on the cores, torch's default of
 one thread per core spin-waits at barriers (measured here at load ~5 on 2 cores: steps 4x slower,
 a small ``info_nce`` 20x). On an idle many-core machine pass ``--threads 0`` (or a count).
 """
@@ -56,7 +56,7 @@ PAIRS = ("parallel/news_dev.ko", "parallel/news_dev.en")
 
 def shared_tokenizer(kind: str):
     """The Llama-2 tokenizer, merged with KoBERT (``kind="merged"``) or alone (``"llama2"``)."""
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model, merge_sp
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model, merge_sp
     base = load_sp_model(SHARED / "tokenizers/llama2/tokenizer.model")
     if kind == "llama2":
         return hf_tokenizer_from_sp(base)
@@ -66,9 +66,9 @@ def shared_tokenizer(kind: str):
 
 def toy_pairs_and_tokenizer(kind: str):
     """Toy-world bridge pairs and the toy tokenizers (base BPE, merged with the Korean unigram)."""
-    from lib import toymodel
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model, merge_sp
-    from lib.toyworld import WorldSpec, build_world, write_world
+    from lib.world import basemodel as toymodel
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model, merge_sp
+    from lib.world import WorldSpec, build_world, write_world
     world = build_world(WorldSpec())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -83,7 +83,7 @@ def toy_pairs_and_tokenizer(kind: str):
 
 def load_pairs(kind: str, max_len: int) -> dict:
     """Encoded pairs as numpy arrays (they travel to each child), plus where they came from."""
-    from lib.data import read_parallel
+    from lib.core.readers import read_parallel
     from lib.train.contrastive import _encode
     if (SHARED / PAIRS[0]).is_file() and (SHARED / "tokenizers/llama2/tokenizer.model").is_file():
         ko, en = read_parallel(SHARED / PAIRS[0], SHARED / PAIRS[1])
@@ -134,7 +134,7 @@ def stage1(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace):
 def infonce_seconds(batch_size: int, dim: int, repeats: int) -> float:
     """Seconds of ``info_nce`` forward + backward on [B, d] vectors: the loss without the model."""
     import torch
-    from lib.losses import info_nce
+    from lib.modeling.losses import info_nce
     a = torch.randn(batch_size, dim, requires_grad=True)
     b = torch.randn(batch_size, dim, requires_grad=True)
     info_nce(a, b).backward()                                 # warm-up

@@ -1,5 +1,5 @@
 """Peak memory of packing a corpus as it grows 10x: in memory (``pack_file(cache=False)``, the
-baseline) vs through the datasets cache (``lib.corpus.cached_blocks``), first run and later runs.
+baseline) vs through the datasets cache (``lib.data.corpus.cached_blocks``), first run and later runs.
 
     python bench/corpus_memory.py              # 4 MB and 40 MB of Korean + English text
     python bench/corpus_memory.py --quick      # 1 MB and 10 MB
@@ -38,9 +38,9 @@ def _status(key: str) -> int:
 def measure(path: str, mode: str, cache_dir: str) -> dict:
     """In this fresh process: pack ``path`` the ``mode`` way, draw batches; memory growth in bytes."""
     from transformers import LlamaTokenizerFast
-    from lib import paths
-    from lib.corpus import cached_blocks
-    from lib.packing import MixedStream, pack_file
+    from lib.core import paths
+    from lib.data.corpus import cached_blocks
+    from lib.data.packing import MixedStream, pack_file
     tok = LlamaTokenizerFast.from_pretrained(str(paths.SHARED_DATA / "tokenizers" / "llama2" / "tokenizer.model"),
                                         add_bos_token=True)
     tok("warm up")
@@ -68,7 +68,7 @@ def measure(path: str, mode: str, cache_dir: str) -> dict:
 
 
 def make_corpus(out: Path, megabytes: float) -> Path:
-    from lib import paths
+    from lib.core import paths
     src = [paths.SHARED_DATA / "mono" / "ko" / "korquad_contexts.txt", paths.SHARED_DATA / "mono" / "en" / "mlqa_contexts.txt"]
     lines = [ln for f in src for ln in f.read_text(encoding="utf-8").splitlines() if ln.strip()]
     target, size, i = megabytes * 1e6, 0, 0
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return 0
-    from lib import paths
+    from lib.core import paths
     if not (paths.SHARED_DATA / "tokenizers" / "llama2" / "tokenizer.model").exists():
         print("../shared/data is absent: this benchmark needs its tokenizer and text; skipped")
         print(json.dumps({"bench": "corpus_memory", "skipped": True, "machine": {"cores": os.cpu_count()}}))

@@ -7,7 +7,7 @@
 Needs a finished toy run up to 06 (``outputs/<run>/06_instruction_tuning/model`` or ``sft_model``,
 and its ``00_toy_world``) and trl (``pip install trl``; not a dependency of this project: the
 script says so and stops when it is missing). Both variants get the toy world's DPO pairs of
-:mod:`lib.preferences` (training split), the same SFT model (fp32, CPU unless CUDA is there), sigmoid
+:mod:`lib.data.preferences` (training split), the same SFT model (fp32, CPU unless CUDA is there), sigmoid
 loss with the same beta, AdamW at a constant lr, no weight decay, grad-norm clip 1.0, batch 16
 pairs, the same steps and torch threads; the reference log-probs precomputed in both
 (``precompute_ref_log_probs=True``; ``--trl-ref-forward`` also times trl's default, a reference
@@ -33,8 +33,8 @@ OURS, TRL = "ours (lib.train.dpo)", "trl DPOTrainer"
 
 
 def toy_inputs(run: str):
-    from lib import paths
-    from lib import preferences as P
+    from lib.core import paths
+    from lib.data import preferences as P
     rd = paths.run_dir(run)
     sft = rd / "06_instruction_tuning" / "sft_model"
     if not sft.is_dir():
@@ -68,9 +68,9 @@ def run_ours(args, sft: str, pairs: list[dict], method: str) -> dict:
     import statistics
     import torch
     from transformers import AutoTokenizer
-    from lib.instructions import Template, pad_id_of
-    from lib import preferences as P
-    from lib.params import Config
+    from lib.data.instructions import Template, pad_id_of
+    from lib.data import preferences as P
+    from lib.core.params import Config
     from lib.train import dpo
     from lib.train.loop import TrainSpec, train
     from lib.train.pretrain import merged_saver
@@ -113,7 +113,7 @@ def run_trl(args, sft: str, pairs: list[dict], method: str, precompute: bool) ->
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
-    from lib.instructions import SYSTEM_PROMPT
+    from lib.data.instructions import SYSTEM_PROMPT
     ticks = _StepTimes()
     losses = []
 

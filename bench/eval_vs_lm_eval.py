@@ -6,7 +6,7 @@
 
 Two cases, each on the same model: ``arc`` (short questions, options of a few words) and
 ``belebele``, the long-context case (a passage of hundreds of tokens shared by the 4 options, and
-``acc_mutual_info``'s neutral-prompt requests): there 07's ``ContextOnceHFLM`` (:mod:`lib.kvscore`)
+``acc_mutual_info``'s neutral-prompt requests): there 07's ``ContextOnceHFLM`` (:mod:`lib.eval.kvscore`)
 runs each passage once instead of once per option; the target is >= 2x plain.
 
 The variants, each in its own spawned process (``common.isolated``, imports done before the
@@ -14,7 +14,7 @@ clock starts), on one local model folder built here and one paired task. Each pr
 model 3 times in a row, as notebook 07 evaluates every stage's model in one process; the figure is
 the faster of the 2nd and 3rd (the first pays one-off costs, shown as ``first_model_seconds``):
 
-- ``ours``: :func:`lib.evaluate.evaluate_model`, what notebook 07 does per model: load the folder
+- ``ours``: :func:`lib.eval.harness.evaluate_model`, what notebook 07 does per model: load the folder
   (fp32 on CPU), wrap it in ``ContextOnceHFLM(pretrained=<model object>, softmax_dtype=float32)``
   (07's default, ``context_once: true``), one ``simple_evaluate`` over both languages with our
   generated task YAMLs, ``samples=`` the first ``limit`` items in English order,
@@ -98,7 +98,7 @@ def belebele_from_arc(arc_files: dict[str, Path], out: Path, per_passage: int = 
 def fixture(root: Path, data: str, hidden: int, layers: int) -> dict:
     """The model folder and the pair spec of each case: real (Llama-2 tokenizer, ARC-Challenge,
     Belebele) or toy."""
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model
     use_shared = data == "shared" or (data == "auto" and (SHARED / "bench/arc_challenge").is_dir()
                                       and (SHARED / "bench/belebele").is_dir())
     if use_shared:
@@ -112,8 +112,8 @@ def fixture(root: Path, data: str, hidden: int, layers: int) -> dict:
         why = "--data toy" if data == "toy" else f"{SHARED} is absent"
         print(f"note: {why}: the toy world's tokenizer, toy ARC pair and Belebele-shaped items built from it "
               "instead of Llama-2, ARC-Challenge and Belebele")
-        from lib.toymodel import train_base_tokenizer
-        from lib.toyworld import WorldSpec, build_world, write_world
+        from lib.world.basemodel import train_base_tokenizer
+        from lib.world import WorldSpec, build_world, write_world
         world = root / "world"
         write_world(build_world(WorldSpec()), world)
         sp_file = Path(train_base_tokenizer(world, root / "base_tokenizer")["path"])
@@ -140,7 +140,7 @@ def _warm_imports() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, LlamaTokenizer  # noqa: F401
     from transformers.models.llama import modeling_llama  # noqa: F401
 
-    import lib.evaluate  # noqa: F401
+    import lib.eval.harness  # noqa: F401
 
 
 def _count_loglikelihood() -> dict:
@@ -150,7 +150,7 @@ def _count_loglikelihood() -> dict:
 
     from lm_eval.models.huggingface import HFLM
 
-    from lib.kvscore import ContextOnceHFLM
+    from lib.eval.kvscore import ContextOnceHFLM
     stats = {"requests": 0, "ll_seconds": 0.0, "depth": 0}
 
     def wrap(inner):
@@ -171,7 +171,7 @@ def _count_loglikelihood() -> dict:
 
 
 def _summary(res: dict, names: list[str], fmt: str) -> dict:
-    from lib import evaltasks as ET
+    from lib.eval import tasks as ET
     return {t: {"acc": res["results"][t]["acc,none"], "acc_norm": res["results"][t]["acc_norm,none"],
                 "ids": [ET.item_id(fmt, s["doc"]) for s in sorted(res["samples"][t], key=lambda s: s["doc_id"])]}
             for t in names}
@@ -185,12 +185,12 @@ def _setup(threads: int) -> None:
 
 def run_ours(model_dir: str, pair: str, spec: dict, stage_dir: str, batch_size: int, limit: int, threads: int,
              context_once: bool = True) -> dict:
-    """lib.evaluate.evaluate_model as notebook 07 calls it; reads back what it wrote."""
+    """lib.eval.harness.evaluate_model as notebook 07 calls it; reads back what it wrote."""
     _setup(threads)
     import json
 
-    from lib import evaltasks as ET
-    from lib import evaluate as E
+    from lib.eval import tasks as ET
+    from lib.eval import harness as E
     stats = _count_loglikelihood()
     pairs = {pair: ET.read_pair(pair, spec)}
     times, ll = [], []
@@ -247,7 +247,7 @@ def _per_model(times: list[float], ll: list[float], stats: dict) -> dict:
 
 def run_case(case: str, fx: dict, root: Path, limit_arg: int, args) -> dict:
     """Every variant of one case, alternating over the repeats; the figures of each and the ratios."""
-    from lib import evaltasks as ET
+    from lib.eval import tasks as ET
     stage = root / f"stage_{case}"
     tasks_dir = stage / "tasks"
     pair = ET.write_tasks({case: fx["specs"][case]}, tasks_dir)[case]

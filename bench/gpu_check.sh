@@ -18,7 +18,7 @@
 #   qlora    05 with method: qlora on the micro profile, sharing 00-04 with 'stages' (bitsandbytes)
 #   kvscore  ContextOnceHFLM vs lm-eval's HFLM on the GPU (gpu_probes.py --only kvscore), and
 #            bench/eval_vs_lm_eval.py --quick (that script scores on the CPU: a plumbing check)
-#   smoke    bench/gpu_smoke.py, alone on the GPU: tokens/s, model-FLOPs MFU, peak memory vs lib.plan
+#   smoke    bench/gpu_smoke.py, alone on the GPU: tokens/s, model-FLOPs MFU, peak memory vs lib.run.plan
 # probes, stages, qlora and kvscore use tiny models and run side by side; smoke runs after them.
 #
 # $OUT (default outputs/gpu_check) gets 7 files, so all of it comes back from a lent machine:

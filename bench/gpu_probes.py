@@ -12,23 +12,23 @@ line per probe. Part b (and e) of ``bench/gpu_check.sh``.
 Probes (each line has ``probe``, ``ok`` and the figures; ``ok`` says whether lib's code path
 gives the right numbers, not whether the hardware is fast):
 
-- ``f1``: ``lib.losses.info_nce`` and ``lib.train.align_terms.masked_info_nce`` inside
+- ``f1``: ``lib.modeling.losses.info_nce`` and ``lib.train.align_terms.masked_info_nce`` inside
   ``torch.autocast(<device>, bfloat16)`` (where the loop calls them): the dtype of the similarity
   matmul (recorded as it runs), the loss dtype, |loss - fp32 loss| and the gradient's relative
   error against fp32, on pairs with cosine ~0.9 (logits 16-20 at t=0.05, where bf16 steps 0.125).
   ok: similarity fp32 and |loss error| < 1e-4.
 - ``f2``: DPO at step 0 (``lib.train.dpo.pair_logps``, ``pair_summary``) on a tiny random Llama:
   the reference scored before ``Accelerator.prepare`` (plain, as ee17a42's ``train_dpo``; and under
-  ``lib.model.compute_context``, the training precision) against the policy scored after it, as
+  ``lib.modeling.model.compute_context``, the training precision) against the policy scored after it, as
   06's step-0 evaluation does. Same weights, so reward accuracy and margin must be 0. ok: they are,
   with the reference in the training precision. (The stage itself: part c reads 06's metrics.)
 - ``f3``: ``lib.train.sft.add_chat_vector`` with a delta of 1e-3 and 1e-2 of the weights' scale,
   on this device: the share of the delta the saved model keeps, and the saved dtype; next to it
-  ``lib.model.load_model`` (the inference dtype) + ``apply_chat_vector``. ok: add_chat_vector keeps > 99%.
+  ``lib.modeling.model.load_model`` (the inference dtype) + ``apply_chat_vector``. ok: add_chat_vector keeps > 99%.
 - ``f7``: RoPE ``inv_freq`` dtype and error after a forward under bf16 autocast, after
   ``Accelerator.prepare`` (FSDP's policy when launched with fsdp.yaml) and in the inference dtype;
   the rotary angle error at position 2047. ok: fp32 after autocast and prepare.
-- ``kvscore`` (F12, needs lm-eval): ``lib.kvscore.ContextOnceHFLM`` against lm-eval's ``HFLM`` on
+- ``kvscore`` (F12, needs lm-eval): ``lib.eval.kvscore.ContextOnceHFLM`` against lm-eval's ``HFLM`` on
   the same model object and token requests, fp32 and the inference dtype: max |log-likelihood
   difference|, share of equal is_greedy and of equal item argmax. ok: fp32 within 1e-3.
 
@@ -94,15 +94,15 @@ def word_tokenizer(vocab: int):
 
 
 def compute_context(mp: str, dev):
-    """lib.model.compute_context when lib has it (the lead's F2 fix), else the same by hand."""
+    """lib.modeling.model.compute_context when lib has it (the lead's F2 fix), else the same by hand."""
     import torch
     try:
-        from lib.model import compute_context as cc
-        return cc(mp, dev), "lib.model.compute_context"
+        from lib.modeling.model import compute_context as cc
+        return cc(mp, dev), "lib.modeling.model.compute_context"
     except ImportError:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mp)
         ctx = torch.autocast(device_type=dev.type, dtype=dtype) if dtype else contextlib.nullcontext()
-        return ctx, "torch.autocast (lib.model has no compute_context)"
+        return ctx, "torch.autocast (lib.modeling.model has no compute_context)"
 
 
 def accelerator(mp: str, device: str, out: Path):
@@ -135,7 +135,7 @@ def matmul_dtypes():
 
 def probe_f1(dev, args) -> list[dict]:
     import torch
-    from lib.losses import info_nce
+    from lib.modeling.losses import info_nce
     from lib.train.align_terms import masked_info_nce
     g = torch.Generator().manual_seed(0)
     B, D = 64, 2048
@@ -144,7 +144,7 @@ def probe_f1(dev, args) -> list[dict]:
     a0 = (common + own + torch.randn(B, D, generator=g) * 0.1 ** 0.5).to(dev)     # pair cos ~0.9
     b0 = (common + own + torch.randn(B, D, generator=g) * 0.1 ** 0.5).to(dev)     # non-pairs ~0.75
     ids = torch.arange(B, device=dev) % (B - 4)              # 4 words twice: masked_info_nce's same-id rows
-    fns = {"lib.losses.info_nce": lambda a, b: info_nce(a, b, temperature=0.05),
+    fns = {"lib.modeling.losses.info_nce": lambda a, b: info_nce(a, b, temperature=0.05),
            "lib.train.align_terms.masked_info_nce": lambda a, b: masked_info_nce(a, b, ids, 0.05)}
     rows = []
     for name, fn in fns.items():
@@ -171,8 +171,8 @@ def probe_f1(dev, args) -> list[dict]:
 
 def probe_f2(dev, args) -> list[dict]:
     import torch
-    from lib.instructions import Example
-    from lib.model import precision_settings
+    from lib.data.instructions import Example
+    from lib.modeling.model import precision_settings
     from lib.train.dpo import pair_logps, pair_summary
     large = args.size == "large"
     hidden, layers, vocab = (1024, 8, 32000) if large else (128, 2, 1000)
@@ -236,8 +236,8 @@ def _kept(applied, delta) -> tuple[float, float]:
 def probe_f3(dev, args) -> list[dict]:
     import torch
     from safetensors.torch import load_file
-    from lib.chatvector import apply_chat_vector, load_chat_vector
-    from lib.model import load_model
+    from lib.train.chatvector import apply_chat_vector, load_chat_vector
+    from lib.modeling.model import load_model
     from lib.train.sft import add_chat_vector
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -291,7 +291,7 @@ def _inv_freq_stats(model, inv32) -> dict:
 
 def probe_f7(dev, args) -> list[dict]:
     import torch
-    from lib.model import auto_dtype, precision_settings
+    from lib.modeling.model import auto_dtype, precision_settings
     vocab = 1000
     ids = torch.randint(3, vocab, (1, 64), generator=torch.Generator().manual_seed(4))
     out = {"probe": "f7"}
@@ -326,8 +326,8 @@ def probe_kvscore(dev, args) -> list[dict]:
         from lm_eval.models.huggingface import HFLM
     except ImportError as e:
         return [{"probe": "kvscore", "skipped": f"lm-eval not importable ({e})", "ok": True}]
-    from lib.kvscore import ContextOnceHFLM
-    from lib.model import auto_dtype
+    from lib.eval.kvscore import ContextOnceHFLM
+    from lib.modeling.model import auto_dtype
     large = args.size == "large"
     hidden, layers, vocab = (512, 4, 32000) if large else (64, 2, 500)
     n_items, max_ctx = (48, 700) if large else (10, 60)
@@ -374,7 +374,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--device", default="auto", help="auto (cuda when present) | cpu | cuda")
     ap.add_argument("--precision", default="auto",
-                    help="the training precision F2/F7 use (lib.model.precision_settings): auto | bf16-mixed | fp32")
+                    help="the training precision F2/F7 use (lib.modeling.model.precision_settings): auto | bf16-mixed | fp32")
     ap.add_argument("--only", help=f"comma-separated probes among {', '.join(PROBES)} (default: all)")
     ap.add_argument("--size", choices=("small", "large"), help="model sizes (default: large on CUDA, small on CPU)")
     ap.add_argument("--out", type=Path, help="also append the JSON lines to this file")
@@ -383,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     only = [p.strip() for p in (args.only or ",".join(PROBES)).split(",") if p.strip()]
     if not only or any(p not in PROBES for p in only):
         ap.error(f"--only: choose among {', '.join(PROBES)}, got {args.only!r}")
-    from lib.model import auto_device
+    from lib.modeling.model import auto_device
     dev = auto_device(args.device)
     args.size = args.size or ("large" if dev.type == "cuda" else "small")
     oks, errors = {}, {}

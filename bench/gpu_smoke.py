@@ -1,5 +1,5 @@
 """A few training steps of 03, 05 (full and QLoRA) and 06 on the 1.3B shape, on a GPU, with the
-training loop the stages use: tokens/s, MFU and peak GPU memory next to :mod:`lib.plan`'s estimate.
+training loop the stages use: tokens/s, MFU and peak GPU memory next to :mod:`lib.run.plan`'s estimate.
 
     python bench/gpu_smoke.py                           # on a CUDA machine (random init, nothing downloaded)
     python bench/gpu_smoke.py --tiny                    # the same code on a tiny shape: runs on a CPU too
@@ -7,9 +7,9 @@ training loop the stages use: tokens/s, MFU and peak GPU memory next to :mod:`li
     python bench/gpu_smoke.py --cases 05_full,06_lora --case-timeout 110 --total-timeout 250   # as gpu_check.sh
 
 Without CUDA (and without ``--tiny``) it prints that it skipped and exits 0. The model is the
-Sheared-LLaMA-1.3B shape with the merged 39,478-token vocab (``lib.plan.KNOWN_SHAPES``), built in
+Sheared-LLaMA-1.3B shape with the merged 39,478-token vocab (``lib.run.plan.KNOWN_SHAPES``), built in
 random fp32 weights on the device; batches are random token ids. Precision is the stages'
-default (``lib.model.precision_settings("auto")``): fp32 master weights with bf16 autocast on CUDA.
+default (``lib.modeling.model.precision_settings("auto")``): fp32 master weights with bf16 autocast on CUDA.
 Each case runs in a fresh process so peak memory is its own. Throughput counts the steps after the
 first (which pays for CUDA kernels' warm-up).
 
@@ -70,7 +70,7 @@ CASES = {
 
 
 def shape(tiny: bool):
-    from lib.plan import KNOWN_SHAPES, Shape
+    from lib.run.plan import KNOWN_SHAPES, Shape
     if tiny:
         return Shape("llama", 64, 2, 172, 4, 4, 1000)
     return Shape(**KNOWN_SHAPES[SHEARED]).with_vocab(39478)
@@ -87,7 +87,7 @@ def lora_params_per_layer(s, rank: int = LORA_RANK) -> int:
 
 def flops_per_token(s, seq: int, method: str, head_logits: bool = True, gc: bool = False) -> dict:
     """Model and hardware FLOPs per trained token of a ``s``-shaped Llama (duck-typed
-    :class:`lib.plan.Shape`: ``hidden, layers, intermediate, heads, kv_heads, vocab, layer_linear``).
+    :class:`lib.run.plan.Shape`: ``hidden, layers, intermediate, heads, kv_heads, vocab, layer_linear``).
 
     ``method``: ``full`` (every weight trains) or ``lora`` / ``qlora`` (base frozen, adapters and
     the LM head train: ``modules_to_save``). ``head_logits``: whether the loss reads the LM head's
@@ -172,10 +172,10 @@ def _qlora(s, device, tmp: Path):
 def run_case(name: str, tiny: bool, steps: int) -> dict:
     """In this (fresh) process: train ``steps`` steps of case ``name``; figures and the estimate."""
     import torch
-    from lib.losses import info_nce
-    from lib.model import auto_device, precision_settings
-    from lib.plan import train_memory
-    from lib.represent import hidden_states_of, pooled_vectors
+    from lib.modeling.losses import info_nce
+    from lib.modeling.model import auto_device, precision_settings
+    from lib.run.plan import train_memory
+    from lib.modeling.represent import hidden_states_of, pooled_vectors
     from lib.train.loop import Interrupted, TrainSpec, train
     c = _case(name, tiny)
     s, dev = shape(tiny), auto_device()

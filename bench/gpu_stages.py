@@ -4,7 +4,7 @@ parts c and d of ``bench/gpu_check.sh``.
     python bench/gpu_stages.py run params/micro.yaml --run try --only 00,01   # ~30 s on a CPU
     python bench/gpu_stages.py collect outputs/try                                    # one JSON line a stage
 
-``run`` is ``python -m lib.pipeline run`` (:func:`lib.pipeline.run_pipeline`: the same checks, run
+``run`` is ``python -m lib.pipeline run`` (:func:`lib.run.pipeline.run_pipeline`: the same checks, run
 lock, resume, shared stages and stage folders) with one difference: each notebook's code cells are
 executed in a fresh Python process instead of a Jupyter kernel, with the parameters injected after
 the ``parameters`` cell as Papermill injects them. A GPU image may hold torch, transformers and
@@ -56,10 +56,10 @@ def exec_cells(notebook: Path, params: dict, log: Path | None = None) -> None:
 
 
 def stage_in_subprocess(plan, run, progress: bool = True) -> Path:
-    """Stand-in for :func:`lib.pipeline.run_stage`: the stage's cells in a fresh process."""
+    """Stand-in for :func:`lib.run.pipeline.run_stage`: the stage's cells in a fresh process."""
     import shutil
-    from lib import paths
-    from lib.pipeline import StageFailed
+    from lib.core import paths
+    from lib.run.pipeline import StageFailed
     sd = paths.stage_dir(run, plan.stage)
     if sd.is_symlink():
         sd.unlink()
@@ -90,7 +90,7 @@ def stage_in_subprocess(plan, run, progress: bool = True) -> Path:
 
 
 def run(params: str, run_name: str, only: str | None, start: str | None) -> int:
-    from lib import pipeline
+    from lib.run import pipeline
     pipeline.run_stage = stage_in_subprocess
     try:
         plans = pipeline.run_pipeline(params, run=run_name, start=start, only=only, progress=False)

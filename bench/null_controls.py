@@ -8,12 +8,12 @@ which prediction rule removes what a model that cannot read the question gets fr
 1. **Model-free**, on every pair of ``../shared/data/bench`` (ARC-Challenge 1,172, Belebele 900):
    the shortest and the longest option in characters, per language; accuracy, agreement and kappa
    with bootstrap 95% intervals.
-2. **Null models**: the rehearsal's stand-ins (``lib.rehearsal``: a random 2-layer Llama with the
+2. **Null models**: the rehearsal's stand-ins (``lib.run.rehearsal``: a random 2-layer Llama with the
    real Llama-2 tokenizer, a random GPT-NeoX with its own BPE), and with ``--toy`` the toy base
    model, which never saw real English or Korean. None of them can read the question, so every
    agreement they show is question-blind. Each is scored by 07's own path
-   (:func:`lib.evaluate.evaluate_all`, the first ``--limit`` items of each pair) and read by 08's
-   (:func:`lib.analysis.paired_rows`, :mod:`lib.nullcontrols`) under every rule: accuracy, agreement,
+   (:func:`lib.eval.harness.evaluate_all`, the first ``--limit`` items of each pair) and read by 08's
+   (:func:`lib.analysis.paired.paired_rows`, :mod:`lib.eval.nullcontrols`) under every rule: accuracy, agreement,
    kappa, and the beyond-null kappa. The rule to use is the one under which these read kappa ~0.
 
 Writes ``outputs/bench_null_controls/`` (07's results, ``null_controls.md``) and prints the tables
@@ -31,12 +31,13 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lib import agreement as ag  # noqa: E402
-from lib import analysis as an  # noqa: E402
-from lib import evaltasks as ET  # noqa: E402
-from lib import evaluate as E  # noqa: E402
-from lib import nullcontrols as nc  # noqa: E402
-from lib import paths, rules  # noqa: E402
+from lib.analysis import agreement as ag  # noqa: E402
+from lib.analysis import paired as an  # noqa: E402
+from lib.eval import tasks as ET  # noqa: E402
+from lib.eval import harness as E  # noqa: E402
+from lib.eval import nullcontrols as nc  # noqa: E402
+from lib.core import paths
+from lib.eval import rules  # noqa: E402
 
 PAIRS = {"arc_challenge": ("arc_challenge/en_test.jsonl", "arc_challenge/ko_test.jsonl", "arc"),
          "belebele": ("belebele/eng_Latn.jsonl", "belebele/kor_Hang.jsonl", "belebele")}
@@ -76,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     models = []
     wanted = [m for m in args.models.split(",") if m]
     if wanted:
-        from lib.rehearsal import build_assets
+        from lib.run.rehearsal import build_assets
         assets = build_assets(out / "assets")
         models += [E.ModelSpec(f"random-{m}", "baseline", None, None, str(assets / m)) for m in wanted]
     if args.toy:

@@ -11,7 +11,7 @@ measured on the stream's own batches over one pass. The baselines put one line p
 - ``pad_longest``: batches of ``--batch-size`` lines in file order, each padded to its longest line
   (a dynamic-padding collator), lines truncated to ``block_size``;
 - ``pad_sorted``: the same with lines sorted by length first, the best any length grouping can do;
-- ``pad_block``: every row padded to ``block_size`` (``lib.packing.pad_naive``).
+- ``pad_block``: every row padded to ``block_size`` (``lib.data.packing.pad_naive``).
 
 Compute is counted in positions (rows x width; attention's extra cost on long rows is left out):
 ``compute_per_token`` is positions per trained token, so ``x vs packed`` is how many times more
@@ -35,14 +35,14 @@ from pathlib import Path
 import numpy as np
 
 from common import emit, table
-from lib.paths import SHARED_DATA as SHARED
+from lib.core.paths import SHARED_DATA as SHARED
 
 
 # ----------------------------------------------------------------------------- layouts
 
 def packed(docs: list[list[int]], block_size: int, batch_size: int) -> dict:
     """Stage 05's layout, measured on the MixedStream batches of one pass over the blocks."""
-    from lib.packing import MixedStream, nonpad_fraction, pack, packing_report
+    from lib.data.packing import MixedStream, nonpad_fraction, pack, packing_report
     rep = packing_report(docs, block_size)
     if rep["blocks"] == 0:
         return {"rows": 0, "positions": 0, "trained": 0, "lost": rep["tokens"], "nonpad_share": float("nan")}
@@ -65,7 +65,7 @@ def padded_to_longest(lengths: np.ndarray, block_size: int, batch_size: int) -> 
 
 
 def padded_to_block(docs: list[list[int]], block_size: int) -> dict:
-    from lib.packing import nonpad_fraction, pad_naive
+    from lib.data.packing import nonpad_fraction, pad_naive
     mask = pad_naive(docs, block_size)["attention_mask"]
     trained = int(mask.sum())
     return {"rows": len(docs), "positions": mask.numel(), "trained": trained,
@@ -94,8 +94,8 @@ def layouts(docs: list[list[int]], block_size: int, batch_size: int) -> dict[str
 
 def real_data(tmp: Path, limit: int | None) -> tuple[dict, dict, dict]:
     """({name: lines}, {tokenizer name: tokenizer}, about) from ../shared/data."""
-    from lib.data import read_lines
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model, merge_sp
+    from lib.core.readers import read_lines
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model, merge_sp
     texts = {f"{p.parent.name}/{p.stem}": read_lines(p, limit=limit)
              for lang in ("ko", "en") for p in sorted((SHARED / "mono" / lang).glob("*.txt"))}
     base = load_sp_model(SHARED / "tokenizers/llama2/tokenizer.model")
@@ -106,13 +106,13 @@ def real_data(tmp: Path, limit: int | None) -> tuple[dict, dict, dict]:
 
 def toy_data(tmp: Path, limit: int | None) -> tuple[dict, dict, dict]:
     """The same from a freshly generated default toy world (deterministic) and its tokenizers."""
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model, merge_sp
-    from lib.toymodel import train_base_tokenizer, train_korean_tokenizer
-    from lib.toyworld import WorldSpec, build_world, write_world
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model, merge_sp
+    from lib.world.basemodel import train_base_tokenizer, train_korean_tokenizer
+    from lib.world import WorldSpec, build_world, write_world
     write_world(build_world(WorldSpec()), tmp)
     base = load_sp_model(train_base_tokenizer(tmp, tmp / "base")["path"])
     merged, _ = merge_sp(base, load_sp_model(train_korean_tokenizer(tmp, tmp / "ko")["path"]), mode="all")
-    from lib.data import read_lines
+    from lib.core.readers import read_lines
     texts = {f"toy/stage3_{lang}": read_lines(tmp / f"data/stage3_{lang}.txt", limit=limit) for lang in ("ko", "en")}
     toks = {"toy base": hf_tokenizer_from_sp(base), "toy merged": hf_tokenizer_from_sp(merged)}
     return texts, toks, {"data": "toy world (WorldSpec())", "block_sizes": (64, 128), "batch_size": 16}
@@ -128,7 +128,7 @@ def main() -> None:
     args = ap.parse_args()
     limit = 300 if args.quick and not args.limit else args.limit
     use_real = SHARED.exists() and not args.toy
-    from lib.packing import tokenize_lines
+    from lib.data.packing import tokenize_lines
     with tempfile.TemporaryDirectory() as tmp:
         texts, toks, about = (real_data if use_real else toy_data)(Path(tmp), limit)
     blocks = [int(b) for b in args.block_sizes.split(",")] if args.block_sizes else list(about["block_sizes"])
@@ -159,7 +159,7 @@ def main() -> None:
     print("\nOptimizer steps for one pass, and compute per trained token vs packed (x: times the positions):\n")
     print(table(work))
     summary = {lay: {"min": min(s[lay] for s in shares), "max": max(s[lay] for s in shares)} for lay in LAYOUTS}
-    emit("packing", baseline="packed (lib.packing, stage 05)", data=about["data"], real_data=use_real,
+    emit("packing", baseline="packed (lib.data.packing, stage 05)", data=about["data"], real_data=use_real,
          batch_size=batch_size, block_sizes=blocks, nonpad_share=summary, results=results)
 
 

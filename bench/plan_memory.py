@@ -1,4 +1,4 @@
-"""Measured peak memory of real training steps on the CPU next to :mod:`lib.plan`'s estimate.
+"""Measured peak memory of real training steps on the CPU next to :mod:`lib.run.plan`'s estimate.
 
     python bench/plan_memory.py            # every case, a table and a JSON line
     python bench/plan_memory.py --quick    # the same (the cases are small already)
@@ -7,7 +7,7 @@ Each case runs in a fresh process: two optimizer steps of ``lib.train.loop.train
 on a random Llama; the measured figure is the peak RSS during training minus the RSS before the
 model was built. glibc's ``MALLOC_MMAP_THRESHOLD_`` is pinned so that freed tensors go back to the
 system at once and RSS follows the live tensors (the default threshold moves and keeps freed
-memory in the heap). Baseline: the estimate of :func:`lib.plan.train_memory` for the same shapes.
+memory in the heap). Baseline: the estimate of :func:`lib.run.plan.train_memory` for the same shapes.
 """
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ def measure(case: dict) -> dict:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lib.plan import Shape, _lora_params, train_memory
+    from lib.run.plan import Shape, _lora_params, train_memory
     from lib.train.loop import Interrupted, TrainSpec, train
     torch.set_num_threads(2)
     c = case

@@ -12,7 +12,7 @@ of ../shared/data, lines stripped (sentencepiece and transformers differ on a le
 without that folder, the toy world's tokenizers and text (a note says so).
 
 Each tokenizer encodes each language's lines as one batch, three ways:
-- ``hf``: ``tok(lines, add_special_tokens=False)["input_ids"]``, the call lib.tokenizer makes;
+- ``hf``: ``tok(lines, add_special_tokens=False)["input_ids"]``, the call lib.vocab.merge makes;
 - ``hf_rust``: ``tok.backend_tokenizer.encode_batch(lines, add_special_tokens=False)``, the Rust
   tokenizer alone (the difference to ``hf`` is transformers' Python conversion);
 - ``sp``: ``SentencePieceProcessor.encode(lines)``, sentencepiece's own batch encode.
@@ -38,7 +38,7 @@ BACKENDS = ("hf", "hf_rust", "sp")
 
 def read_text(files: list[Path], limit: int) -> list[str]:
     """Stripped non-empty lines, the first ``limit`` of each file (0: all)."""
-    from lib.data import read_lines
+    from lib.core.readers import read_lines
     return [s.strip() for f in files for s in read_lines(f, limit=limit or None)]
 
 
@@ -51,8 +51,8 @@ def sources(data: str, root: Path) -> dict:
                 "source": "shared: Llama-2 + KoBERT, KLUE/KorQuAD/news (ko), MLQA/XQuAD/news (en)"}
     why = "--data toy" if data == "toy" else f"{SHARED} is absent"
     print(f"note: {why}: the toy world's tokenizers and text instead of Llama-2, KoBERT and real text")
-    from lib.toymodel import train_base_tokenizer, train_korean_tokenizer
-    from lib.toyworld import WorldSpec, build_world, write_world
+    from lib.world.basemodel import train_base_tokenizer, train_korean_tokenizer
+    from lib.world import WorldSpec, build_world, write_world
     world = root / "world"
     write_world(build_world(WorldSpec()), world)
     return {"base": Path(train_base_tokenizer(world, root / "base")["path"]),
@@ -99,7 +99,7 @@ def main() -> None:
 
     import sentencepiece as spm
 
-    from lib import tokenizer as T
+    from lib.vocab import merge as T
     with tempfile.TemporaryDirectory(prefix="bench_tok_") as tmp:
         src = sources(args.data, Path(tmp))
         base_sp, korean_sp = T.load_sp_model(src["base"]), T.load_sp_model(src["korean"])

@@ -4,7 +4,7 @@
     .venv/bin/python bench/train_vs_trainer.py                  # default: hidden 256, 4 layers, ~2 min on 2 idle cores
     .venv/bin/python bench/train_vs_trainer.py --vocab 32000    # Llama-2's vocabulary (39478: the merged one)
 
-"Ours" is what ``lib.train.pretrain`` runs: documents packed into full blocks (``lib.packing.pack``),
+"Ours" is what ``lib.train.pretrain`` runs: documents packed into full blocks (``lib.data.packing.pack``),
 mixed Ko:En 0.7:0.3 by ``MixedStream``, whose ``batch`` is the loop's ``batch_at``, trained by
 ``lib.train.loop.train`` with ``clm_loss_fn``. The baseline is ``transformers.Trainer`` fed the very
 same rows in the same order (every row ``MixedStream`` gives at step s, precomputed; sequential
@@ -61,7 +61,7 @@ def synthetic_docs(n_tokens: int, vocab: int, mean_len: float, seed: int) -> lis
 
 def make_stream(args):
     """The stage-3 data path: packed Ko and En blocks mixed 0.7:0.3 (as lib.train.pretrain builds it)."""
-    from lib.packing import MixedStream, pack
+    from lib.data.packing import MixedStream, pack
     rows = (args.warmup + args.steps) * args.batch_size
     blocks = {name: pack(synthetic_docs(int(rows * share * args.seq_len) + 4 * args.seq_len, args.vocab,
                                         mean, seed), args.seq_len)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from lib import paths
+from lib.core import paths
 
 EN_LINES = [f"The {a} {v} the {o} near the {p} on day {i}."
             for i, (a, v, o, p) in enumerate(
@@ -34,15 +34,15 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lib.sptrain import train_sentencepiece
+    from lib.vocab.sptrain import train_sentencepiece
     root = tmp_path_factory.mktemp("tiny")
     base_sp = train_sentencepiece(EN_LINES + KO_LINES[:2], root / "base_sp" / "tokenizer.model", 330,
                                   hard_vocab_limit=False)
     ko_sp = train_sentencepiece(KO_LINES, root / "ko_sp" / "tokenizer.model", 80, model_type="unigram",
                                 byte_fallback=False, hard_vocab_limit=False)
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model
     # not AutoTokenizer on a bare tokenizer.model: it builds a generic tokenizer without the
-    # leading "▁" that disagrees with SentencePiece (see lib.tokenizer)
+    # leading "▁" that disagrees with SentencePiece (see lib.vocab.merge)
     tok = hf_tokenizer_from_sp(load_sp_model(base_sp))
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,

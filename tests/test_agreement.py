@@ -1,4 +1,4 @@
-"""lib.agreement: every expected number below is worked out by hand in the comment next to it."""
+"""lib.analysis.agreement: every expected number below is worked out by hand in the comment next to it."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from lib import agreement as ag
+from lib.analysis import agreement as ag
 
 # Ten A-D items (0-3). Per item: gold, English prediction, Korean prediction -> split.
 TEN = [  # id, gold, en, ko

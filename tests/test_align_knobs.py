@@ -11,8 +11,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib import wordpairs as WP
-from lib.params import notebook_params, resolve
+from lib.data import wordpairs as WP
+from lib.core.params import notebook_params, resolve
 from lib.train import align_terms as AT
 from lib.train import contrastive as C
 from tests.test_contrastive import OBJ, PLACE, SUBJ, VERB, lexicon_pairs
@@ -73,7 +73,7 @@ def test_word_pair_files_read_both_formats_and_refuse_bad_lines(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"en": "doctor", "ko": "의사"}\n{"en": "two words", "ko": "x"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"c.jsonl:2: a word pair needs one word"):
         WP.read_pairs(tmp_path / "c.jsonl")
-    with pytest.raises(FileNotFoundError, match="lib.wordpairs extracts one"):
+    with pytest.raises(FileNotFoundError, match="lib.data.wordpairs extracts one"):
         WP.read_pairs(tmp_path / "missing.jsonl")
 
 
@@ -105,7 +105,7 @@ def test_word_spans_point_at_the_words_tokens(tiny_assets, files):
     en = files["train_en"].read_text(encoding="utf-8").splitlines()[:8]
     loc = WP.Locator(WP.read_pairs(files["words"]))
     spans = AT.word_spans(tok, ko, en, 32, loc)
-    from lib.represent import encode_batch
+    from lib.modeling.represent import encode_batch
     ids_ko, ids_en = encode_batch(tok, ko, 32)["input_ids"], encode_batch(tok, en, 32)["input_ids"]
     assert all(len(s) == 4 for s in spans)             # subject, object, verb, place in every pair
     for r, rows in enumerate(spans):
@@ -124,7 +124,7 @@ def test_masked_info_nce_drops_same_word_negatives():
     ids = torch.tensor([7, 7, 1, 2])
     got = AT.masked_info_nce(a, b, ids, 0.1)
     plain = AT.masked_info_nce(a, b, torch.arange(4), 0.1)
-    from lib.losses import info_nce
+    from lib.modeling.losses import info_nce
     assert plain == pytest.approx(info_nce(a, b, 0.1).item(), rel=1e-6)
     assert got < plain                            # the duplicate no longer competes with the positive
 
@@ -166,7 +166,7 @@ def test_layers_all_averages_the_loss_over_every_layer(tmp_path, tiny_assets, fi
     pairs = C._stack([batch["ko"], batch["en"]])
     vecs, _, extra = s.encoder(pairs)
     assert len(extra["layer_vecs"]) == 2
-    from lib.losses import info_nce
+    from lib.modeling.losses import info_nce
     loss, logs = AT.alignment_loss(cfg, vecs[:16], vecs[16:], extra, None)
     want = np.mean([info_nce(v[:16], v[16:], 0.05).item() for v in extra["layer_vecs"]])
     assert logs["info_nce"] == pytest.approx(want, rel=1e-5)
@@ -215,7 +215,7 @@ def test_knob_misuse_fails_before_work(tmp_path, tiny_assets, files):
                       (dict(layers="2,x"), "layers must be")):
         with pytest.raises(ValueError, match=msg):
             C._check(stage1(tmp_path, tiny_assets, files, **over))
-    from lib.data import DataError
+    from lib.core.readers import DataError
     (tmp_path / "none.jsonl").write_text('{"en": "zebra", "ko": "얼룩말"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="none of its words occurs"):
         C.build(stage1(tmp_path, tiny_assets, files, objective="word", word_pairs=str(tmp_path / "none.jsonl")))
@@ -224,7 +224,7 @@ def test_knob_misuse_fails_before_work(tmp_path, tiny_assets, files):
 # ----------------------------------------------------------------------------- stage 05
 
 def test_pretrain_keeps_the_contrastive_term_with_align_weight(tmp_path, tiny_assets, files):
-    from lib.represent import embed_texts
+    from lib.modeling.represent import embed_texts
     from lib.train import pretrain
     from tests.test_stages_clm import make_cfg
     cfg = make_cfg("05_stage3_pretrain", tmp_path, tiny_assets, align_weight=0.5, steps=20, lr=3e-3,

@@ -1,4 +1,4 @@
-"""lib.analysis and lib.repviz on a hand-written fake of 07's output; notebook 08 headless.
+"""lib.analysis.paired and lib.analysis.repviz on a hand-written fake of 07's output; notebook 08 headless.
 
 The fake 07 folder holds lm-eval-0.4-style per-sample records whose predictions are chosen by
 hand (the log-likelihoods and choice lengths are built to give them), so every accuracy,
@@ -14,9 +14,9 @@ import matplotlib.pyplot as plt
 import pytest
 
 from conftest import EN_LINES, KO_LINES
-from lib import analysis as an
-from lib import repviz
-from lib.agreement import SPLITS
+from lib.analysis import paired as an
+from lib.analysis import repviz
+from lib.analysis.agreement import SPLITS
 
 GOLD = [0, 1, 2, 3, 0, 1, 2, 3]
 # Model A, acc_norm predictions per item (English, Korean):
@@ -184,7 +184,7 @@ def test_compare_runs_bootstrap_predictions_file_and_reported_check(runs, tmp_pa
 
 
 def test_representation_rows_on_tiny_llama(tiny_assets, runs):
-    from lib.model import load_model
+    from lib.modeling.model import load_model
     model, tok = load_model(str(tiny_assets["model"]), device="cpu")
     # A sentence against itself: its own vector is the nearest one at every layer.
     per_layer, idx, ko, en = an.model_representation(model, tok, EN_LINES[:10], EN_LINES[:10])
@@ -248,7 +248,7 @@ def test_summary_table_figures_and_no_umap(runs, tmp_path, tiny_assets, monkeypa
 
 @pytest.mark.slow
 def test_umap_grid(tiny_assets, tmp_path):
-    from lib.model import load_model
+    from lib.modeling.model import load_model
     model, tok = load_model(str(tiny_assets["model"]), device="cpu")
     per_layer, idx, ko, en = an.model_representation(model, tok, KO_LINES[:15], EN_LINES[:15])
     reps = [an.Representation("r", f"m{i}", "stage", "02_x", None, idx, per_layer, ko, en) for i in range(2)]
@@ -262,7 +262,7 @@ def test_umap_grid(tiny_assets, tmp_path):
 @pytest.mark.slow
 def test_notebook_headless(runs, tmp_path):
     """Notebook 08 through the Papermill runner on the fake 07 output, UMAP off."""
-    from lib.pipeline import run_pipeline
+    from lib.run.pipeline import run_pipeline
     main, ctrl = runs
     (main / "heldout.ko").write_text("\n".join(KO_LINES[:10]) + "\n", encoding="utf-8")
     (main / "heldout.en").write_text("\n".join(EN_LINES[:10]) + "\n", encoding="utf-8")

@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from lib.codeswitch import code_switch, read_word_pairs
-from lib.toyworld import WorldSpec, build_world, write_world
+from lib.data.codeswitch import code_switch, read_word_pairs
+from lib.world import WorldSpec, build_world, write_world
 
 HANGUL, LATIN = re.compile("[가-힣]"), re.compile("[A-Za-z]")
 

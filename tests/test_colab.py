@@ -1,6 +1,6 @@
 """The generated Colab notebooks: fresh, deterministic, same parameters, guarded install cell.
 
-If ``test_committed_colab_notebooks_are_fresh`` fails, run ``python -m lib.colab`` and commit
+If ``test_committed_colab_notebooks_are_fresh`` fails, run ``python -m lib.cli.colab`` and commit
 ``notebooks/colab/``: never edit those files by hand.
 """
 from __future__ import annotations
@@ -12,8 +12,10 @@ import nbformat
 import papermill as pm
 import pytest
 
-from lib import colab, paths
-from lib.params import notebook_params
+from lib.cli import colab as colab_cli
+from lib.run import colab
+from lib.core import paths
+from lib.core.params import notebook_params
 
 SOURCES = colab.sources()
 
@@ -32,7 +34,7 @@ def test_committed_colab_notebooks_are_fresh(generated):
     outdated = sorted(n for n in set(want) & set(have) if want[n] != have[n])
     assert not (missing or orphans or outdated), (
         f"notebooks/colab/ is stale (missing {missing}, orphans {orphans}, outdated {outdated}); "
-        f"run `python -m lib.colab` and commit the result")
+        f"run `python -m lib.cli.colab` and commit the result")
 
 
 def test_one_colab_notebook_per_source(generated):
@@ -46,7 +48,7 @@ def test_deterministic_and_check_mode(tmp_path, generated):
     for p in generated.glob("*.ipynb"):
         assert (again / p.name).read_bytes() == p.read_bytes(), p.name
     assert colab.generate(paths.NOTEBOOKS, again) == []          # nothing rewritten when fresh
-    assert colab.main(["--check", "--out", str(again)]) == 0
+    assert colab_cli.main(["--check", "--out", str(again)]) == 0
     # a hand edit, a missing file and an orphan are all reported, and --check writes nothing
     victim = again / SOURCES[0].name
     victim.write_text(victim.read_text(encoding="utf-8").replace("Colab", "Kolab"), encoding="utf-8")
@@ -56,7 +58,7 @@ def test_deterministic_and_check_mode(tmp_path, generated):
     assert any("stale" in p and SOURCES[0].name in p for p in problems)
     assert any("missing" in p and SOURCES[-1].name in p for p in problems)
     assert any("orphan" in p and "99_gone" in p for p in problems)
-    assert colab.main(["--check", "--out", str(again)]) == 1
+    assert colab_cli.main(["--check", "--out", str(again)]) == 1
     assert not (again / SOURCES[-1].name).exists()
     colab.generate(paths.NOTEBOOKS, again)
     assert colab.stale(paths.NOTEBOOKS, again) == [] and not (again / "99_gone.ipynb").exists()
@@ -84,7 +86,7 @@ def test_structure_and_parameters(src, generated):
     assert all(c.get("outputs", []) == [] and c.get("execution_count") is None
                for c in nb.cells if c.cell_type == "code")
     assert len({c.id for c in nb.cells}) == len(nb.cells)
-    # parameters: the same for papermill and for lib.params (names, defaults, comments)
+    # parameters: the same for papermill and for lib.core.params (names, defaults, comments)
     assert pm.inspect_notebook(str(out)) == pm.inspect_notebook(str(src))
     assert notebook_params(src.stem, out) == notebook_params(src.stem, src)
 

@@ -1,4 +1,4 @@
-"""lib.contamination: evaluated questions and passages found in training files, by word n-grams.
+"""lib.eval.contamination: evaluated questions and passages found in training files, by word n-grams.
 
 Hand-made pairs and training files with planted copies (exact counts, the line named), the
 stages' inputs taken from their params, 08's clean rows, the CLI, and the real files of
@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from lib import contamination as C
-from lib.evaltasks import read_pair
-from lib.pipeline import main
+from lib.eval import contamination as C
+from lib.eval.tasks import read_pair
+from lib.cli.pipeline import main
 
 Q_LONG = "Which process in the water cycle turns liquid water into vapour above warm oceans?"
 Q_KO = "따뜻한 바다 위에서 액체 상태의 물을 수증기로 바꾸는 물의 순환 과정은 무엇입니까?"
@@ -158,8 +158,8 @@ def test_cli_exits_1_on_a_dirty_item_and_0_when_clean(tmp_path, capsys):
 def test_real_files_one_arc_question_is_in_lima(shared_data):
     """The rehearsal's real files: ARC-Challenge Mercury_SC_416167 ("What is the largest organ in
     the human body?") is one of LIMA's trivia answers; nothing else, Belebele passages included."""
-    from lib import paths
-    from lib.params import load_profile
+    from lib.core import paths
+    from lib.core.params import load_profile
     found = C.scan_profile(load_profile(paths.PARAMS / "rehearsal.yaml"), progress=False)
     assert found["dirty_items"] == {"arc_challenge": ["Mercury_SC_416167"], "belebele": []}
     ex = [e for g in found["groups"] for e in g["examples"]]
@@ -171,8 +171,8 @@ def test_real_files_one_arc_question_is_in_lima(shared_data):
 
 
 def test_check_refuses_a_one_word_ngram(tmp_path):
-    from lib.check import check_profile
-    from lib.params import load_profile
+    from lib.run.check import check_profile
+    from lib.core.params import load_profile
     f = tmp_path / "p.yaml"
     f.write_text("07_benchmark_eval:\n  contamination_ngram: 1\n")
     problems = check_profile(load_profile(f), ["07_benchmark_eval"])

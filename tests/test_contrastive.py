@@ -16,9 +16,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib.data import DataError
-from lib.params import notebook_params, resolve
-from lib.represent import embed_texts
+from lib.core.readers import DataError
+from lib.core.params import notebook_params, resolve
+from lib.modeling.represent import embed_texts
 from lib.train import contrastive as C
 
 SUBJ = [("고양이가", "cat"), ("개가", "dog"), ("농부가", "farmer"), ("선생님이", "teacher"), ("아이가", "child")]

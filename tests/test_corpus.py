@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from conftest import EN_LINES, KO_LINES
-from lib.corpus import cached_blocks
-from lib.data import DataError
-from lib.packing import MixedStream, pack_file
+from lib.data.corpus import cached_blocks
+from lib.core.readers import DataError
+from lib.data.packing import MixedStream, pack_file
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +62,7 @@ def test_streams_over_cached_and_plain_blocks_are_the_same(tok, corpus, tmp_path
 
 
 def test_pack_file_uses_the_cache_when_asked_or_large(tok, corpus, tmp_path, monkeypatch):
-    import lib.packing as P
+    import lib.data.packing as P
     assert pack_file(tok, corpus, 32)[0].dtype == torch.long          # small: in memory
     monkeypatch.setattr(P, "CACHE_MIN_BYTES", 1)
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
@@ -96,7 +96,7 @@ def _jsonl(path, lines, field="text"):
 
 
 def test_jsonl_and_dataset_folder_pack_like_the_text_file(tok, corpus, tmp_path):
-    from lib.corpus import parse_corpus
+    from lib.data.corpus import parse_corpus
     lines = [l for l in corpus.read_text(encoding="utf-8").splitlines() if l.strip()]
     plain, _ = pack_file(tok, corpus, 48, cache=False)
     jl = _jsonl(tmp_path / "mixed.jsonl", lines + ["  "])          # a blank document is skipped
@@ -117,7 +117,7 @@ def test_jsonl_and_dataset_folder_pack_like_the_text_file(tok, corpus, tmp_path)
 
 
 def test_bad_corpus_sources_are_named(tok, tmp_path):
-    from lib.corpus import parse_corpus
+    from lib.data.corpus import parse_corpus
     jl = _jsonl(tmp_path / "c.jsonl", ["한국어 문장입니다."] * 40)
     with pytest.raises(DataError, match=r"c.jsonl#content: no field 'content' \(fields: id, text\)"):
         cached_blocks(tok, parse_corpus(f"{jl}#content"), 8, cache_dir=tmp_path / "cache")

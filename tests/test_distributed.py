@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file
 
 from conftest import EN_LINES, KO_LINES
-from lib import paths
+from lib.core import paths
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""DPO after instruction tuning (lib.preferences, lib.train.dpo, 06 with dpo: true), on the micro
+"""DPO after instruction tuning (lib.data.preferences, lib.train.dpo, 06 with dpo: true), on the micro
 toy world (built here in < 1 s) and a tiny random Llama."""
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lib import preferences as P
-from lib.instructions import Template, hangul_share, pad_id_of
-from lib.params import notebook_params, resolve
+from lib.data import preferences as P
+from lib.data.instructions import Template, hangul_share, pad_id_of
+from lib.core.params import notebook_params, resolve
 from lib.train import dpo, sft
-from lib.toyworld import WorldSpec, build_world, write_world
+from lib.world import WorldSpec, build_world, write_world
 
 STAGE = "06_instruction_tuning"
 SHORT = dict(prompt_template="{system} Q: {instruction} A:", turn_template="Q: {instruction} A:", system_prompt="Answer.")
@@ -270,8 +270,8 @@ def test_06_with_dpo_keeps_the_sft_model_and_saves_the_dpo_model(tmp_path, tiny_
 
 
 def test_check_names_a_bad_pairs_file_and_toy_pairs_without_a_toy_world(tmp_path, tiny_assets):
-    from lib.check import check_profile
-    from lib.params import load_profile
+    from lib.run.check import check_profile
+    from lib.core.params import load_profile
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
     inst = tmp_path / "inst.jsonl"

@@ -1,4 +1,4 @@
-"""lib.evaltasks / lib.taskshape: the generic paired multiple-choice shape and its two presets.
+"""lib.eval.tasks / lib.eval.taskshape: the generic paired multiple-choice shape and its two presets.
 
 The presets' generated task YAMLs are pinned by hash (data path replaced): 07 fingerprints the
 YAMLs of every stored result, so a byte changed here would re-score every finished run. The
@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import evaltasks as ET
-from lib import evaluate as E
-from lib.check import check_profile
-from lib.params import load_profile
+from lib.eval import tasks as ET
+from lib.eval import harness as E
+from lib.run.check import check_profile
+from lib.core.params import load_profile
 from test_evaluate import arc_pair, belebele_pair, direct_logliks, read_jsonl, write_jsonl
 
 PINNED = {"arc_en.yaml": "a5ca1879a57f0527", "arc_ko.yaml": "8446585383fbe13b",
@@ -72,7 +72,7 @@ def test_presets_write_the_pinned_yamls(tmp_path):
 def test_a_sentence_pair_task_through_the_generic_shape(tmp_path):
     p = ET.read_pair("para", paraphrase_pair(tmp_path))
     assert p.format == "generic" and p.n == 5 and p.chance() == 0.5
-    assert p.fixed_labels() and p.rule == "calibrated"                 # yes/no labels: lib.rules' default
+    assert p.fixed_labels() and p.rule == "calibrated"                 # yes/no labels: lib.eval.rules' default
     en, ko = p.records["en"][0], p.records["ko"][0]
     assert en["id"] == ko["id"] == "s1"
     assert ET.prompt(p.shape, "en", en) == ("Sentence 1: Minsu lives in Busan.\n"

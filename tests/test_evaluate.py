@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib import agreement as ag
-from lib import evaltasks as ET
-from lib import evaluate as E
+from lib.analysis import agreement as ag
+from lib.eval import tasks as ET
+from lib.eval import harness as E
 
 QUESTIONS = [  # id, English, Korean, options (en), options (ko), answer
     ("q1", "Where does Minsu live?", "민수는 어디에 살아요?", ["Busan", "Seoul", "Daegu", "Incheon"],
@@ -175,7 +175,7 @@ def test_generated_yamls_are_absolute_and_fresh(tmp_path):
 @pytest.mark.slow
 def test_lm_eval_renders_the_yaml_like_python(tmp_path):
     """lm-eval's own TaskManager loads the generated YAMLs; its prompts, options and golds equal
-    what :mod:`lib.evaltasks` says (the functions 08 uses to look at the same questions)."""
+    what :mod:`lib.eval.tasks` says (the functions 08 uses to look at the same questions)."""
     from lm_eval.tasks import TaskManager
     pairs = {"arc": arc_pair(tmp_path, ko_order=[1, 0, 2, 3, 4, 5]), "bb": belebele_pair(tmp_path)}
     loaded = ET.write_tasks(pairs, tmp_path / "tasks")
@@ -327,7 +327,7 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
         assert set(s["chosen"]) == {"acc", "per_token", "acc_norm", "calibrated"} and s["rule"] == "acc"
         assert s["chosen"]["acc"]["index"] == max(range(3), key=logged.__getitem__)
         assert logged == pytest.approx(direct_logliks(tiny_assets["model"], prompt, options), abs=1e-4)
-    # 08 reads the logs with lib.agreement; the languages join by doc id
+    # 08 reads the logs with lib.analysis.agreement; the languages join by doc id
     items = ag.join_by_id(ag.read_lm_eval_samples(base["tasks"]["tiny"]["en"]["samples"]),
                           ag.read_lm_eval_samples(base["tasks"]["tiny"]["ko"]["samples"]))
     assert len(items) == 6 and [it.gold for it in items] == [0, 1, 3, 0, 2, 1]
@@ -401,14 +401,14 @@ def test_notebook_runs_headless_on_a_fake_run(tmp_path, tiny_assets):
     default tasks (the toy world's three question cells), metrics read back."""
     import papermill as pm
 
-    from lib import paths
+    from lib.core import paths
     run = tmp_path / "run"
     toy = done(run / "00_toy_world")
     shutil.copytree(tiny_assets["model"], toy / "model")
     for cell in ("knowledge", "bridge_heldout", "ghost"):
         write_jsonl(toy / f"eval/{cell}_en.jsonl", arc_records("en"))
         write_jsonl(toy / f"eval/{cell}_ko.jsonl", arc_records("ko"))
-    from lib.toyworld.files import TRAINING_FILES   # the default extra tasks read these (lib.toyextra)
+    from lib.world.files import TRAINING_FILES   # the default extra tasks read these (lib.eval.toyextra)
     for rel in TRAINING_FILES:
         (toy / rel).parent.mkdir(parents=True, exist_ok=True)
         (toy / rel).write_text('{"instruction": "The cat sees the apple."}\n' if rel.endswith(".jsonl")

@@ -1,4 +1,4 @@
-"""07's extra tasks (lib.extratasks, lib.toyextra) and 08's deltas against the base (lib.extradelta).
+"""07's extra tasks (lib.eval.extratasks, lib.eval.toyextra) and 08's deltas against the base (lib.analysis.extradelta).
 
 The harness test scores a local task YAML and a local group of two YAMLs with a tiny Llama, checks
 the stored per-item scores against lm-eval's own aggregate, then adds a task to the finished
@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from lib import evaltasks as ET
-from lib import evaluate as E
-from lib import extradelta as xd
-from lib import extratasks as XT
-from lib import toyextra
+from lib.eval import tasks as ET
+from lib.eval import harness as E
+from lib.analysis import extradelta as xd
+from lib.eval import extratasks as XT
+from lib.eval import toyextra
 from tests.test_evaluate import arc_pair, done, write_jsonl
 
 TRAINED = ["Minsu lives in Busan.", "Jiho and Mina are friends."]
@@ -56,7 +56,7 @@ def test_minimal_pairs_swap_adjacent_words_and_leave_out_training_lines():
 
 
 def fake_toy(toy: Path) -> Path:
-    from lib.toyworld.files import INSTRUCTIONS_FILE, TRAINING_FILES
+    from lib.world.files import INSTRUCTIONS_FILE, TRAINING_FILES
     for rel in TRAINING_FILES:
         f = toy / rel
         f.parent.mkdir(parents=True, exist_ok=True)
@@ -322,7 +322,7 @@ def test_delta_rows_markdown_and_figure(tmp_path):
     assert xd.delta_rows([{**base, "extra": {}}], "baseline-toy") == []
 
 
-# ---------------------------------------------------------------------------- lib.check
+# ---------------------------------------------------------------------------- lib.run.check
 
 
 def real_model_profile(tmp_path: Path, tiny_assets, extra: str) -> Path:
@@ -337,8 +337,8 @@ def real_model_profile(tmp_path: Path, tiny_assets, extra: str) -> Path:
 
 
 def test_check_names_missing_yamls_toy_tasks_without_a_toy_world_and_stray_metrics(tmp_path, tiny_assets):
-    from lib.check import check_profile
-    from lib.params import load_profile
+    from lib.run.check import check_profile
+    from lib.core.params import load_profile
     good = mc_task(tmp_path / "t", "tiny_mc", ROWS)
     f = real_model_profile(tmp_path, tiny_assets, f"  extra_tasks: {{en: [{good}, {tmp_path}/nope.yaml], "
                                                   "ko: [toy:ko_syntax]}\n  extra_metric: {tiny_mc: acc, other: acc}\n")
@@ -359,13 +359,13 @@ def test_check_names_missing_yamls_toy_tasks_without_a_toy_world_and_stray_metri
 
 @pytest.mark.slow
 def test_check_finds_task_names_missing_from_lm_evals_index(tmp_path, tiny_assets):
-    from lib.check import check_profile
-    from lib.params import load_profile
+    from lib.run.check import check_profile
+    from lib.core.params import load_profile
     f = real_model_profile(tmp_path, tiny_assets, "  extra_tasks: {en: [hellaswag, mmlu, hellaswag_typo], "
                                                   "ko: [kobest_copa, kmmlu]}\n")
     (problem,) = check_profile(load_profile(f), ["07_benchmark_eval"])
     assert problem.startswith(f"{f}:6: 07_benchmark_eval.extra_tasks: 'hellaswag_typo' not in lm-eval's task index")
     prof = load_profile(Path(__file__).parents[1] / "params" / "a6000.yaml")
-    from lib.params import stage_params
+    from lib.core.params import stage_params
     extra = stage_params(prof, "07_benchmark_eval", "x")["extra_tasks"]
     assert XT.unknown_names(extra["en"] + extra["ko"]) == [] and len(extra["en"]) >= 3 and len(extra["ko"]) >= 3

@@ -22,10 +22,12 @@ import nbformat
 import pytest
 import torch
 
-from lib import failures, paths
-from lib.check import check_profile
-from lib.params import ParamsError, load_profile
-from lib.pipeline import StageFailed, main, run_pipeline, select_stages
+from lib.run import failures
+from lib.core import paths
+from lib.run.check import check_profile
+from lib.core.params import ParamsError, load_profile
+from lib.cli.pipeline import main
+from lib.run.pipeline import StageFailed, run_pipeline, select_stages
 from conftest import EN_LINES, KO_LINES
 
 
@@ -83,13 +85,13 @@ def test_check_lists_every_bad_value_of_a_micro_profile_at_once(tmp_path):
 
 def test_check_takes_init_methods_from_the_stage(tmp_path, monkeypatch):
     """A value the stage learns later (another init method) is accepted without touching check."""
-    import lib.model
+    import lib.modeling.model
     f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\n02_embedding_init:\n  init: later\n")
     prof = load_profile(f)
     (problem,) = check_profile(prof, select_stages(prof))
-    allowed = ", ".join(lib.model.INIT_METHODS + ("oracle", "oracle_deranged"))    # + 02's controls
+    allowed = ", ".join(lib.modeling.model.INIT_METHODS + ("oracle", "oracle_deranged"))    # + 02's controls
     assert problem == f"{f}:3: 02_embedding_init.init: must be one of {allowed}, got 'later'"
-    monkeypatch.setattr(lib.model, "INIT_METHODS", lib.model.INIT_METHODS + ("later",))
+    monkeypatch.setattr(lib.modeling.model, "INIT_METHODS", lib.modeling.model.INIT_METHODS + ("later",))
     assert check_profile(prof, select_stages(prof)) == []
 
 
@@ -213,16 +215,16 @@ def test_merging_a_tokenizer_with_itself_is_refused_naming_both(tmp_path, tiny_a
     assert problem.startswith(f"{f}:5: 01_vocab_merge.korean_tokenizer: merging {a['base_sp']} into "
                               f"{a['model']} adds no pieces")
     # the stage itself refuses too (a tokenizer that only exists once the run has started)
-    from lib import tokenizer as T
+    from lib.vocab import merge as T
     sp = T.load_sp_model(a["base_sp"])
     with pytest.raises(ValueError, match=r"merging ko.model into base.model adds no pieces"):
         T.merge_sp(sp, sp, names=("base.model", "ko.model"))
 
 
 def test_bom_is_stripped_from_params_text_and_jsonl(tmp_path, tiny_assets):
-    from lib.data import read_lines
-    from lib.evaltasks import read_local
-    from lib.instructions import read_records
+    from lib.core.readers import read_lines
+    from lib.eval.tasks import read_local
+    from lib.data.instructions import read_records
     f = tmp_path / "p.yaml"
     f.write_bytes(b"\xef\xbb\xbfcommon:\n  seed: 5\n")
     assert load_profile(f).common() == {"seed": 5}
@@ -271,7 +273,7 @@ def test_cli_refuses_bad_run_names_and_empty_selections(args, message, capsys, t
 
 # ---------------------------------------------------------------------------- one writer
 
-HOLD = ("import sys, time\nfrom lib.runfolder import run_lock\n"
+HOLD = ("import sys, time\nfrom lib.core.runfolder import run_lock\n"
         "with run_lock(sys.argv[1], 'the holder'):\n    print('held', flush=True)\n    time.sleep(120)\n")
 
 
@@ -294,7 +296,7 @@ def test_second_writer_on_a_run_folder_is_refused_naming_the_holder(tmp_path, ti
         err = one_line_error(capsys)
         assert err.startswith(f"error: {run} is in use by PID {holder.pid} (the holder, since ")
         assert err.endswith("wait for it to finish, or give this run another --run name")
-        from lib.train.__main__ import main as train_main
+        from lib.cli.train import main as train_main
         assert train_main(["04", str(f), "--run", str(run)]) == 1
         assert f"is in use by PID {holder.pid}" in one_line_error(capsys)
         assert time.time() - t0 < 15
@@ -303,14 +305,14 @@ def test_second_writer_on_a_run_folder_is_refused_naming_the_holder(tmp_path, ti
         holder.kill()
         holder.wait()
     # killed, not cleaned up: the kernel released the lock, a new writer gets it at once
-    from lib.runfolder import run_lock
+    from lib.core.runfolder import run_lock
     with run_lock(run) as lock:
         assert lock.read_text().startswith(f"PID {os.getpid()} ")
 
 
 def test_a_notebook_run_by_hand_is_refused_while_a_run_holds_the_folder(tmp_path, monkeypatch):
-    from lib.params import notebook_params, resolve
-    from lib.runfolder import HELD_ENV, RunLocked
+    from lib.core.params import notebook_params, resolve
+    from lib.core.runfolder import HELD_ENV, RunLocked
     monkeypatch.delenv(HELD_ENV, raising=False)
     run = tmp_path / "run"
     ns = {name: p.default for name, p in notebook_params("01_vocab_merge").items()}
@@ -328,9 +330,9 @@ def test_a_notebook_run_by_hand_is_refused_while_a_run_holds_the_folder(tmp_path
 
 
 def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeypatch):
-    from lib.runfolder import RunLocked, run_lock
+    from lib.core.runfolder import RunLocked, run_lock
     from lib.train import head
-    from lib.train.__main__ import main as train_main
+    from lib.cli.train import main as train_main
 
     def fake_run(cfg):                  # the stage itself, as a second writer would see the folder
         try:
@@ -353,8 +355,8 @@ def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeyp
 STANDIN = '''\
 import errno, json, os, signal
 from pathlib import Path
-from lib.params import config_hash
-from lib.runfolder import RunLocked, run_lock
+from lib.core.params import config_hash
+from lib.core.runfolder import RunLocked, run_lock
 sd = Path(run) / "01_standin"
 sd.mkdir(parents=True, exist_ok=True)
 print("attempt", mode)
@@ -434,7 +436,7 @@ def test_disk_full_while_saving_the_notebook_keeps_it_valid_and_the_error_visibl
     """The disk fills up while the runner saves the executed notebook, and again while it writes
     the report: the stage's error is the one line printed, the notebook on disk is the last
     complete save (valid JSON), and no temp file is left."""
-    import lib.report
+    import lib.run.report
     saves, real_write_text = [], Path.write_text
 
     def fill_disk(self, data, *a, **k):      # the third save of the notebook hits a full disk
@@ -449,7 +451,7 @@ def test_disk_full_while_saving_the_notebook_keeps_it_valid_and_the_error_visibl
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(run_dir) / "report.md"))
 
     monkeypatch.setattr(Path, "write_text", fill_disk)
-    monkeypatch.setattr(lib.report, "write_report", report_full)
+    monkeypatch.setattr(lib.run.report, "write_report", report_full)
     run = tmp_path / "run"
     assert main(["run", str(standin("ok")), "--run", str(run)]) == 1
     out = capsys.readouterr()
@@ -460,7 +462,7 @@ def test_disk_full_while_saving_the_notebook_keeps_it_valid_and_the_error_visibl
 
 
 def test_a_tmp_file_is_never_left_behind(tmp_path, monkeypatch):
-    from lib.outputs import write_json
+    from lib.core.io import write_json
 
     def full(self, *a, **k):
         raise OSError(errno.ENOSPC, "No space left on device")

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lib import paths
+from lib.core import paths
 
 BENCH = paths.PROJ_ROOT / "bench"
 CHECK = BENCH / "gpu_check.sh"
@@ -51,8 +51,8 @@ def test_probes_on_cpu_under_bf16_autocast(tmp_path):
         by.setdefault(r.get("probe") or r.get("bench"), []).append(r)
     assert set(by) == {"f1", "f2", "f3", "f7", "gpu_probes"}, proc.stderr[-2000:]
     assert not any("error" in r for r in rows), [r.get("traceback") for r in rows if "error" in r]
-    # F1: lib's InfoNCE (both) stays fp32 inside bf16 autocast, as the loop calls it (lib/losses.py fix)
-    assert {r["fn"] for r in by["f1"]} == {"lib.losses.info_nce", "lib.train.align_terms.masked_info_nce"}
+    # F1: lib's InfoNCE (both) stays fp32 inside bf16 autocast, as the loop calls it (lib/modeling/losses.py fix)
+    assert {r["fn"] for r in by["f1"]} == {"lib.modeling.losses.info_nce", "lib.train.align_terms.masked_info_nce"}
     for r in by["f1"]:
         assert r["similarity_dtype"] == "float32" and r["loss_dtype"] == "float32", r
         assert r["loss_abs_err"] < F1_TOL and r["grad_rel_err"] < 1e-3, r

@@ -11,7 +11,7 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lib import paths
+from lib.core import paths
 
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
@@ -35,7 +35,7 @@ def tiny_llama(vocab=64):
 def test_info_nce_is_fp32_under_bf16_autocast():
     """F1: at temperature 0.05 the similarity logits reach ~20, where bf16 steps by 0.125. Under
     autocast the loss and its gradient must be the fp32 ones (the old code: a bf16 matrix)."""
-    from lib.losses import info_nce
+    from lib.modeling.losses import info_nce
     from lib.train.align_terms import masked_info_nce
     g = torch.Generator().manual_seed(0)
     a = torch.randn(32, 48, generator=g)
@@ -59,7 +59,7 @@ def test_the_loop_leaves_no_autocast_on_the_model_and_evaluates_in_its_precision
     """F2: accelerate's prepare wraps ``model.forward`` in autocast on the object. After the loop
     the model computes in fp32 again outside autocast, and the step-0 evaluation (inside the loop)
     equals the same measurement made before training under the stage's compute context."""
-    from lib.model import compute_context
+    from lib.modeling.model import compute_context
     from lib.train.loop import TrainSpec, train
     model = tiny_llama()
     ids = (torch.arange(24).unsqueeze(0) * 7 + torch.arange(4).unsqueeze(1)) % 64
@@ -87,8 +87,8 @@ def test_the_loop_leaves_no_autocast_on_the_model_and_evaluates_in_its_precision
 def test_dpo_reference_and_policy_agree_at_step_0_under_bf16():
     """F2 (DPO): the reference log-probs (before training) and the policy's (inside the loop's
     autocast) of the same weights must give reward 0, hence reward accuracy 0 and margin 0."""
-    from lib.instructions import Example
-    from lib.model import compute_context
+    from lib.data.instructions import Example
+    from lib.modeling.model import compute_context
     from lib.train.dpo import pair_logps, pair_summary
     model = tiny_llama()
     g = torch.Generator().manual_seed(1)
@@ -127,8 +127,8 @@ def test_chat_vector_of_1e_3_survives_on_a_gpu_dtype(tmp_path, monkeypatch, tiny
     """F3: on CUDA ``load_model`` gives bf16 weights; a chat vector of ~1e-3 of the weight scale
     added to them mostly rounds away. The inference dtype is faked to bf16 (what a GPU gives):
     the vector must survive in the saved model (and the saved model be fp32)."""
-    import lib.model as M
-    from lib.params import Config
+    import lib.modeling.model as M
+    from lib.core.params import Config
     from lib.train.sft import add_chat_vector
     real = M.auto_dtype
     monkeypatch.setattr(M, "auto_dtype", lambda dev, dtype="auto": torch.bfloat16 if dtype == "auto" else real(dev, dtype))
@@ -155,7 +155,7 @@ def test_lora_delta_of_1e_3_survives_the_qlora_merge(tmp_path, tiny_assets):
     of the weight scale mostly rounds away. It must survive in fp32."""
     from peft import LoraConfig, get_peft_model
 
-    from lib.params import Config
+    from lib.core.params import Config
     from lib.train.pretrain import merge_adapter
     base = LlamaForCausalLM.from_pretrained(tiny_assets["model"])
     before = {k: v.clone() for k, v in base.state_dict().items()}
@@ -230,7 +230,7 @@ def test_frozen_english_tower_is_held_in_the_autocast_dtype(tiny_assets, tmp_pat
     import yaml
 
     from conftest import EN_LINES, KO_LINES
-    from lib.params import load_profile, resolve, stage_params
+    from lib.core.params import load_profile, resolve, stage_params
     from lib.train.contrastive import build
     ko, en = tmp_path / "p.ko", tmp_path / "p.en"
     ko.write_text("\n".join(KO_LINES[:20]) + "\n", encoding="utf-8")
@@ -256,7 +256,7 @@ def test_training_entry_points_run_without_notebook_packages(tmp_path):
     lib.train --help`` runs and a stage's parameters still resolve (read from the notebook JSON)."""
     code = ("import sys; sys.modules['nbformat'] = None; sys.modules['papermill'] = None\n"
             "import runpy, contextlib, io\n"
-            "from lib.params import load_profile, resolve, stage_params\n"
+            "from lib.core.params import load_profile, resolve, stage_params\n"
             "cfg = resolve('05_stage3_pretrain', stage_params(load_profile('params/micro.yaml'), '05_stage3_pretrain', 'x'))\n"
             "print('steps', cfg.steps)\n"
             "sys.argv = ['lib.train', '--help']\n"
@@ -268,7 +268,7 @@ def test_training_entry_points_run_without_notebook_packages(tmp_path):
 
 
 def test_metrics_record_the_precision(tiny_assets):
-    from lib.model import precision_record
+    from lib.modeling.model import precision_record
     assert precision_record("bf16-mixed", "cpu") == {"precision": "bf16-mixed", "weights": "float32",
                                                      "compute": "bfloat16 autocast over float32 weights",
                                                      "saved": "float32"}

@@ -15,8 +15,8 @@ import sys
 import pytest
 import torch
 
-from lib import paths
-from lib.plan import Shape
+from lib.core import paths
+from lib.run.plan import Shape
 
 SCRIPT = paths.PROJ_ROOT / "bench" / "gpu_smoke.py"
 
@@ -153,7 +153,7 @@ def test_help_runs_without_nbformat():
 
 
 def test_a_tiny_case_runs_without_nbformat():
-    """A case imports lib.plan -> lib.params: needs lib/params.py not to import nbformat at module
+    """A case imports lib.run.plan -> lib.core.params: needs lib/core/params.py not to import nbformat at module
     level (GPU_AUDIT.md F13)."""
     proc = without_nbformat(f"import runpy\nsys.argv = ['gpu_smoke.py', '--case', '05_full', '--tiny', '--steps', '3']\n"
                             f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')")

@@ -1,4 +1,4 @@
-"""The grid runner (lib.grid): identical stages run once and are linked, a finished condition is
+"""The grid runner (lib.run.grid): identical stages run once and are linked, a finished condition is
 not rerun, the table and figure read each condition's 08, and the a6000 grid checks clean."""
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 import yaml
 
-from lib import grid as G
-from lib import paths
-from lib.check import check_profile
-from lib.params import load_profile
-from lib.pipeline import select_stages
+from lib.run import grid as G
+from lib.core import paths
+from lib.run.check import check_profile
+from lib.core.params import load_profile
+from lib.run.pipeline import select_stages
 
 
 def write_grid(tmp_path, base, conditions, defaults=None, name="g"):
@@ -135,7 +135,7 @@ def test_micro_grid_shares_stages_and_resumes(tmp_path, outputs, capsys):
 
 def test_slurm_scripts_for_the_a6000_grid(tmp_path, outputs):
     import subprocess
-    from lib.gridslurm import render
+    from lib.run.gridslurm import render
     files = render(paths.PARAMS / "grids" / "a6000_transfer.yaml")
     shared, array = files["shared"].read_text(), files["array"].read_text()
     for text in (shared, array):
@@ -158,7 +158,7 @@ def test_slurm_scripts_for_the_a6000_grid(tmp_path, outputs):
 
 
 def test_grid_cli_done_and_link(tmp_path, outputs):
-    from lib.grid import main
+    from lib.cli.grid import main
     g = paths.PARAMS / "grids" / "toy_transfer.yaml"
     assert main(["done", str(g), "word", "03"]) == 1
     assert main(["link", str(g), "word"]) == 0

@@ -1,4 +1,4 @@
-"""lib.judge against a small chat-completions server on loopback (never the network)."""
+"""lib.eval.judge against a small chat-completions server on loopback (never the network)."""
 from __future__ import annotations
 
 import json
@@ -8,7 +8,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from lib import judge
+from lib.cli import judge as judge_cli
+from lib.eval import judge
 
 
 class Judge:
@@ -124,7 +125,7 @@ def test_cli_writes_verdicts_and_tally(tmp_path, client_for, monkeypatch):
         items = tmp_path / "items.jsonl"
         items.write_text("".join(json.dumps(i) + "\n" for i in ITEMS), encoding="utf-8")
         out = tmp_path / "verdicts.jsonl"
-        judge.main([str(items), "--base-url", f"http://127.0.0.1:{srv.server_address[1]}/v1", "--model", "m",
+        judge_cli.main([str(items), "--base-url", f"http://127.0.0.1:{srv.server_address[1]}/v1", "--model", "m",
                     "--api-key-env", "JUDGE_KEY", "--out", str(out)])
         assert len(out.read_text(encoding="utf-8").splitlines()) == 10
         t = json.loads(out.with_suffix(".tally.json").read_text())
@@ -134,7 +135,7 @@ def test_cli_writes_verdicts_and_tally(tmp_path, client_for, monkeypatch):
 
 
 def test_judge_section_of_a_profile(tmp_path, client_for):
-    from lib.params import ParamsError, load_profile, profile_problems
+    from lib.core.params import ParamsError, load_profile, profile_problems
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: {}\njudge:\n  base_url: ftp://x\n  timeot: 3\n  max_retries: -1\n".format(
         (judge.Path(__file__).parents[1] / "params" / "micro.yaml").as_posix()), encoding="utf-8")
@@ -151,7 +152,7 @@ def test_judge_section_of_a_profile(tmp_path, client_for):
                         "  api_key_env: JUDGE_KEY\n  n_boot: 50\n", encoding="utf-8")
         items = tmp_path / "items.jsonl"
         items.write_text("".join(json.dumps(i) + "\n" for i in ITEMS[:2]), encoding="utf-8")
-        judge.main([str(items), "--params", str(good), "--out", str(tmp_path / "v.jsonl")])
+        judge_cli.main([str(items), "--params", str(good), "--out", str(tmp_path / "v.jsonl")])
         assert {r["model"] for r in j.requests} == {"from-yaml"}
     finally:
         srv.shutdown()

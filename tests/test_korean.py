@@ -1,9 +1,9 @@
-"""Korean particles by final consonant (lib/toyworld/korean.py)."""
+"""Korean particles by final consonant (lib/world/korean.py)."""
 from __future__ import annotations
 
 import pytest
 
-from lib.toyworld.korean import fill, final_index, has_batchim, josa, particle
+from lib.world.korean import fill, final_index, has_batchim, josa, particle
 
 
 @pytest.mark.parametrize("word, pair, expected", [

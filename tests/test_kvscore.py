@@ -1,4 +1,4 @@
-"""lib.kvscore: each shared context scored once gives HFLM's log-likelihoods and is_greedy.
+"""lib.eval.kvscore: each shared context scored once gives HFLM's log-likelihoods and is_greedy.
 
 The reference is lm-eval's own ``HFLM`` on the same model object and the same requests: every
 log-likelihood equal to 1e-5 (fp32) and every is_greedy flag equal, over requests chosen to hit
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from lib import evaltasks as ET
-from lib import evaluate as E
-from lib.kvscore import ContextOnceHFLM, split_request
+from lib.eval import tasks as ET
+from lib.eval import harness as E
+from lib.eval.kvscore import ContextOnceHFLM, split_request
 
 from conftest import EN_LINES, KO_LINES
 
@@ -152,7 +152,7 @@ def test_real_tokenizer_and_belebele_passages(shared_data, tmp_path):
     Korean, hundreds of tokens): the same numbers as HFLM."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model
     tok = hf_tokenizer_from_sp(load_sp_model(shared_data / "tokenizers/llama2/tokenizer.model"))
     torch.manual_seed(0)
     model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tok), hidden_size=64, intermediate_size=128,

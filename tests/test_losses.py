@@ -8,7 +8,7 @@ import torch
 from torch.testing import assert_close
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lib.losses import IGNORE_INDEX, clm_labels, clm_loss, info_nce
+from lib.modeling.losses import IGNORE_INDEX, clm_labels, clm_loss, info_nce
 
 
 def scalar(x: float) -> torch.Tensor:

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from lib import paths
-from lib.pipeline import run_pipeline
+from lib.core import paths
+from lib.run.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
 

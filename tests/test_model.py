@@ -5,8 +5,8 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-import lib.model as M
-import lib.tokenizer as T
+import lib.modeling.model as M
+import lib.vocab.merge as T
 from conftest import EN_LINES, KO_LINES
 
 

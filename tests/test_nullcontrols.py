@@ -1,10 +1,10 @@
-"""Null controls (lib.nullcontrols, issue 28): a "model" that scores options by their length only
+"""Null controls (lib.eval.nullcontrols, issue 28): a "model" that scores options by their length only
 agrees with itself across languages because translated options keep their relative lengths.
 
 Synthetic pairs: 400 items, 4 options each, English option lengths drawn at random and each Korean
 option about half its English one (Hangul is denser) plus noise, so the length order mostly
 survives translation. The "models" are per-sample logs in 07's shape (conditional and empty-prompt
-log-likelihoods, token counts) read back through 08's own path (lib.analysis.task_items,
+log-likelihoods, token counts) read back through 08's own path (lib.analysis.paired.task_items,
 paired_rows), so the chain from the logs to the beyond-null reading is tested, in under a second.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lib import analysis as an
-from lib import evaltasks as ET
-from lib import nullcontrols as nc
-from lib import rules
+from lib.analysis import paired as an
+from lib.eval import tasks as ET
+from lib.eval import nullcontrols as nc
+from lib.eval import rules
 
 N, K = 400, 4
 PER_CHAR = 0.3          # log-likelihood per character: the length-only scorer prefers short options

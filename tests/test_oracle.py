@@ -9,13 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-import lib.model as M
-import lib.oracle as O
-import lib.tokenizer as T
-from lib.agreement import Item, paired_metrics, transfer_ratio
-from lib.mcscore import PROMPTS, score_choices
-from lib.toymodel import BaseModelSpec, load_tokenizer, new_model, train_base_tokenizer, train_korean_tokenizer
-from lib.toyworld import WorldSpec, build_world, read_jsonl, read_lines, write_world
+import lib.modeling.model as M
+import lib.vocab.oracle as O
+import lib.vocab.merge as T
+from lib.analysis.agreement import Item, paired_metrics, transfer_ratio
+from lib.modeling.mcscore import PROMPTS, score_choices
+from lib.world.basemodel import BaseModelSpec, load_tokenizer, new_model, train_base_tokenizer, train_korean_tokenizer
+from lib.world import WorldSpec, build_world, read_jsonl, read_lines, write_world
 
 
 @pytest.fixture(scope="module")
@@ -142,9 +142,9 @@ def test_transfer_ratio_arithmetic():
 
 def test_check_refuses_bad_calibration_params_before_any_work(tmp_path):
     """The new knobs are validated by `check` (all at once, file:line: stage.key)."""
-    from lib import paths
-    from lib.check import check_profile
-    from lib.params import load_profile
+    from lib.core import paths
+    from lib.run.check import check_profile
+    from lib.core.params import load_profile
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"extends: {paths.PARAMS / 'toy.yaml'}\n00_toy_world:\n  korean_style: toy\n"
                    "  heldout_relations: 0\n02_embedding_init:\n  init: oracle_wrong\n  controls: [oracle, 'oracle@1.5']\n"

@@ -1,12 +1,12 @@
-"""Packing and Ko/En mixing (lib.packing): exact blocks, ratios, cycling, resumption, rank split."""
+"""Packing and Ko/En mixing (lib.data.packing): exact blocks, ratios, cycling, resumption, rank split."""
 from __future__ import annotations
 
 import pytest
 import torch
 
 from conftest import EN_LINES, KO_LINES
-from lib.losses import IGNORE_INDEX
-from lib.packing import (MixedStream, nonpad_fraction, pack, pack_file, packing_report, pad_naive,
+from lib.modeling.losses import IGNORE_INDEX
+from lib.data.packing import (MixedStream, nonpad_fraction, pack, pack_file, packing_report, pad_naive,
                          stream_stats, tokenize_lines)
 
 # BOS=1, EOS=2; lengths 4 + 3 + 6 = 13 tokens
@@ -15,8 +15,8 @@ DOCS = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 11, 2]]
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from lib.sptrain import train_sentencepiece
-    from lib.tokenizer import hf_tokenizer_from_sp, load_sp_model
+    from lib.vocab.sptrain import train_sentencepiece
+    from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model
     path = train_sentencepiece(EN_LINES + KO_LINES, tmp_path_factory.mktemp("sp") / "t.model", 400,
                                hard_vocab_limit=False)
     return hf_tokenizer_from_sp(load_sp_model(path))

@@ -6,9 +6,9 @@ import json
 import nbformat
 import pytest
 
-from lib import params as P
-from lib import paths
-from lib.params import (ParamsError, check_type, config_hash, load_profile, notebook_params,
+from lib.core import params as P
+from lib.core import paths
+from lib.core.params import (ParamsError, check_type, config_hash, load_profile, notebook_params,
                         resolve, stage_params, validate_profile)
 
 
@@ -127,12 +127,12 @@ def test_input_dir_requires_a_finished_stage(tmp_path):
 
 
 def test_shipped_profiles_validate():
-    from lib.pipeline import select_stages
+    from lib.run.pipeline import select_stages
     for f in sorted(paths.PARAMS.rglob("*.yaml")):
         if "accelerate" in f.parts:
             continue
-        if "grids" in f.parts:                 # grid files (lib.grid): each condition is a profile
-            from lib.grid import load_grid, overlay
+        if "grids" in f.parts:                 # grid files (lib.run.grid): each condition is a profile
+            from lib.run.grid import load_grid, overlay
             g = load_grid(f)
             for name in g.conditions:
                 assert set(overlay(g, name)) <= set(load_profile(g.base).sections) | {"pipeline"} | set(paths.stages()), name

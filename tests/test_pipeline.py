@@ -9,9 +9,10 @@ import json
 
 import pytest
 
-from lib.params import ParamsError
-from lib.pipeline import StageFailed, main, run_pipeline, select_stages
-from lib.params import load_profile, stage_params
+from lib.core.params import ParamsError
+from lib.cli.pipeline import main
+from lib.run.pipeline import StageFailed, run_pipeline, select_stages
+from lib.core.params import load_profile, stage_params
 
 
 def profile(tmp_path, assets, **overrides):
@@ -78,8 +79,8 @@ def test_bad_value_is_refused_before_any_work(tmp_path, tiny_assets, capsys):
 def test_failing_notebook_names_cell_and_keeps_partial_notebook(tmp_path, tiny_assets):
     """A failure only the stage can see (here a value slipped past the check) ends in one line
     naming the stage, the cell and the error, and keeps the executed notebook as valid JSON."""
-    from lib.params import stage_params
-    from lib.pipeline import Plan, run_stage
+    from lib.core.params import stage_params
+    from lib.run.pipeline import Plan, run_stage
     run = tmp_path / "bad"
     f = profile(tmp_path, tiny_assets)
     params = dict(stage_params(load_profile(f), "01_vocab_merge", run), merge_mode="everything")
@@ -111,9 +112,9 @@ def test_cli_check_reports_bad_key(tmp_path, capsys):
 
 
 def test_shared_stages_are_linked_only_when_identical(tmp_path, tiny_assets):
-    from lib.outputs import write_json
-    from lib.params import config_hash, stage_params
-    from lib.pipeline import link_shared_stages
+    from lib.core.io import write_json
+    from lib.core.params import config_hash, stage_params
+    from lib.run.pipeline import link_shared_stages
     base = profile(tmp_path, tiny_assets)
     src = tmp_path / "src"
     (src / "01_vocab_merge").mkdir(parents=True)
@@ -134,9 +135,9 @@ def test_a_finished_07_adds_tasks_incrementally_and_08_follows(tmp_path):
     """Adding a task to a finished 07 through a profile plans an incremental rerun (its stored
     results kept, only DONE removed) and a fresh 08; any other change, or an edited existing
     task without rescore_changed, is refused before anything runs."""
-    from lib.outputs import write_json
-    from lib.params import config_hash
-    from lib.pipeline import plan_run, run_stage
+    from lib.core.io import write_json
+    from lib.core.params import config_hash
+    from lib.run.pipeline import plan_run, run_stage
     stages = ["07_benchmark_eval", "08_agreement_analysis"]
     base = tmp_path / "base.yaml"
     base.write_text("common:\n  base_model: toy\n", encoding="utf-8")

@@ -8,10 +8,11 @@ import importlib.util
 import pytest
 import torch
 
-from lib import paths
-from lib.params import load_profile
-from lib.pipeline import main, run_pipeline, select_stages
-from lib.plan import GiB, KNOWN_SHAPES, PlanError, Shape, check_fits, plan_profile, train_memory
+from lib.core import paths
+from lib.core.params import load_profile
+from lib.cli.pipeline import main
+from lib.run.pipeline import run_pipeline, select_stages
+from lib.run.plan import GiB, KNOWN_SHAPES, PlanError, Shape, check_fits, plan_profile, train_memory
 
 A6000 = paths.PARAMS / "a6000.yaml"
 SHEARED = "princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT"

@@ -1,11 +1,11 @@
-"""lib.plots' seaborn figures: they draw what they are given and save a PNG."""
+"""lib.core.plots' seaborn figures: they draw what they are given and save a PNG."""
 from __future__ import annotations
 
 import matplotlib
 
 matplotlib.use("Agg")
 
-from lib import plots  # noqa: E402
+from lib.core import plots  # noqa: E402
 
 
 def test_interval_points_one_panel_per_metric(tmp_path):

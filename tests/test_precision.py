@@ -7,8 +7,8 @@ import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from lib import paths
-from lib.model import precision_settings
+from lib.core import paths
+from lib.modeling.model import precision_settings
 from lib.train.loop import Interrupted, TrainSpec, checkpoints, train
 
 
@@ -41,8 +41,8 @@ CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 
 @pytest.fixture
 def fake_gpu(monkeypatch):
-    """A GPU of the given compute capability as far as lib.model can tell (there is none here)."""
-    import lib.model as M
+    """A GPU of the given compute capability as far as lib.modeling.model can tell (there is none here)."""
+    import lib.modeling.model as M
 
     def make(capability=(8, 6)):
         monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -66,7 +66,7 @@ def test_pre_ampere_gpus_get_fp16_with_a_gradient_scaler(fake_gpu):
     """F6: a T4 (capability 7.5) only emulates bf16, without tensor cores: ``auto`` trains with
     fp16 autocast (accelerate adds the GradScaler; the loop's acc.backward / clip_grad_norm_
     unscale) and evaluates fp16 weights."""
-    from lib.model import auto_dtype, precision_record, resolve_precision
+    from lib.modeling.model import auto_dtype, precision_record, resolve_precision
     fake_gpu((7, 5))
     assert resolve_precision("auto", CUDA) == "fp16-mixed"
     assert precision_settings("auto", CUDA) == (torch.float32, "fp16")
@@ -82,8 +82,8 @@ def test_cuda_asked_without_a_gpu_fails_in_one_line(monkeypatch):
     """F5: ``device: cuda`` on a node whose torch sees no GPU (a driver older than the wheel's
     CUDA build) fails at once, naming torch's CUDA build and the wheel index for older drivers,
     instead of training on the CPU; ``check`` says the same before any stage runs."""
-    from lib.check import KEY_RULES
-    from lib.model import OLDER_DRIVER_INDEX, auto_device
+    from lib.run.check import KEY_RULES
+    from lib.modeling.model import OLDER_DRIVER_INDEX, auto_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError) as e:
         auto_device("cuda")
@@ -96,7 +96,7 @@ def test_cuda_asked_without_a_gpu_fails_in_one_line(monkeypatch):
 
 
 def test_a6000_profile_asks_for_cuda():
-    from lib.params import load_profile
+    from lib.core.params import load_profile
     prof = load_profile(paths.PARAMS / "a6000.yaml")
     assert prof.sections["common"]["device"] == "cuda"
 

@@ -8,10 +8,10 @@ import time
 
 import pytest
 
-from lib import paths
-from lib.params import load_profile
-from lib.pipeline import run_pipeline
-from lib.rehearsal import build_assets
+from lib.core import paths
+from lib.core.params import load_profile
+from lib.run.pipeline import run_pipeline
+from lib.run.rehearsal import build_assets
 
 pytestmark = [pytest.mark.slow, pytest.mark.shared_data]
 

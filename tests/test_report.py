@@ -8,7 +8,8 @@ import zlib
 
 import pytest
 
-from lib.report import fmt, headline, main, write_report
+from lib.cli.report import main
+from lib.run.report import fmt, headline, write_report
 
 VERSIONS = {"python": "3.11.7", "torch": "2.13.0+cpu", "transformers": "5.23.0"}
 SUMMARY = ("| run | model | task | agreement | kappa |\n|---|---|---|---:|---:|\n"

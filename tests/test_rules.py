@@ -1,4 +1,4 @@
-"""Prediction rules (lib.rules) and the yes/no agreement test of issue 18.
+"""Prediction rules (lib.eval.rules) and the yes/no agreement test of issue 18.
 
 A scorer whose preferences are the same in both languages up to the option strings must agree
 with itself under the default rule of a yes/no task (``calibrated``); the per-character rule
@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 from lm_eval.api.model import LM
 
-from lib import analysis as an
-from lib import evaltasks as ET
-from lib import evaluate as E
-from lib import rules
+from lib.analysis import paired as an
+from lib.eval import tasks as ET
+from lib.eval import harness as E
+from lib.eval import rules
 
 # Option strings' own log-likelihood under an empty prompt, per language (made up, but the shape
 # real models show: the Korean labels cost more, and not in proportion to their characters).

@@ -1,4 +1,4 @@
-"""Stage 06 (instruction tuning) and lib.chatvector, on tiny random Llamas built here."""
+"""Stage 06 (instruction tuning) and lib.train.chatvector, on tiny random Llamas built here."""
 from __future__ import annotations
 
 import json
@@ -8,9 +8,9 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from conftest import EN_LINES, KO_LINES
-from lib.chatvector import apply_chat_vector, chat_vector
-from lib.losses import IGNORE_INDEX
-from lib.params import notebook_params, resolve
+from lib.train.chatvector import apply_chat_vector, chat_vector
+from lib.modeling.losses import IGNORE_INDEX
+from lib.core.params import notebook_params, resolve
 from lib.train import sft
 
 STAGE = "06_instruction_tuning"
@@ -173,7 +173,7 @@ def test_sft_full_loss_falls_and_records_generations(tmp_path, tiny_assets):
     assert m["chat_template"] == {"records": 41, "exact": 41, "share": 1.0}
     tok = AutoTokenizer.from_pretrained(cfg.stage_dir / "model")
     rec = sft.read_records(cfg.data_files[0])[0]
-    from lib.chattemplate import messages_of
+    from lib.data.chattemplate import messages_of
     (ex,), _ = sft.encode(tok, [rec], sft.template_from(cfg), 10**6)
     got = tok.apply_chat_template(messages_of(rec, cfg.system_prompt), tokenize=True, return_dict=True)["input_ids"]
     assert list(got) == ex.ids
@@ -286,7 +286,7 @@ def test_chat_vector_skip_policies_tied_weights_and_inplace():
 
 def test_batched_generation_equals_one_prompt_at_a_time(tiny_assets):
     """Left padding with an attention mask must not change greedy answers."""
-    from lib.model import load_model
+    from lib.modeling.model import load_model
     model, tok = load_model(str(tiny_assets["model"]), "cpu")
     template = sft.Template("Q: {instruction} A:", "Q: {instruction} A:", "")
     reqs = [{"instruction": EN_LINES[i][: 8 + 7 * i], "input": ""} for i in range(5)]
@@ -309,7 +309,7 @@ def test_exact_match_scores_by_language(monkeypatch):
 # ----------------------------------------------------------------------------- chat template
 
 def test_chat_template_gives_the_trained_ids(tiny_assets):
-    from lib.chattemplate import jinja_template, messages_of, template_check
+    from lib.data.chattemplate import jinja_template, messages_of, template_check
     tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
     t = sft.Template()
     tok.chat_template = jinja_template(t, tok)
@@ -329,7 +329,7 @@ def test_chat_template_gives_the_trained_ids(tiny_assets):
 
 def test_chat_template_real_llama2_tokenizer(shared_data, tmp_path):
     from transformers import LlamaTokenizerFast
-    from lib.chattemplate import jinja_template, template_check
+    from lib.data.chattemplate import jinja_template, template_check
     LlamaTokenizerFast.from_pretrained(shared_data / "tokenizers/llama2/tokenizer.model").save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
     t = sft.Template()

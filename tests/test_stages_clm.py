@@ -8,7 +8,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import EN_LINES, KO_LINES
-from lib.params import notebook_params, resolve
+from lib.core.params import notebook_params, resolve
 
 
 @pytest.fixture(autouse=True)
@@ -110,7 +110,7 @@ def test_new_head_rows_only_keep_english_logits_bit_identical(tmp_path, tiny_ass
     bit-identical after training, while Korean rows (and so Korean perplexity) change."""
     from transformers import AutoTokenizer
 
-    import lib.model as M
+    import lib.modeling.model as M
     from lib.train import head
     n_base = 200
     start = AutoModelForCausalLM.from_pretrained(tiny_assets["model"]).eval()

@@ -13,10 +13,10 @@ import pytest
 import sentencepiece as spm
 from transformers import AutoTokenizer, LlamaTokenizerFast
 
-import lib.tokenizer as T
-from lib import paths
-from lib.data import read_lines
-from lib.sptrain import train_sentencepiece
+import lib.vocab.merge as T
+from lib.core import paths
+from lib.core.readers import read_lines
+from lib.vocab.sptrain import train_sentencepiece
 
 # English-ish text for the base model. "TV" is rare here but frequent in the Korean text: in "all"
 # mode the Korean piece "▁TV" is appended and changes how the two English TV lines split (the toy
@@ -98,7 +98,7 @@ def merged_all(small):
 
 
 def new_normal_pieces(base, ko) -> list[str]:
-    """What the merge should append, computed independently of lib.tokenizer."""
+    """What the merge should append, computed independently of lib.vocab.merge."""
     have = {p.piece for p in base.pieces}
     return [p.piece for p in ko.pieces if p.type == p.NORMAL and p.piece not in have]
 

@@ -8,10 +8,10 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lib.mcscore import PROMPTS, mc_accuracy, score_choices, split_ids
-from lib.toymodel import (BaseModelSpec, build_base_model, load_tokenizer, new_model, pretrain_documents,
+from lib.modeling.mcscore import PROMPTS, mc_accuracy, score_choices, split_ids
+from lib.world.basemodel import (BaseModelSpec, build_base_model, load_tokenizer, new_model, pretrain_documents,
                           save_model, train_base_tokenizer)
-from lib.toyworld import WorldSpec, build_world, read_jsonl, read_lines, write_world
+from lib.world import WorldSpec, build_world, read_jsonl, read_lines, write_world
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,7 @@ def test_loss_falls_and_metrics_are_reported(built):
 def test_every_clone_word_is_one_token_and_options_match_the_text(built):
     """Rule 3 and the oracle's premise: on the clone world every English word of the questions is
     one base piece, every Korean word one Korean piece, and options tokenize as in the text."""
-    from lib.toyworld import option_match
+    from lib.world import option_match
     root, _ = built
     r = option_match(root, root / "base_tokenizer/tokenizer.model", root / "korean_tokenizer/tokenizer.model")
     assert r["option_match_rate"]["en"] == 1.0 and r["option_match_rate"]["ko"] == 1.0
@@ -72,8 +72,8 @@ def test_every_clone_word_is_one_token_and_options_match_the_text(built):
 def test_toy_korean_options_sometimes_differ_from_the_text(tmp_path):
     """The realistic toy Korean glues particles to names (부산에), so some mentions tokenize unlike
     the option (about 0.4 before the entity forms joined the tokenizer corpus; ~0.9 now)."""
-    from lib.toymodel import train_korean_tokenizer
-    from lib.toyworld import option_match
+    from lib.world.basemodel import train_korean_tokenizer
+    from lib.world import option_match
     write_world(build_world(WorldSpec.micro(korean_style="toy")), tmp_path)
     train_base_tokenizer(tmp_path, tmp_path / "b", BaseModelSpec.micro().base_vocab_size)
     train_korean_tokenizer(tmp_path, tmp_path / "k", 800, "unigram")

@@ -10,13 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from lib.toyworld import (CELLS, WordMap, WorldSpec, assert_valid, build_world, check_world, expected_counts,
+from lib.world import (CELLS, WordMap, WorldSpec, assert_valid, build_world, check_world, expected_counts,
                           leaked_facts, read_jsonl, read_lines, tokenizer_corpus, write_world)
-from lib.toyworld import lexicon as lx
-from lib.toyworld.clone import verbs_last
-from lib.toyworld.files import TRAINING_FILES
-from lib.toyworld.korean import PARTICLES, josa
-from lib.toyworld.world import render
+from lib.world import lexicon as lx
+from lib.world.clone import verbs_last
+from lib.world.files import TRAINING_FILES
+from lib.world.korean import PARTICLES, josa
+from lib.world.world import render
 
 
 @pytest.fixture(scope="module")

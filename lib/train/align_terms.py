@@ -2,7 +2,7 @@
 transfer grid (issue 14), each off by default.
 
 - ``objective: sentence | word | both``: *word-level* InfoNCE. For every training pair, the
-  dictionary words found once on each side (:class:`lib.wordpairs.Locator`) are located in the
+  dictionary words found once on each side (:class:`lib.data.wordpairs.Locator`) are located in the
   token sequence (character offsets -> token positions, :func:`word_spans`); a word's vector is the
   mean hidden state over its tokens, and each Korean word must pick out its own English word among
   the batch's other words (same-word duplicates are masked out of the negatives).
@@ -26,10 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.losses import info_nce
-from lib.model import fp32_region
+from lib.modeling.losses import info_nce
+from lib.modeling.model import fp32_region
 
-from lib.wordpairs import Locator
+from lib.data.wordpairs import Locator
 
 OBJECTIVES = ("sentence", "word", "both")
 LAYER_MODES = ("representation", "all")
@@ -92,7 +92,7 @@ def check_knobs(cfg: Any) -> None:
 # ----------------------------------------------------------------------------- word positions
 
 def _token_spans(tok, texts: Sequence[str], max_len: int) -> list[list[tuple[int, int]]]:
-    """Per text, the character span of each token, in the positions :func:`lib.represent.encode_batch`
+    """Per text, the character span of each token, in the positions :func:`lib.modeling.represent.encode_batch`
     gives them (BOS first; a prepended BOS shifts by one)."""
     enc = tok(list(texts), add_special_tokens=True, truncation=True, max_length=max_len,
               return_offsets_mapping=True)
@@ -164,7 +164,7 @@ def word_vectors(states: torch.Tensor, words: torch.Tensor, n_ko: int) -> tuple[
 def masked_info_nce(a: torch.Tensor, b: torch.Tensor, ids: torch.Tensor, temperature: float) -> torch.Tensor:
     """Symmetric InfoNCE where ``a[i]``/``b[i]`` are positives and rows with the same ``ids`` (the
     same word twice in a batch) are not negatives of each other."""
-    with fp32_region(a):                     # fp32 logits under autocast too (see lib.losses)
+    with fp32_region(a):                     # fp32 logits under autocast too (see lib.modeling.losses)
         u, v = F.normalize(a.float(), dim=-1), F.normalize(b.float(), dim=-1)
         logits = u @ v.T / temperature
         same = ids.unsqueeze(0) == ids.unsqueeze(1)
@@ -259,7 +259,7 @@ class ClmWithAlignment(torch.nn.Module):
         self.lm, self.layer, self.temperature = lm, layer, temperature
 
     def forward(self, clm: dict, pairs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        from lib.represent import hidden_states_of, pooled_vectors
+        from lib.modeling.represent import hidden_states_of, pooled_vectors
         out = self.lm(input_ids=clm["input_ids"], attention_mask=clm["attention_mask"], labels=clm["labels"],
                       use_cache=False)
         hs = hidden_states_of(self.lm, pairs)
@@ -270,7 +270,7 @@ class ClmWithAlignment(torch.nn.Module):
 
 def pretrain_with_alignment(cfg: Any, model, tok, stream):
     """(modules, batch_at, loss_fn, info) for 05 when ``align_weight > 0``."""
-    from lib.data import read_parallel
+    from lib.core.readers import read_parallel
     from lib.train.contrastive import PairBatches, _encode, _rows, _stack
     ko, en = read_parallel(cfg.path(cfg.align_pairs_ko), cfg.path(cfg.align_pairs_en))
     enc = {"ko": _encode(tok, ko, cfg.align_max_len), "en": _encode(tok, en, cfg.align_max_len)}

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from lib.model import auto_device, compute_context, precision_record, precision_settings
+from lib.modeling.model import auto_device, compute_context, precision_record, precision_settings
 from lib.train.loop import TrainSpec
 
 SPEC_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "grad_accum",
@@ -20,7 +20,7 @@ SPEC_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_
 
 def train_spec(cfg: Any) -> TrainSpec:
     """A TrainSpec from the stage parameters that share its field names; ``precision`` becomes
-    accelerate's ``mixed_precision`` (see :func:`lib.model.precision_settings`)."""
+    accelerate's ``mixed_precision`` (see :func:`lib.modeling.model.precision_settings`)."""
     spec = {k: cfg[k] for k in SPEC_KEYS if k in cfg}
     _, spec["mixed_precision"] = precision_settings(cfg.get("precision", "auto"), cfg.get("device", "auto"))
     return TrainSpec(**spec)
@@ -43,7 +43,7 @@ def precision_of(cfg: Any) -> dict:
 def load_measured(cfg: Any, folder: str | Path):
     """(model, tokenizer) of a saved ``folder`` in this stage's training weight dtype, in eval mode,
     to measure it as the stage measured the model it trained (under :func:`measured`)."""
-    from lib.model import load_model
+    from lib.modeling.model import load_model
     dev = auto_device(cfg.get("device", "auto"))
     weights, _ = precision_settings(cfg.get("precision", "auto"), dev)
     return load_model(str(folder), str(dev), dtype=str(weights).replace("torch.", ""))
@@ -80,7 +80,7 @@ def final_model(cfg: Any, result: dict) -> Path:
     ``accelerate launch`` only the main process copies and every process waits for it: two ranks
     renaming the same folder race (ENOTEMPTY / FileNotFoundError)."""
     from accelerate import PartialState
-    from lib.outputs import atomic_dir
+    from lib.core.io import atomic_dir
     state = PartialState()
     if state.is_main_process:
         last = Path(result["checkpoints"][-1]) / "model"

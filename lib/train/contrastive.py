@@ -1,7 +1,7 @@
 """Stage 1 (``03_stage1_contrastive``): pull each Korean sentence onto its English translation.
 
 Symmetric InfoNCE with in-batch negatives on Ko-En parallel pairs: the sentence vector of a Korean
-line (a pooled hidden state, see :mod:`lib.represent`) must pick out its own English translation
+line (a pooled hidden state, see :mod:`lib.modeling.represent`) must pick out its own English translation
 among the other English lines of the batch, and the other way round. Trained: input embeddings and
 the transformer layers (and the learned layer weights when ``layer_range`` is given); the LM head is
 frozen (a tied head is untied first, see :func:`freeze_for_stage1`), so stage 2 starts from the
@@ -31,12 +31,12 @@ from typing import Any
 import numpy as np
 import torch
 
-from lib.data import DataError, read_parallel
-from lib.losses import clm_loss, info_nce
-from lib.outputs import write_json
-from lib.represent import (POOLING_MODES, LayerWeights, alignment_report, embed_texts, encode_batch,
+from lib.core.readers import DataError, read_parallel
+from lib.modeling.losses import clm_loss, info_nce
+from lib.core.io import write_json
+from lib.modeling.represent import (POOLING_MODES, LayerWeights, alignment_report, embed_texts, encode_batch,
                            hidden_states_of, pooled_vectors, sentence_vectors)
-from lib.model import AUTOCAST_DTYPES, precision_settings
+from lib.modeling.model import AUTOCAST_DTYPES, precision_settings
 from lib.train.common import final_model, load_start, precision_of, saver, train_spec, trainable_summary
 from lib.train.loop import train
 
@@ -317,7 +317,7 @@ def build(cfg: Any) -> Stage1:
     objective = cfg.get("objective", "sentence")
     word_pairs = None
     if objective != "sentence" or cfg.get("align_head"):
-        from lib.wordpairs import read_pairs
+        from lib.data.wordpairs import read_pairs
         word_pairs = read_pairs(cfg.path(cfg.word_pairs))
     head_ids = None
     if cfg.get("align_head"):
@@ -334,7 +334,7 @@ def build(cfg: Any) -> Stage1:
     info["objective"], info["layers"] = objective, layers or "representation"
     clm = None
     if cfg.clm_weight > 0:
-        from lib.packing import MixedStream, pack_file
+        from lib.data.packing import MixedStream, pack_file
         blocks, report = pack_file(tok, cfg.corpus(cfg.clm_text), cfg.clm_block)
         clm = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           seed=cfg.seed, bos_token_id=tok.bos_token_id)
@@ -342,7 +342,7 @@ def build(cfg: Any) -> Stage1:
     enc = {"ko": _encode(tok, ko, cfg.max_len), "en": _encode(tok, en, cfg.max_len)}
     words = None
     if objective != "sentence":
-        from lib.wordpairs import Locator
+        from lib.data.wordpairs import Locator
         words = AT.word_spans(tok, ko, en, cfg.max_len, Locator(word_pairs))
         info["word_spans"] = AT.span_stats(words)
         if not info["word_spans"]["word_occurrences"]:
@@ -466,7 +466,7 @@ def summarise(s: Stage1, result: dict) -> dict:
         **trainable_summary(s.encoder), **s.info,
     }
     if s.clm is not None:
-        from lib.packing import stream_stats
+        from lib.data.packing import stream_stats
         metrics["clm_stream"] = stream_stats(s.clm, cfg.steps)
     if s.encoder.layer_weights is not None:
         metrics["layer_weights"] = layer_weights_history(s, result)
@@ -498,7 +498,7 @@ def layer_weights_history(s: Stage1, result: dict) -> dict:
 # ----------------------------------------------------------------------------- figures
 
 def plot_loss(metrics: dict, path=None):
-    from lib.plots import line_curve
+    from lib.core.plots import line_curve
     rows = metrics["curves"]["loss"]
     return line_curve([r["step"] for r in rows], [r["loss"] for r in rows], "Stage 1 training loss",
                       "step", "loss (InfoNCE + clm_weight * CLM)", path)
@@ -507,7 +507,7 @@ def plot_loss(metrics: dict, path=None):
 def plot_alignment(metrics: dict, path=None):
     """Held-out P@1 (both directions) and pair / non-pair cosine against the step."""
     import matplotlib.pyplot as plt
-    from lib.plots import save
+    from lib.core.plots import save
     rows = metrics["curves"]["eval"]
     steps = [r["step"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -524,7 +524,7 @@ def plot_alignment(metrics: dict, path=None):
 
 
 def plot_layer_weights(metrics: dict, path=None):
-    from lib.plots import grouped_bars
+    from lib.core.plots import grouped_bars
     lw = metrics["layer_weights"]
     series = {"start": lw["start"], **{f"step {int(k.split('-')[1])}": v for k, v in lw["checkpoints"].items()}}
     return grouped_bars([str(i) for i in lw["layers"]], series, "Learned layer weights (softmax)",

@@ -7,7 +7,7 @@ a frozen *reference*, the model DPO starts from::
     reward(y) = beta * (log pi(y | x) - log pi_ref(y | x))       summed over the answer tokens + EOS
     loss      = -log sigmoid(reward(chosen) - reward(rejected))
 
-Pairs (:mod:`lib.preferences`) are tokenized exactly as 06 tokenizes a record, so the policy is
+Pairs (:mod:`lib.data.preferences`) are tokenized exactly as 06 tokenizes a record, so the policy is
 scored on the very ids it was tuned on. ``dpo_method``:
 
 - ``full``: every parameter trains; the reference is the starting model;
@@ -43,8 +43,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.instructions import Example, collate, pad_id_of
-from lib.losses import IGNORE_INDEX
+from lib.data.instructions import Example, collate, pad_id_of
+from lib.modeling.losses import IGNORE_INDEX
 
 DPO_METHODS = ("full", "lora")
 # 06's DPO parameters and the TrainSpec fields they stand for (the rest are shared with SFT)
@@ -187,7 +187,7 @@ def check_dpo(cfg: Any) -> None:
 
 def spec_of(cfg: Any):
     """DPO's TrainSpec: 06's ``dpo_*`` values, the other fields shared with SFT."""
-    from lib.params import Config
+    from lib.core.params import Config
     from lib.train.common import train_spec
     sub = Config(cfg)
     for k, v in SPEC_OF.items():
@@ -197,7 +197,7 @@ def spec_of(cfg: Any):
 
 def load_pairs(cfg: Any, exclude: Sequence[str] = ()) -> tuple[list[dict], dict]:
     """06's preference pairs: the toy world's (``dpo_pairs: toy``) or a JSONL file's."""
-    from lib import preferences as P
+    from lib.data import preferences as P
     if cfg.dpo_pairs == "toy":
         pairs, rep = P.toy_pairs(cfg.path("{toy}/data/instructions.jsonl"), cfg.path("{toy}/data/entities.jsonl"),
                                  cfg.path("{toy}/eval/facts.jsonl"), cfg.seed, exclude=exclude)
@@ -245,8 +245,8 @@ def keep_sft_model(stage_dir: Path) -> Path:
 def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) -> dict:
     """Train DPO from ``sft_dir`` into ``<stage>/dpo/``; returns what 06's metrics record
     (``model`` is the trained policy, in eval mode, for the caller to inspect and free)."""
-    from lib import preferences as P
-    from lib.params import Config
+    from lib.data import preferences as P
+    from lib.core.params import Config
     from lib.train.common import measured, precision_of, trainable_summary
     from lib.train.loop import train
     from lib.train.pretrain import merged_saver

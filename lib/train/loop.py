@@ -21,7 +21,7 @@ fp32 with AdamW, ``model/`` 4), and resume reads the latest ``state/`` only.
 Calling ``train`` again on the same ``out_dir`` continues from the last checkpoint; on CPU in
 fp32 the final weights equal an uninterrupted run's (tested). Precision is ``spec.mixed_precision``
 (accelerate's): with ``auto``, bf16 autocast on CUDA over the fp32 weights the stage loaded
-(:func:`lib.model.precision_settings`), plain fp32 on CPU.
+(:func:`lib.modeling.model.precision_settings`), plain fp32 on CPU.
 
 Autocast is on exactly where the loop puts it: around ``loss_fn`` and around ``eval_fn`` (so the
 step-0 evaluation and every later one measure in the training precision). ``accelerate.prepare``
@@ -29,7 +29,7 @@ also wraps each model's ``forward`` in autocast *on the object itself*, which wo
 forward after training started bf16 and every one before it fp32 (a DPO reference computed before
 ``train`` would then differ from the policy at step 0); the loop takes that wrapper off again
 (:func:`plain_forward`), and stages compute their before/after metrics and references in
-:func:`lib.model.compute_context` of the same ``mixed_precision``.
+:func:`lib.modeling.model.compute_context` of the same ``mixed_precision``.
 
 Distributed: DDP (``params/accelerate/ddp.yaml``) is the supported launch. FSDP is accepted only
 for full training without autocast (``--mixed_precision no``): under accelerate's FSDP bf16 policy
@@ -52,7 +52,7 @@ from typing import Any, Callable
 import torch
 from tqdm.auto import tqdm
 
-from lib.outputs import write_json
+from lib.core.io import write_json
 
 
 @dataclass

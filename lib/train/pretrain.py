@@ -23,9 +23,9 @@ from typing import Any
 
 import torch
 
-from lib.data import read_lines
-from lib.model import auto_device, text_nll
-from lib.packing import MixedStream, nonpad_fraction, pack_file, pad_naive, stream_stats, tokenize_lines
+from lib.core.readers import read_lines
+from lib.modeling.model import auto_device, text_nll
+from lib.data.packing import MixedStream, nonpad_fraction, pack_file, pad_naive, stream_stats, tokenize_lines
 from lib.train.common import final_model, load_start, measured, precision_of, train_spec, trainable_summary
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
@@ -111,9 +111,9 @@ def merge_adapter(cfg: Any, model, start: str, adapter_dir: Path):
 
 
 def training_texts(cfg: Any) -> tuple[Any, Any, dict | None]:
-    """The Korean and English corpora to pack (:func:`lib.corpus.parse_corpus`: text or JSONL
+    """The Korean and English corpora to pack (:func:`lib.data.corpus.parse_corpus`: text or JSONL
     files, Hub splits). With ``code_switch_ratio > 0`` both are first code-switched through
-    ``word_pairs`` (lib.codeswitch) into ``<stage>/code_switched/``: text files only."""
+    ``word_pairs`` (lib.data.codeswitch) into ``<stage>/code_switched/``: text files only."""
     ko, en = cfg.corpus(cfg.ko_text), cfg.corpus(cfg.en_text)
     if not cfg.code_switch_ratio:
         return ko, en, None
@@ -122,8 +122,8 @@ def training_texts(cfg: Any) -> tuple[Any, Any, dict | None]:
             raise ValueError(f"code_switch_ratio > 0 rewrites text files line by line; {key} is "
                              f"{src.describe()}: give a text file or set code_switch_ratio: 0")
     ko, en = ko.path, en.path
-    from lib.codeswitch import code_switch, read_word_pairs
-    from lib.outputs import write_text
+    from lib.data.codeswitch import code_switch, read_word_pairs
+    from lib.core.io import write_text
     pairs = read_word_pairs(cfg.path(cfg.word_pairs))
     out, stats = Path(cfg.stage_dir) / "code_switched", {}
     for lang, src in (("ko", ko), ("en", en)):

@@ -6,13 +6,13 @@ template (default: Bllossom's Llama-2 format), and the model learns the response
 prompt token and all padding get label -100. Korean and English examples are mixed per batch by
 ``ko_share``. ``method`` is ``full`` or ``lora`` (``qlora`` on CUDA), exactly as in stage 05:
 every checkpoint's ``model/`` is a plain merged ``from_pretrained`` folder. An optional chat
-vector (English ``instruct - base``, see :mod:`lib.chatvector`) is added to the stage's result
+vector (English ``instruct - base``, see :mod:`lib.train.chatvector`) is added to the stage's result
 (``chat_vector_when: after``) or to its starting model (``before``).
 
     python -m lib.train 06 params/toy.yaml      # or run notebooks/06_instruction_tuning.ipynb
 
 How a record becomes tokens (template, label mask, truncation, language detection):
-:mod:`lib.instructions`.
+:mod:`lib.data.instructions`.
 
 Batches are a pure function of the step (:class:`InstructionStream`, built on MixedStream's
 row plan), so a resumed run sees exactly the data an uninterrupted one would. ``eval_examples``
@@ -23,7 +23,7 @@ intermediate model: ``chat_vector_only`` (start + vector, before tuning) or ``sf
 before the vector); checkpoints never include an ``after`` vector, only ``model/`` does.
 
 With ``dpo: true`` the tuned model (with an ``after`` vector, if any) moves to ``sft_model/`` and
-DPO on preference pairs (:mod:`lib.train.dpo`, pairs from :mod:`lib.preferences`) trains from it
+DPO on preference pairs (:mod:`lib.train.dpo`, pairs from :mod:`lib.data.preferences`) trains from it
 into ``dpo/checkpoints/``; its final model is ``model/``. The metrics gain ``dpo`` (held-out
 reward accuracy and margins per pair kind, before and after) and a ``dpo`` column in the
 generations and exact-match tables. SFT records held out above are never DPO pairs. 07 scores the
@@ -39,11 +39,11 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lib.instructions import (PROMPT_TEMPLATE, SYSTEM_PROMPT, TURN_TEMPLATE, Example,  # noqa: F401 (re-exported)
+from lib.data.instructions import (PROMPT_TEMPLATE, SYSTEM_PROMPT, TURN_TEMPLATE, Example,  # noqa: F401 (re-exported)
                               Template, boundary_check, collate, detect_lang, encode, hangul_share, labels_of,
                               load_instructions, pad_id_of, read_records, split_heldout, template_from, _special)
-from lib.losses import IGNORE_INDEX
-from lib.packing import MixedStream
+from lib.modeling.losses import IGNORE_INDEX
+from lib.data.packing import MixedStream
 from lib.train.common import final_model, load_measured, measured, precision_of, trainable_summary, train_spec
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
@@ -71,7 +71,7 @@ def language_ratios(counts: dict[str, int], ko_share: float) -> dict[str, float]
 class InstructionStream:
     """Deterministic micro-batches of examples mixed by language: a pure function of the step.
 
-    The row plan is :class:`lib.packing.MixedStream`'s (exact per-batch shares, each language
+    The row plan is :class:`lib.data.packing.MixedStream`'s (exact per-batch shares, each language
     cycled in a fresh seeded order per pass); rank ``r`` of ``w`` takes rows ``r::w``, padded
     to the longest of its rows.
     """
@@ -228,8 +228,8 @@ def chat_vector_enabled(cfg: Any) -> bool:
 
 def add_chat_vector(cfg: Any, src: str | Path, dst: str | Path) -> dict:
     """Load ``src``, add ``chat_vector_weight x (instruct - base)``, save a full folder at ``dst``."""
-    from lib.chatvector import apply_chat_vector, load_chat_vector
-    from lib.model import load_model, save_model
+    from lib.train.chatvector import apply_chat_vector, load_chat_vector
+    from lib.modeling.model import load_model, save_model
     vector = load_chat_vector(cfg.source(cfg.chat_vector_base), cfg.source(cfg.chat_vector_instruct))
     # fp32 whatever the device: a delta of ~1e-3 of the weight scale added to bf16 weights (the
     # inference dtype on a GPU) mostly rounds away, and the saved model would be bf16 too
@@ -253,8 +253,8 @@ def _on_main(fn):
 
 
 def run(cfg: Any) -> dict:
-    from lib.chatvector import summary
-    from lib.params import Config
+    from lib.train.chatvector import summary
+    from lib.core.params import Config
     check_method(cfg)
     from lib.train.dpo import check_dpo
     check_dpo(cfg)
@@ -273,7 +273,7 @@ def run(cfg: Any) -> dict:
         run_cfg = Config(cfg)
         run_cfg["init_from"] = str(cv_dir)
     model, tok, model_start = load_for_method(run_cfg)
-    from lib.chattemplate import jinja_template, template_check
+    from lib.data.chattemplate import jinja_template, template_check
     tok.chat_template = jinja_template(template, tok)     # saved with every checkpoint and model/
     examples, enc_report = encode(tok, train_recs, template, cfg.max_len, cfg.loss_on_history)
     held, _ = encode(tok, held_recs, template, cfg.max_len, cfg.loss_on_history)

@@ -1,0 +1,76 @@
+"""Run one training stage outside a notebook, e.g. on several GPUs:
+
+    python -m lib.train 04 params/toy.yaml [--run NAME]
+    accelerate launch --config_file params/accelerate/ddp.yaml -m lib.train 05 params/a6000.yaml
+    ACCELERATE_USE_CPU=1 accelerate launch --multi_gpu --num_processes 2 -m lib.train 04 params/micro.yaml
+
+It resolves the stage's parameters exactly as the pipeline does, calls the same ``run(cfg)`` the
+notebook calls, and finishes the stage folder (metrics.json, DONE) so the pipeline then skips it.
+Like the pipeline it checks the profile first and holds the run folder's lock while it trains.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from contextlib import nullcontext
+
+from lib.core import paths
+from lib.run.check import check_profile
+from lib.run.failures import INTERRUPTED
+from lib.core.io import finish
+from lib.core.params import ParamsError, load_profile, resolve, stage_params
+from lib.core.runfolder import HELD_ENV, BadRunName, RunLocked, run_folder, run_lock
+
+STAGES = {"03": ("03_stage1_contrastive", "lib.train.contrastive"),
+          "04": ("04_stage2_lm_head", "lib.train.head"),
+          "05": ("05_stage3_pretrain", "lib.train.pretrain"),
+          "06": ("06_instruction_tuning", "lib.train.sft")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m lib.train", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("stage", choices=sorted(STAGES), help="training stage number")
+    ap.add_argument("params", help="a params YAML, e.g. params/toy.yaml")
+    ap.add_argument("--run", help="run name or absolute path; default: the profile name")
+    args = ap.parse_args(argv)
+    stage, module = STAGES[args.stage]
+    # one process of a multi-process launch takes the run folder's lock; the others run under it
+    main_rank = os.environ.get("RANK", "0") == "0"
+    try:
+        prof = load_profile(args.params)
+        run = str(args.run or prof.name)
+        rd = run_folder(run)
+        problems = check_profile(prof, [stage], run)
+        if problems:
+            raise ParamsError.of(problems)
+        if not main_rank:               # the other ranks write under rank 0's lock
+            os.environ[HELD_ENV] = str(rd.resolve())
+        command = f"python -m lib.train {args.stage} {prof.path.name}"
+        with run_lock(rd, command) if main_rank else nullcontext():
+            cfg = resolve(stage, stage_params(prof, stage, run))
+            metrics = importlib.import_module(module).run(cfg)
+            from accelerate import PartialState
+            state = PartialState()
+            if state.is_main_process:
+                finish(cfg, metrics)
+                print(f"{stage} finished: {paths.stage_dir(cfg['run'], stage)}")
+            state.wait_for_everyone()
+            state.destroy_process_group()
+    except ParamsError as e:
+        for p in e.problems:
+            print(f"error: {p}", file=sys.stderr)
+        return 1
+    except (FileExistsError, RunLocked, BadRunName) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"error: {stage} {INTERRUPTED}", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

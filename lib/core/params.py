@@ -1,0 +1,528 @@
+"""Parameters: profiles in ``params/*.yaml``, checked against each notebook's ``parameters`` cell.
+
+A profile looks like::
+
+    extends: toy.yaml          # optional: overlay this file on another one
+    pipeline:
+      skip: [03]               # optional: stages this profile leaves out (the no-stage-1 control)
+      share: {run: toy, stages: [00, 01, 02]}   # optional: link another run's identical stages
+    common:                    # passed to every notebook that declares the key
+      base_model: toy
+    01_vocab_merge:            # one section per notebook, named by its stem
+      merge_mode: hangul
+
+A mapping-valued parameter (07's ``tasks``) composes instead of being restated: ``tasks+`` adds
+entries to the value inherited from the notebook default and any ``extends:`` parent (an entry
+of the same name is replaced), ``tasks-`` removes entries by name (a name that is not there is
+an error). Both apply after the plain ``tasks`` value, whichever file gives it, and accumulate
+along ``extends:``::
+
+    extends: toy.yaml
+    07_benchmark_eval:
+      tasks+: {paws: {en: data/paws_en.jsonl, ko: data/paws_ko.jsonl, format: arc}}
+      tasks-: [ghost]
+
+The notebook's ``parameters`` cell is the schema: its names are the only keys allowed and the
+types of its defaults are the types required (an int is accepted where a float is expected).
+Papermill only warns about unknown parameters; here an unknown key or a wrong type fails before
+anything runs, naming the key, the file (with its line) and the notebook; every such problem of a
+profile is listed at once (:func:`profile_problems`). An empty file and a key given twice are
+errors; a UTF-8 byte-order mark is dropped. Values, ranges and input files are checked by
+:mod:`lib.run.check`.
+
+Inside a notebook, right after the ``parameters`` cell::
+
+    cfg = lib.core.params.resolve("01_vocab_merge", globals())
+
+checks the values again (a user may have edited them by hand), creates the stage folder, writes
+``config.json`` and seeds every RNG.
+"""
+from __future__ import annotations
+
+import ast
+import hashlib
+import json
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.core import paths
+from lib.core.io import write_json
+from lib.core.runfolder import refuse_if_locked
+
+RESERVED = ("run",)        # set by the runner in every notebook, not by profiles
+ADD, REMOVE = "+", "-"     # ``key+`` / ``key-``: compose a mapping-valued parameter
+
+
+def composed(key: str) -> tuple[str, str | None]:
+    """``("tasks", "+")`` for ``tasks+``, ``("tasks", None)`` for ``tasks``."""
+    if len(key) > 1 and key[-1] in (ADD, REMOVE):
+        return key[:-1], key[-1]
+    return key, None
+
+
+class ParamsError(ValueError):
+    """A params file or a parameters cell is wrong; the message says where and what to do.
+
+    ``problems`` holds every problem found (one line each) when several were collected at once."""
+
+    def __init__(self, message: str, problems: list[str] | None = None):
+        super().__init__(message)
+        self.problems = problems or [message]
+
+    @classmethod
+    def of(cls, problems: list[str]) -> "ParamsError":
+        head = problems[0] if len(problems) == 1 else f"{len(problems)} problems:\n  " + "\n  ".join(problems)
+        return cls(head, problems)
+
+
+# --- the schema: a notebook's parameters cell -------------------------------------------------
+
+@dataclass(frozen=True)
+class Param:
+    name: str
+    default: Any
+    comment: str
+
+
+def parameters_cell(nb_path: Path) -> str:
+    """The source of a notebook's cell tagged ``parameters``. Read as plain JSON (an .ipynb is one),
+    not with nbformat: ``python -m lib.train`` and the GPU bench run on machines without notebook
+    packages."""
+    try:
+        nb = json.loads(Path(nb_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ParamsError(f"{nb_path}: cannot read the notebook ({e})") from e
+    cells = [c for c in nb.get("cells", []) if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if len(cells) != 1:
+        raise ParamsError(f"{nb_path}: expected exactly one cell tagged 'parameters', found {len(cells)}")
+    src = cells[0].get("source", "")
+    return "".join(src) if isinstance(src, list) else src
+
+
+def notebook_params(stage: str, nb_path: Path | None = None) -> dict[str, Param]:
+    """The declared parameters of a notebook, in order: name -> Param(default, comment)."""
+    nb_path = nb_path or paths.notebook_path(stage)
+    if not nb_path.exists():
+        raise ParamsError(f"no notebook for stage '{stage}': {nb_path} does not exist")
+    src = parameters_cell(nb_path)
+    lines = src.splitlines()
+    out: dict[str, Param] = {}
+    for node in ast.parse(src).body:
+        where = f"{nb_path.name}, parameters cell line {node.lineno}"
+        if not (isinstance(node, ast.Assign) and len(node.targets) == 1
+                and isinstance(node.targets[0], ast.Name)):
+            raise ParamsError(f"{where}: only `name = literal` assignments are allowed")
+        try:
+            value = ast.literal_eval(node.value)
+        except ValueError as e:
+            raise ParamsError(f"{where}: the value of '{node.targets[0].id}' must be a literal "
+                              "(no calls, no derived values: Papermill injects overrides after "
+                              "this cell)") from e
+        line = lines[node.lineno - 1]
+        comment = line.split("#", 1)[1].strip() if "#" in line else ""
+        out[node.targets[0].id] = Param(node.targets[0].id, value, comment)
+    for name in RESERVED:
+        if name not in out:
+            raise ParamsError(f"{nb_path.name}: the parameters cell must declare '{name}'")
+    return out
+
+
+def check_type(name: str, value: Any, default: Any, where: str) -> Any:
+    """Return ``value`` if it has the type of ``default`` (int -> float is widened), else raise."""
+    if default is None or value is None:
+        return value
+    if isinstance(default, bool) or isinstance(value, bool):
+        ok = isinstance(value, bool) and isinstance(default, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, (int, float))
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, type(default))
+    if not ok:
+        raise ParamsError(f"{where}: '{name}' must be {type(default).__name__} "
+                          f"(like its default {default!r}), got {type(value).__name__} {value!r}")
+    return value
+
+
+# --- profiles -----------------------------------------------------------------------------------
+
+@dataclass
+class Profile:
+    path: Path
+    sections: dict[str, dict[str, Any]] = field(default_factory=dict)   # "common" + stages
+    origin: dict[tuple[str, str | None], Path] = field(default_factory=dict)  # (section, key) -> file
+    lines: dict[tuple[str, str | None], int] = field(default_factory=dict)  # (section, key) -> line
+
+    @property
+    def name(self) -> str:
+        return self.path.stem
+
+    def common(self) -> dict[str, Any]:
+        return dict(self.sections.get("common", {}))
+
+    def skipped(self) -> list[str]:
+        """Stages the profile leaves out (``pipeline: {skip: [03]}``), as two-digit prefixes."""
+        return [str(v).zfill(2)[:2] for v in self.sections.get("pipeline", {}).get("skip", [])]
+
+    def where(self, section: str, key: str | None = None) -> str:
+        """``file:line`` of a key (or a section) as written, for error messages."""
+        f = self.origin.get((section, key), self.path)
+        line = self.lines.get((section, key))
+        return f"{f}:{line}" if line else str(f)
+
+
+def _yaml_mapping(path: Path) -> tuple[dict, dict[tuple[str, str | None], int]]:
+    """The top-level mapping of a params file and the line of every section and key in it.
+
+    A UTF-8 byte-order mark is dropped; an empty file and a key given twice in one mapping are
+    errors (YAML itself would keep the last value silently)."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as e:
+        raise ParamsError(f"{path}: not UTF-8 ({e.reason} at byte {e.start}); re-save it as UTF-8") from None
+    loader = yaml.SafeLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            raise ParamsError(f"{path}: the params file is empty; give at least one section "
+                              f"(e.g. 'extends: toy.yaml' or 'common:')")
+        _no_duplicate_keys(node, path)
+        raw = loader.construct_document(node)
+    except yaml.YAMLError as e:
+        raise ParamsError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    finally:
+        loader.dispose()
+    if not isinstance(raw, dict):
+        raise ParamsError(f"{path}:1: the top level must be a mapping of sections, got {type(raw).__name__}")
+    lines: dict[tuple[str, str | None], int] = {}
+    for knode, vnode in node.value:
+        section = str(knode.value)
+        lines[(section, None)] = knode.start_mark.line + 1
+        if isinstance(vnode, yaml.MappingNode):
+            for k2, _ in vnode.value:
+                lines[(section, k2.value)] = k2.start_mark.line + 1
+    return raw, lines
+
+
+def _no_duplicate_keys(node: yaml.Node, path: Path) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[str, int] = {}
+        for k, v in node.value:
+            line = k.start_mark.line + 1
+            if isinstance(k, yaml.ScalarNode):
+                if k.value in seen:
+                    raise ParamsError(f"{path}:{line}: key '{k.value}' is given twice (first on line "
+                                      f"{seen[k.value]}); YAML would keep only the last one. Remove one.")
+                seen[k.value] = line
+            _no_duplicate_keys(v, path)
+    elif isinstance(node, yaml.SequenceNode):
+        for v in node.value:
+            _no_duplicate_keys(v, path)
+
+
+def load_profile(path: str | Path, _seen: tuple[Path, ...] = ()) -> Profile:
+    """Read a params file, following ``extends:`` (relative to the file) and overlaying it."""
+    path = Path(path)
+    if not path.is_absolute() and not path.exists() and (paths.PARAMS / path).exists():
+        path = paths.PARAMS / path
+    path = path.resolve()
+    if path in _seen:
+        raise ParamsError(f"{path}: 'extends' forms a cycle: {' -> '.join(map(str, _seen))}")
+    if not path.is_file():
+        raise ParamsError(f"params file not found: {path}")
+    raw, lines = _yaml_mapping(path)
+    parent = raw.pop("extends", None)
+    prof = load_profile(path.parent / parent, _seen + (path,)) if parent else Profile(path)
+    prof.path = path
+    for section, values in raw.items():
+        section = str(section)
+        if values is None:
+            values = {}
+        if not isinstance(values, dict):
+            raise ParamsError(f"{path}:{lines.get((section, None), 1)}: section '{section}' must be a "
+                              f"mapping of key: value, got {values!r}")
+        merged = prof.sections.setdefault(section, {})
+        for key, value in values.items():
+            _, op = composed(str(key))
+            if op == ADD and isinstance(merged.get(key), dict) and isinstance(value, dict):
+                value = {**merged[key], **value}
+            elif op == REMOVE and isinstance(merged.get(key), list) and isinstance(value, list):
+                value = merged[key] + [v for v in value if v not in merged[key]]
+            merged[key] = value
+        prof.lines[(section, None)] = lines.get((section, None), 0)
+        prof.origin[(section, None)] = path
+        for key in values:
+            prof.origin[(section, key)] = path
+            if (section, key) in lines:
+                prof.lines[(section, key)] = lines[(section, key)]
+            else:
+                prof.lines.pop((section, key), None)
+    return prof
+
+
+def stage_params(prof: Profile, stage: str, run: str | Path,
+                 problems: list[str] | None = None) -> dict[str, Any]:
+    """Every parameter of ``stage`` after the profile is applied: defaults < common < section.
+
+    A wrong type raises, or, with ``problems`` given, is appended there (the default is kept)."""
+    schema = notebook_params(stage)
+    values = {name: p.default for name, p in schema.items()}
+    common = prof.common()
+    later: list[tuple[str, str, str, Any]] = []
+    for key, value in list(common.items()) + list(prof.sections.get(stage, {}).items()):
+        section = stage if key in prof.sections.get(stage, {}) else "common"
+        where = f"{prof.where(section, key)}, section '{section}' (notebook {stage})"
+        name, op = composed(key)
+        if name not in schema:
+            continue            # unknown keys are reported by validate_profile
+        if op:
+            later.append((name, op, where, value))
+            continue
+        try:
+            values[key] = check_type(key, value, schema[key].default, where)
+        except ParamsError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+    for name, op, where, value in sorted(later, key=lambda t: t[1] == REMOVE):  # adds, then removals
+        try:
+            values[name] = compose(name, values[name], op, value, where)
+        except ParamsError as e:
+            if problems is None:
+                raise
+            problems.append(str(e))
+    values["run"] = str(paths.run_dir(str(run)))
+    return values
+
+
+def compose(name: str, current: Any, op: str, value: Any, where: str) -> dict:
+    """``current`` with ``value``'s entries added (``+``, a mapping) or its names removed (``-``)."""
+    if not isinstance(current, dict):
+        raise ParamsError(f"{where}: '{name}{op}' composes a mapping, but '{name}' is "
+                          f"{type(current).__name__}; set '{name}' itself")
+    if op == ADD:
+        if not isinstance(value, dict):
+            raise ParamsError(f"{where}: '{name}+' must be a mapping of entries to add, got {value!r}")
+        return {**current, **value}
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ParamsError(f"{where}: '{name}-' must be a list of names to remove, got {value!r}")
+    missing = [v for v in value if v not in current]
+    if missing:
+        raise ParamsError(f"{where}: '{name}-' removes {missing}, which '{name}' does not hold "
+                          f"(it holds: {', '.join(current) or 'nothing'})")
+    return {k: v for k, v in current.items() if k not in value}
+
+
+def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
+    """Every structural problem of a profile, one line each: sections without a notebook, keys no
+    notebook declares, reserved keys, malformed ``pipeline:`` entries, wrong types."""
+    known = set(paths.stages())
+    schemas = {s: notebook_params(s) for s in sorted(known)}
+    problems: list[str] = []
+    for section, values in prof.sections.items():
+        if section == "pipeline":
+            for key, value in values.items():
+                where = prof.where(section, key)
+                if key == "share":
+                    if not (isinstance(value, dict) and set(value) == {"run", "stages"}
+                            and isinstance(value["stages"], list)):
+                        problems.append(f"{where}: pipeline.share must be {{run: NAME, stages: [00, 01]}}, "
+                                        f"got {value!r}")
+                    continue
+                if key != "skip":
+                    problems.append(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip, share)")
+                elif not isinstance(value, list) or not all(
+                        any(str(v).zfill(2) == st[:2] or str(v) == st for st in known) for v in value):
+                    problems.append(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "
+                                    f"got {value!r}")
+            continue
+        if section == "judge":          # python -m lib.cli.judge --params (not a notebook)
+            from lib.eval.judge import section_problems
+            problems += section_problems(values, lambda k: prof.where("judge", k))
+            continue
+        if section == "common":
+            for key in values:
+                where = prof.where(section, key)
+                if key in RESERVED:
+                    problems.append(f"{where}: '{key}' is set by the runner (--run), not in params")
+                elif not any(key in sch for sch in schemas.values()):
+                    problems.append(f"{where}: common key '{key}' is not a parameter of any "
+                                    f"notebook in {paths.NOTEBOOKS}")
+            continue
+        if section not in known:
+            problems.append(f"{prof.where(section)}: section '{section}' names no notebook "
+                            f"(known: {', '.join(sorted(known))})")
+            continue
+        for key in values:
+            where = prof.where(section, key)
+            if key in RESERVED:
+                problems.append(f"{where}: '{key}' is set by the runner (--run), not in params")
+            elif composed(key)[1] and composed(key)[0] in schemas[section]:
+                if not isinstance(schemas[section][composed(key)[0]].default, dict):
+                    problems.append(f"{where}: '{key}' composes a mapping, but '{composed(key)[0]}' "
+                                    "is not one; set it itself")
+            elif key not in schemas[section]:
+                problems.append(
+                    f"{where}: key '{key}' in section '{section}' is not a parameter of "
+                    f"notebooks/{section}.ipynb (its parameters: {', '.join(schemas[section])})")
+    for stage in stages:     # types, with defaults filled in
+        stage_params(prof, stage, "check", problems)
+    return problems
+
+
+def validate_profile(prof: Profile, stages: list[str]) -> None:
+    """Raise one ParamsError listing every problem :func:`profile_problems` finds."""
+    problems = profile_problems(prof, stages)
+    if problems:
+        raise ParamsError.of(problems)
+
+
+def config_hash(values: dict[str, Any]) -> str:
+    """A stable hash of a stage's parameters; ``run`` (where it lives) is not part of the config."""
+    body = {k: v for k, v in values.items() if k not in RESERVED}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
+
+
+# --- inside a notebook ----------------------------------------------------------------------------
+
+class Config(dict):
+    """The resolved parameters of one stage: ``cfg.seed`` or ``cfg["seed"]``, plus where things live."""
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(f"no parameter '{name}' in this stage's config") from None
+
+    @property
+    def stage(self) -> str:
+        return self["_stage"]
+
+    @property
+    def run_dir(self) -> Path:
+        return paths.run_dir(self["run"])
+
+    @property
+    def stage_dir(self) -> Path:
+        return self.run_dir / self.stage
+
+    @property
+    def figures(self) -> Path:
+        d = self.stage_dir / "figures"
+        d.mkdir(parents=True, exist_ok=True)
+        return d
+
+    def path(self, value: str) -> Path:
+        """A path parameter with placeholders expanded; relative paths are from the repo root."""
+        return paths.resolve_path(value, self.run_dir)
+
+    def corpus(self, value: str):
+        """A corpus parameter (text file, JSONL file or ``hub:`` split) as a :class:`lib.data.corpus.CorpusSource`."""
+        from lib.data.corpus import parse_corpus
+        return parse_corpus(value, self.run_dir)
+
+    def input_dir(self, stage: str) -> Path:
+        """The folder of an earlier, finished stage of this run."""
+        d = self.run_dir / stage
+        if not (d / "DONE").exists():
+            raise FileNotFoundError(f"{self.stage} needs the output of {stage}, but {d} is not a "
+                                    f"finished stage (no DONE). Run it first: python -m lib.pipeline "
+                                    f"run PARAMS.yaml --run {self.run_dir} --only {stage[:2]}")
+        return d
+
+    def model_from(self, init_from: str) -> str:
+        """The model a training stage starts from: ``auto`` = the ``model/`` of the closest earlier
+        stage of this run that has one (a stage left out of the run is passed over; one that
+        started but did not finish is an error); ``NN_stage`` = that stage's model; else a source."""
+        if init_from != "auto":
+            if re.fullmatch(r"\d\d_\w+", init_from):
+                return str(self.input_dir(init_from) / "model")
+            return self.source(init_from)
+        for stage in sorted((d.name for d in self.run_dir.iterdir() if d.is_dir()), reverse=True):
+            if stage[:2].isdigit() and stage < self.stage and stage != paths.TOY_STAGE:
+                if (self.run_dir / stage / "model").exists() or not (self.run_dir / stage / "DONE").exists():
+                    return str(self.input_dir(stage) / "model")
+        return self.source(self["base_model"])
+
+    def source(self, spec: str) -> str:
+        """Where to load a model or tokenizer from: ``toy`` -> this run's toy base model; a local
+        path (placeholders allowed) -> absolute path; anything else is a Hub id and stays."""
+        if spec == "toy":
+            return str(self.input_dir(paths.TOY_STAGE) / "model")
+        expanded = paths.resolve_path(spec, self.run_dir)
+        return str(expanded) if expanded.exists() or "{" in spec or spec.startswith((".", "/")) else spec
+
+
+def resolve(stage: str, namespace: dict[str, Any]) -> Config:
+    """Check this notebook's parameter values, create its stage folder, write ``config.json``, seed."""
+    schema = notebook_params(stage)
+    values: dict[str, Any] = {}
+    for name, p in schema.items():
+        if name not in namespace:
+            raise ParamsError(f"{stage}: parameter '{name}' is not defined; run the parameters cell")
+        values[name] = check_type(name, namespace[name], p.default, f"{stage} parameters")
+    values["run"] = str(paths.run_dir(values["run"]))
+    cfg = Config(values, _stage=stage)
+    refuse_if_locked(cfg.run_dir)       # a notebook run by hand never writes into a busy run
+    sd = cfg.stage_dir
+    if (sd / "DONE").exists():
+        raise FileExistsError(
+            f"{sd} is a finished stage (it has DONE). Nothing was changed. To redo it, pick another "
+            f"run (the 'run' parameter), or rerun with `python -m lib.pipeline ... --force`, or "
+            f"delete {sd / 'DONE'} yourself.")
+    prev = sd / "config.json"
+    if prev.exists() and (sd / "checkpoints").exists():
+        if json.loads(prev.read_text(encoding="utf-8")).get("config_hash") != config_hash(values):
+            raise FileExistsError(
+                f"{sd} holds checkpoints of an unfinished run with other parameters; resuming "
+                f"them would mix two configs. Use another run, or `python -m lib.pipeline ... --force` "
+                f"(which starts the stage afresh), or delete {sd / 'checkpoints'}.")
+    sd.mkdir(parents=True, exist_ok=True)
+    seed_everything(int(values.get("seed", 0)))
+    write_json(sd / "config.json", {
+        "stage": stage, "params": values, "config_hash": config_hash(values),
+        "seed": values.get("seed"), "versions": versions(), "git": git_state(),
+        "torch_threads": torch_threads(),    # CPU training numbers depend on it (summation order)
+    })
+    return cfg
+
+
+def seed_everything(seed: int) -> None:
+    import numpy as np
+    import torch
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def versions() -> dict[str, str]:
+    import importlib.metadata as md
+    import platform
+    out = {"python": platform.python_version()}
+    for pkg in ("torch", "transformers", "tokenizers", "sentencepiece", "accelerate", "peft",
+                "datasets", "lm_eval", "papermill"):
+        try:
+            out[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def torch_threads() -> int:
+    """Torch's intra-op threads: on a CPU the float summation order, and so the trained weights,
+    depend on it, so a run records it (set ``OMP_NUM_THREADS`` to reproduce another machine's)."""
+    import torch
+    return torch.get_num_threads()
+
+
+def git_state() -> dict[str, Any]:
+    import subprocess
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=paths.PROJ_ROOT, capture_output=True, text=True)
+        return r.stdout.strip() if r.returncode == 0 else ""
+    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}

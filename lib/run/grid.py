@@ -1,0 +1,311 @@
+"""A grid of named conditions over one profile, with every identical stage run once.
+
+    python -m lib.pipeline grid params/grids/toy_transfer.yaml            # run, resume, tabulate
+    python -m lib.pipeline grid params/grids/toy_transfer.yaml --only recipe,word
+
+A grid file names a base profile, overlays applied to every condition (``defaults``), and the
+conditions, each a small overlay of sections (the same shape as a profile)::
+
+    base: ../toy.yaml
+    defaults: {07_benchmark_eval: {include_checkpoints: false}}
+    conditions:
+      recipe: {}
+      no_stage1: {pipeline: {skip: ["03"]}}
+      word: {03_stage1_contrastive: {objective: word}}
+
+Each condition becomes ``outputs/<grid>/conditions/<name>.yaml`` (``extends:`` the base) and runs
+as ``outputs/<grid>/<name>/``. A stage is *the same* in two conditions when its parameters and
+those of every stage before it (and which stages run) are identical: its chain id. The first
+condition that runs a chain id owns the folder; later conditions link to it instead of running it
+again (the toy world and 01-02 once for the whole grid; 03 once for every condition that changes
+only 04 or later). A finished condition is not rerun, and an interrupted grid resumes.
+
+After the runs, ``grid.md`` / ``grid.json`` hold, per condition and stage model, the knowledge
+cell's transfer ratio and kappa with 95% intervals (from each condition's 08 ``summary.json``),
+the controls first; ``figures/grid.png`` draws each condition's stage models (03 to the last)
+with the controls as reference bands.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from lib.core import paths
+from lib.core.io import read_json, write_json, write_text
+from lib.core.params import ParamsError, config_hash, load_profile, stage_params
+
+CELL = "knowledge"
+
+
+@dataclass
+class Grid:
+    path: Path
+    name: str
+    base: Path
+    defaults: dict
+    conditions: dict[str, dict]
+    slurm: dict
+
+    @property
+    def root(self) -> Path:
+        return paths.run_dir(self.name)
+
+
+def load_grid(path: str | Path) -> Grid:
+    path = Path(path).resolve()
+    if not path.is_file():
+        raise ParamsError(f"grid file not found: {path}")
+    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    for key in raw:
+        if key not in ("base", "defaults", "conditions", "name", "slurm"):
+            raise ParamsError(f"{path}: unknown key {key!r} (a grid has base, defaults, conditions, name, slurm)")
+    if not raw.get("base"):
+        raise ParamsError(f"{path}: 'base' must name the profile the conditions overlay (e.g. ../toy.yaml)")
+    base = (path.parent / raw["base"]).resolve()
+    if not base.is_file():
+        raise ParamsError(f"{path}: base profile not found: {base}")
+    conds = raw.get("conditions") or {}
+    if not isinstance(conds, dict) or not conds:
+        raise ParamsError(f"{path}: 'conditions' must map at least one name to an overlay")
+    for name, over in conds.items():
+        if not str(name).replace("_", "").replace("-", "").isalnum():
+            raise ParamsError(f"{path}: condition name {name!r} must be letters, digits, _ or -")
+        if over is not None and not isinstance(over, dict):
+            raise ParamsError(f"{path}: condition {name!r} must be a mapping of sections, got {over!r}")
+    return Grid(path, str(raw.get("name") or path.stem), base, raw.get("defaults") or {},
+                {str(k): v or {} for k, v in conds.items()}, raw.get("slurm") or {})
+
+
+def overlay(grid: Grid, name: str) -> dict:
+    """``defaults`` then the condition, merged section by section (a key in both: the condition's)."""
+    out: dict[str, dict] = {}
+    for layer in (grid.defaults, grid.conditions[name]):
+        for section, values in layer.items():
+            out.setdefault(str(section), {}).update(values or {})
+    return out
+
+
+def condition_file(grid: Grid, name: str) -> Path:
+    """Write (atomically, only when changed) the condition's profile; returns its path."""
+    f = grid.root / "conditions" / f"{name}.yaml"
+    text = (f"# condition {name!r} of grid {grid.path.name}: written by lib.run.grid, do not edit\n"
+            + yaml.safe_dump({"extends": str(grid.base), **overlay(grid, name)}, sort_keys=False,
+                             allow_unicode=True))
+    if not f.exists() or f.read_text(encoding="utf-8") != text:
+        write_text(f, text)
+    return f
+
+
+def chain_ids(profile_file: Path, run: str) -> dict[str, str]:
+    """Per stage the condition runs, a hash of its own and every earlier stage's parameters."""
+    from lib.run.pipeline import select_stages
+    prof = load_profile(profile_file)
+    out, chain = {}, []
+    for stage in select_stages(prof):
+        chain.append((stage, config_hash(stage_params(prof, stage, run))))
+        out[stage] = hashlib.sha256(json.dumps(chain).encode()).hexdigest()[:16]
+    return out
+
+
+def plan(grid: Grid, names: list[str] | None = None) -> dict[str, dict]:
+    """Per condition: its profile, run, chain ids, and for each stage the owner condition."""
+    plans, owners = {}, {}
+    for name in grid.conditions:
+        f = condition_file(grid, name)
+        run = f"{grid.name}/{name}"
+        ids = chain_ids(f, run)
+        own = {}
+        for stage, cid in ids.items():
+            owners.setdefault(cid, name)
+            own[stage] = owners[cid]
+        plans[name] = {"file": f, "run": run, "ids": ids, "owner": own}
+    if names:
+        unknown = [n for n in names if n not in plans]
+        if unknown:
+            raise ParamsError(f"{grid.path}: no condition {', '.join(unknown)} (conditions: {', '.join(plans)})")
+    return plans
+
+
+def _finished(stage_dir: Path, params_hash: str) -> bool:
+    done = stage_dir / "DONE"
+    return done.exists() and read_json(done).get("config_hash") == params_hash
+
+
+def link_shared(grid: Grid, plans: dict, name: str) -> list[str]:
+    """Link the condition's stages that another condition owns and has finished; a prefix."""
+    p, linked = plans[name], []
+    prof = load_profile(p["file"])
+    for stage, owner in p["owner"].items():
+        if owner == name:
+            break
+        src = paths.stage_dir(plans[owner]["run"], stage)
+        if not _finished(src, config_hash(stage_params(prof, stage, p["run"]))):
+            break                                   # the owner has not run it yet: run it here
+        dst = paths.stage_dir(p["run"], stage)
+        if dst.is_symlink() and dst.resolve() == src.resolve():
+            linked.append(stage)
+            continue
+        if dst.exists() or dst.is_symlink():
+            break                                   # this condition ran it itself earlier: keep that
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.symlink_to(os.path.relpath(src, dst.parent), target_is_directory=True)
+        linked.append(stage)
+    return linked
+
+
+def condition_done(plans: dict, name: str) -> bool:
+    p = plans[name]
+    prof = load_profile(p["file"])
+    return all(_finished(paths.stage_dir(p["run"], s), config_hash(stage_params(prof, s, p["run"])))
+               for s in p["ids"])
+
+
+def run_grid(grid_file: str | Path, only: str | None = None, progress: bool = True) -> dict:
+    """Run every (or the ``only``) condition, sharing stages; then write grid.md/json + figure."""
+    from lib.run.pipeline import run_pipeline
+    grid = load_grid(grid_file)
+    names = [n.strip() for n in only.split(",")] if only else list(grid.conditions)
+    plans = plan(grid, names)
+    log = {}
+    for name in names:
+        t0 = time.time()
+        if condition_done(plans, name):
+            print(f"[grid {grid.name}] {name}: finished, not rerun")
+            log[name] = {"ran": [], "linked": [], "seconds": 0.0}
+            continue
+        linked = link_shared(grid, plans, name)
+        print(f"[grid {grid.name}] {name}: shares {', '.join(s[:2] for s in linked) or 'nothing'}; running the rest")
+        done = run_pipeline(plans[name]["file"], run=plans[name]["run"], progress=progress)
+        log[name] = {"ran": [p.stage for p in done if p.action == "run"], "linked": linked,
+                     "seconds": round(time.time() - t0, 1)}
+    write_json(grid.root / "grid_runs.json", {"conditions": log, "at": time.strftime("%Y-%m-%d %H:%M:%S")})
+    table = collect(grid, plans)
+    write_outputs(grid, table)
+    return {"runs": log, "table": table}
+
+
+# ----------------------------------------------------------------------------- the table
+
+def collect(grid: Grid, plans: dict) -> list[dict]:
+    """Rows of the knowledge cell: the controls (from the first condition that scored them),
+    then each condition's stage models (final models only)."""
+    rows, seen_controls = [], False
+    for name, p in plans.items():
+        f = paths.stage_dir(p["run"], "08_agreement_analysis") / "summary.json"
+        if not f.exists():
+            continue
+        for r in read_json(f)["rows"]:
+            if r.get("cell", r.get("task")) != CELL or r.get("kind") not in ("control", "stage", "baseline"):
+                continue
+            if r["kind"] in ("control", "baseline"):
+                if seen_controls:
+                    continue
+                cond = "(controls)"
+            else:
+                cond = name
+            rows.append({"condition": cond, "model": r["model"], "kind": r["kind"],
+                         **{k: r.get(k) for k in ("acc_en", "acc_ko", "kappa", "kappa_lo", "kappa_hi",
+                                                   "transfer_ratio", "transfer_ratio_lo", "transfer_ratio_hi",
+                                                   "acc_ko_lo", "acc_ko_hi", "n")}})
+        seen_controls = seen_controls or any(r["condition"] == "(controls)" for r in rows)
+    return rows
+
+
+def _f(v: Any, lo: Any = None, hi: Any = None) -> str:
+    if v is None:
+        return "-"
+    s = f"{v:.3f}"
+    return s + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
+
+
+def markdown(table: list[dict]) -> str:
+    head = "| condition | model | knowledge acc_en | acc_ko | kappa | transfer ratio |\n|---|---|---:|---:|---:|---:|\n"
+    body = "".join(f"| {r['condition']} | {r['model']} | {_f(r['acc_en'])} | "
+                   f"{_f(r['acc_ko'], r.get('acc_ko_lo'), r.get('acc_ko_hi'))} | "
+                   f"{_f(r['kappa'], r.get('kappa_lo'), r.get('kappa_hi'))} | "
+                   f"{_f(r['transfer_ratio'], r.get('transfer_ratio_lo'), r.get('transfer_ratio_hi'))} |\n"
+                   for r in table)
+    return head + body
+
+
+def final_of_conditions(table: list[dict]) -> list[dict]:
+    """Each condition's last stage model (the pipeline's output)."""
+    last: dict[str, dict] = {}
+    for r in table:
+        if r["kind"] == "stage":
+            last[r["condition"]] = r
+    return list(last.values())
+
+
+def stage_rows(table: list[dict]) -> list[dict]:
+    """Each condition's trained stage models (02's initialisation, the same in every condition, left out)."""
+    return [r for r in table if r["kind"] == "stage" and not r["model"].startswith("02_")]
+
+
+def _bar(r: dict, m: str) -> tuple[float, float, float]:
+    v = r.get(m)
+    if v is None:
+        return float("nan"), 0.0, 0.0
+    lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
+    return v, max(0.0, v - (lo if lo is not None else v)), max(0.0, (hi if hi is not None else v) - v)
+
+
+def figure(table: list[dict], path: Path | None = None):
+    """Transfer ratio and kappa of each condition's stage models (03 to the last, one colour a
+    stage), 95% intervals; the oracle and deranged controls as reference bands."""
+    import matplotlib.pyplot as plt
+    import seaborn as sns
+    from lib.core.plots import save
+    rows = stage_rows(table)
+    conds = list(dict.fromkeys(r["condition"] for r in rows))
+    stages = sorted({r["model"] for r in rows})
+    controls = [r for r in table if r["kind"] == "control" and r["model"] in ("control-oracle", "control-oracle_deranged")]
+    sns.set_theme(style="whitegrid")
+    colours = dict(zip(stages, sns.color_palette("viridis", len(stages))))
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * max(len(conds), 4) + 1.8), sharey=True)
+    width = 0.7 / max(len(stages), 1)
+    for ax, m in zip(axes, ("transfer_ratio", "kappa")):
+        for c, colour in zip(controls, ("#2a9d8f", "#e76f51")):
+            v, lo, hi = _bar(c, m)
+            if v != v:
+                continue
+            # a control with no spread (the oracle: exactly 1) still shows as a thin band
+            ax.axvspan(v - max(lo, 0.01), v + max(hi, 0.01), color=colour, alpha=0.25,
+                       label=c["model"].removeprefix("control-"))
+        for k, stage in enumerate(stages):
+            mine = [(conds.index(r["condition"]), r) for r in rows if r["model"] == stage]
+            if not mine:
+                continue
+            ys = [i - 0.35 + width * (k + 0.5) for i, _ in mine]
+            vals, lo, hi = zip(*(_bar(r, m) for _, r in mine))
+            ax.errorbar(vals, ys, xerr=[lo, hi], fmt="o", ms=4, color=colours[stage], capsize=2,
+                        label=stage)
+        ax.set_yticks(range(len(conds)), conds)
+        ax.set(xlabel=m.replace("_", " "), title=f"{CELL}: {m.replace('_', ' ')}")
+        ax.axvline(0, color="grey", lw=0.8)
+    axes[1].legend(loc="lower right", fontsize=8)
+    axes[0].invert_yaxis()
+    fig.tight_layout()
+    return save(fig, path)
+
+
+def write_outputs(grid: Grid, table: list[dict]) -> dict[str, Path]:
+    out = {"json": write_json(grid.root / "grid.json", {"grid": str(grid.path), "cell": CELL, "rows": table})}
+    note = ("\nBrackets: 95% bootstrap intervals. Controls: oracle (Korean rows copied from English: the "
+            "top of the scale) and oracle_deranged (rows of the wrong words: chance).\n")
+    out["md"] = write_text(grid.root / "grid.md", markdown(table) + note)
+    if stage_rows(table):
+        import matplotlib.pyplot as plt
+        plt.close(figure(table, grid.root / "figures" / "grid.png"))
+        out["figure"] = grid.root / "figures" / "grid.png"
+    return out
+
+
+# ----------------------------------------------------------------------------- CLI for job scripts

@@ -2,7 +2,7 @@
 
 Each step is exactly what stage 03 runs (``lib.train.contrastive``): the pairs of a
 ``PairBatches`` batch cut to their longest row, Korean and English stacked into one forward pass
-(``_stack`` + ``Encoder``: hidden states with ``logits_to_keep=1``, mean pooling without BOS),
+(``stack_batches`` + ``Encoder``: hidden states with ``logits_to_keep=1``, mean pooling without BOS),
 symmetric InfoNCE with in-batch negatives (``lib.modeling.losses.info_nce``), backward, grad-norm clip and
 an AdamW step over what ``freeze_for_stage1`` leaves trainable (embeddings + layers; the LM head
 frozen). Only accelerate is left out (on one CPU process it only wraps these calls).
@@ -84,14 +84,14 @@ def toy_pairs_and_tokenizer(kind: str):
 def load_pairs(kind: str, max_len: int) -> dict:
     """Encoded pairs as numpy arrays (they travel to each child), plus where they came from."""
     from lib.core.readers import read_parallel
-    from lib.train.contrastive import _encode
+    from lib.train.pairs import encode_texts
     if (SHARED / PAIRS[0]).is_file() and (SHARED / "tokenizers/llama2/tokenizer.model").is_file():
         ko, en = read_parallel(SHARED / PAIRS[0], SHARED / PAIRS[1])
         tok, source = shared_tokenizer(kind), f"shared/data/{PAIRS[0][:-3]}.{{ko,en}}"
     else:
         ko, en, tok = toy_pairs_and_tokenizer(kind)
         source, kind = "toy world bridge_train (shared/data not found)", f"toy {kind}"
-    enc = {lang: {k: v.numpy() for k, v in _encode(tok, texts, max_len).items()}
+    enc = {lang: {k: v.numpy() for k, v in encode_texts(tok, texts, max_len).items()}
            for lang, texts in (("ko", ko), ("en", en))}
     lengths = {lang: enc[lang]["attention_mask"].sum(axis=1) for lang in enc}
     return {"enc": enc, "vocab": len(tok), "source": source, "tokenizer": kind, "pairs": len(ko),
@@ -113,8 +113,8 @@ def stage1(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace):
     """A ``Stage1`` as ``build`` makes it, on a fresh model and already-encoded pairs."""
     import torch
     from transformers import LlamaForCausalLM
-    from lib.train.contrastive import (Encoder, PairBatches, Stage1, _pair_lengths, freeze_for_stage1,
-                                       layer_choice)
+    from lib.train.contrastive import Encoder, Stage1, freeze_for_stage1, layer_choice
+    from lib.train.pairs import PairBatches, pair_lengths
     torch.manual_seed(0)
     model = LlamaForCausalLM(model_config(vocab, args.hidden, args.layers, args.max_len)).float()
     if args.grad_ckpt:
@@ -127,7 +127,7 @@ def stage1(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace):
     return Stage1(cfg=cfg, model=model, tok=None, init_from="", encoder=Encoder(model, choice, "mean"),
                   english=model, english_choice={},
                   pairs=PairBatches(n, batch_size, seed=0, group_by_length=args.group_by_length,
-                                    lengths=_pair_lengths(train_enc)),
+                                    lengths=pair_lengths(train_enc)),
                   train_enc=train_enc, heldout=([], []), clm=None, info=info)
 
 
@@ -175,7 +175,7 @@ def run_batch_size(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace
             fwd, bwd, step_opt = fwd + t_f.seconds, bwd + t_b.seconds, step_opt + t_o.seconds
             cpu += time.process_time() - cpu0
             tokens += sum(int(batch[k]["attention_mask"].sum()) for k in ("ko", "en"))
-            # _stack pads Korean and English to one width: that is what the forward pass computes
+            # stack_batches pads Korean and English to one width: that is what the forward pass computes
             widths = [batch[k]["input_ids"].shape[1] for k in ("ko", "en")]
             padded += 2 * batch_size * max(widths)
             separate += batch_size * sum(widths)           # had each language its own pass

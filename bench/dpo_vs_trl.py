@@ -68,9 +68,10 @@ def run_ours(args, sft: str, pairs: list[dict], method: str) -> dict:
     import statistics
     import torch
     from transformers import AutoTokenizer
-    from lib.data.instructions import Template, pad_id_of
+    from lib.data.instructions import Template
+    from lib.modeling.model import pad_id_of
     from lib.data import preferences as P
-    from lib.core.params import Config
+    from lib.core.stage import Config
     from lib.train import dpo
     from lib.train.loop import TrainSpec, train
     from lib.train.pretrain import merged_saver

@@ -31,7 +31,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lib.analysis import agreement as ag  # noqa: E402
+from lib.core import markdown  # noqa: E402
+from lib.core import stats  # noqa: E402
 from lib.analysis import paired as an  # noqa: E402
 from lib.eval import tasks as ET  # noqa: E402
 from lib.eval import harness as E  # noqa: E402
@@ -55,10 +56,10 @@ def model_free(pairs: dict[str, ET.Pair], n_boot: int) -> list[dict]:
             its = []
             for en, ko in zip(p.records["en"], p.records["ko"]):
                 e, k = (rules.null_choices(p.shape.choices(r, lang))[c] for r, lang in ((en, "en"), (ko, "ko")))
-                its.append(ag.Item(en["id"], p.shape.gold(en), e, k))
-            m = ag.paired_metrics(its, n_boot=n_boot)
-            rows.append({"task": name, "control": c, "n": m["n"], **{k: m[k] for k in ag.CI_METRICS},
-                         **{f"{k}_ci": m[f"{k}_ci"] for k in ag.CI_METRICS}})
+                its.append(stats.Item(en["id"], p.shape.gold(en), e, k))
+            m = stats.paired_metrics(its, n_boot=n_boot)
+            rows.append({"task": name, "control": c, "n": m["n"], **{k: m[k] for k in stats.CI_METRICS},
+                         **{f"{k}_ci": m[f"{k}_ci"] for k in stats.CI_METRICS}})
     return rows
 
 
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     paired = an.paired_rows(manifest, "auto", n_boot=args.n_boot, items=items, check_reported=False)
     controls = nc.control_rows(paired, items, n_boot=args.n_boot)
     beyond = nc.beyond_rows(paired, nc.load_vectors(manifest), n_boot=args.n_boot)
-    md = ("## Model-free length controls (all items)\n\n" + ag.to_markdown(
+    md = ("## Model-free length controls (all items)\n\n" + markdown.to_markdown(
         [{k: v for k, v in r.items() if not k.endswith("_ci")} for r in free])
         + f"\n## Null models, first {args.limit or 'all'} items per pair: every rule\n\n"
         + nc.rules_markdown(beyond, controls) + "\n" + nc.controls_markdown(controls, beyond))

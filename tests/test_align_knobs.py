@@ -12,7 +12,8 @@ import torch
 from safetensors.torch import load_file
 
 from lib.data import wordpairs as WP
-from lib.core.params import notebook_params, resolve
+from lib.core.params import notebook_params
+from lib.core.stage import resolve
 from lib.train import align_terms as AT
 from lib.train import contrastive as C
 from tests.test_contrastive import OBJ, PLACE, SUBJ, VERB, lexicon_pairs
@@ -73,7 +74,7 @@ def test_word_pair_files_read_both_formats_and_refuse_bad_lines(tmp_path):
     (tmp_path / "c.jsonl").write_text('{"en": "doctor", "ko": "의사"}\n{"en": "two words", "ko": "x"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"c.jsonl:2: a word pair needs one word"):
         WP.read_pairs(tmp_path / "c.jsonl")
-    with pytest.raises(FileNotFoundError, match="lib.data.wordpairs extracts one"):
+    with pytest.raises(FileNotFoundError, match="lib.cli.wordpairs extracts one"):
         WP.read_pairs(tmp_path / "missing.jsonl")
 
 
@@ -163,7 +164,7 @@ def test_layers_all_averages_the_loss_over_every_layer(tmp_path, tiny_assets, fi
     s = C.build(cfg)
     assert s.encoder.layers == [1, 2] and s.info["layers_frozen_above_representation"] == []
     batch = C.batch_fn(s)(0, 0, 0, 1)
-    pairs = C._stack([batch["ko"], batch["en"]])
+    pairs = C.stack_batches([batch["ko"], batch["en"]])
     vecs, _, extra = s.encoder(pairs)
     assert len(extra["layer_vecs"]) == 2
     from lib.modeling.losses import info_nce
@@ -214,7 +215,7 @@ def test_knob_misuse_fails_before_work(tmp_path, tiny_assets, files):
                       (dict(layers="all", layer_range=[1, 2]), "set layer_range"),
                       (dict(layers="2,x"), "layers must be")):
         with pytest.raises(ValueError, match=msg):
-            C._check(stage1(tmp_path, tiny_assets, files, **over))
+            C.check_config(stage1(tmp_path, tiny_assets, files, **over))
     from lib.core.readers import DataError
     (tmp_path / "none.jsonl").write_text('{"en": "zebra", "ko": "얼룩말"}\n', encoding="utf-8")
     with pytest.raises(DataError, match="none of its words occurs"):

@@ -16,7 +16,7 @@ import pytest
 from conftest import EN_LINES, KO_LINES
 from lib.analysis import paired as an
 from lib.analysis import repviz
-from lib.analysis.agreement import SPLITS
+from lib.core.stats import SPLITS
 
 GOLD = [0, 1, 2, 3, 0, 1, 2, 3]
 # Model A, acc_norm predictions per item (English, Korean):

@@ -17,7 +17,8 @@ import torch
 from safetensors.torch import load_file
 
 from lib.core.readers import DataError
-from lib.core.params import notebook_params, resolve
+from lib.core.params import notebook_params
+from lib.core.stage import resolve
 from lib.modeling.represent import embed_texts
 from lib.train import contrastive as C
 

@@ -9,9 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lib.data import instructions as ins
 from lib.data import preferences as P
-from lib.data.instructions import Template, hangul_share, pad_id_of
-from lib.core.params import notebook_params, resolve
+from lib.data.instructions import Template, hangul_share
+from lib.modeling.model import pad_id_of
+from lib.core.params import notebook_params
+from lib.core.stage import resolve
 from lib.train import dpo, sft
 from lib.world import WorldSpec, build_world, write_world
 
@@ -118,7 +121,7 @@ def test_pairs_tokenized_as_06_tokenizes_a_record(tiny_assets):
     t = Template(prompt=SHORT["prompt_template"], turn=SHORT["turn_template"], system=SHORT["system_prompt"])
     pair = {"prompt": "The cat sees", "chosen": "the river", "rejected": "the house", "lang": "en", "kind": "fact"}
     ((c, r),), kept, rep = P.encode_pairs(tok, [pair], t, 512)
-    (want,), _ = sft.encode(tok, [{"instruction": "The cat sees", "input": "", "output": "the river", "lang": "en"}], t, 512)
+    (want,), _ = ins.encode(tok, [{"instruction": "The cat sees", "input": "", "output": "the river", "lang": "en"}], t, 512)
     assert c.ids == want.ids and c.mask == want.mask and kept == [pair] and rep == {"dropped_too_long": 0, "truncated": 0}
     n_prompt = c.mask.index(1)
     assert r.ids[:n_prompt] == c.ids[:n_prompt] and r.ids[n_prompt:] != c.ids[n_prompt:]
@@ -156,7 +159,7 @@ def test_sequence_logps_sum_the_answer_tokens_only(tiny_assets):
 
 
 def test_pair_stream_is_a_function_of_the_step():
-    pairs = [(sft.Example([1, i, 2], [0, 1, 1], "en"), sft.Example([1, i, 3, 2], [0, 1, 1, 1], "en")) for i in range(10)]
+    pairs = [(ins.Example([1, i, 2], [0, 1, 1], "en"), ins.Example([1, i, 3, 2], [0, 1, 1, 1], "en")) for i in range(10)]
     ref = torch.arange(20, dtype=torch.float).view(10, 2)
     s = dpo.PairStream(pairs, ref, batch_size=4, grad_accum=2, seed=5, pad_id=0)
     seen = [i for step in range(5) for m in range(2) for i in s.indices(step, m)]
@@ -192,7 +195,7 @@ def dpo_cfg(tmp_path, assets, world, **overrides):
 def test_dpo_full_learns_the_preferences_and_keeps_the_reference(tmp_path, tiny_assets, micro_world):
     cfg = dpo_cfg(tmp_path, tiny_assets, micro_world)
     start = {k: v.clone() for k, v in AutoModelForCausalLM.from_pretrained(tiny_assets["model"]).state_dict().items()}
-    out = dpo.train_dpo(cfg, tiny_assets["model"], sft.template_from(cfg))
+    out = dpo.train_dpo(cfg, tiny_assets["model"], ins.template_from(cfg))
     m = out["metrics"]
     assert m["loss"]["last"] < 0.5 * m["loss"]["first"] and m["loss"]["first"] == pytest.approx(math.log(2), abs=0.01)
     held = m["heldout"]
@@ -215,7 +218,7 @@ def test_dpo_full_learns_the_preferences_and_keeps_the_reference(tmp_path, tiny_
 def test_dpo_lora_trains_adapters_only_and_its_reference_is_the_disabled_adapter(tmp_path, tiny_assets, micro_world):
     cfg = dpo_cfg(tmp_path, tiny_assets, micro_world, dpo_method="lora", lora_r=4, lora_alpha=8, dpo_steps=12,
                   dpo_lr=1e-2, dpo_eval_every=0)
-    out = dpo.train_dpo(cfg, tiny_assets["model"], sft.template_from(cfg))
+    out = dpo.train_dpo(cfg, tiny_assets["model"], ins.template_from(cfg))
     model, m = out["model"], out["metrics"]
     assert 0 < m["params_trainable"] < 0.5 * m["params_total"]
     assert m["heldout"]["after"]["reward_accuracy"] > 0.5 and m["loss"]["last"] < m["loss"]["first"]
@@ -228,7 +231,7 @@ def test_dpo_lora_trains_adapters_only_and_its_reference_is_the_disabled_adapter
     # ... so the reference (adapters disabled) scores the pairs exactly as the starting model
     tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
     pairs, _ = P.toy_pairs(*toy_files(micro_world), seed=1)
-    enc, _, _ = P.encode_pairs(tok, pairs[:12], sft.template_from(cfg), cfg.max_len)
+    enc, _, _ = P.encode_pairs(tok, pairs[:12], ins.template_from(cfg), cfg.max_len)
     pad = pad_id_of(tok)
     ref = dpo.pair_logps(model, enc, pad, reference=True)
     torch.testing.assert_close(ref, dpo.pair_logps(base, enc, pad), rtol=0, atol=1e-5)
@@ -260,7 +263,7 @@ def test_06_with_dpo_keeps_the_sft_model_and_saves_the_dpo_model(tmp_path, tiny_
     # SFT's held-out records are never DPO pairs
     entities = rows(micro_world / "data/entities.jsonl")
     names = {(lang, e[lang]) for e in entities for lang in ("en", "ko")}
-    held = sft.split_heldout(sft.read_records(cfg.data_files[0]), 10, cfg.seed)[1]
+    held = ins.split_heldout(ins.read_records(cfg.data_files[0]), 10, cfg.seed)[1]
     held_qa = [r for r in held if not r["input"] and (r["lang"], r["output"]) in names]
     assert d["pairs"]["dropped_excluded"] == len(held_qa) > 0
     assert set(m["exact_match"]["heldout"]) == {"before", "after", "dpo"} and "dpo" in m["generations"][0]

@@ -20,8 +20,10 @@ from lib.run.check import check_profile
 from lib.core.params import load_profile
 from test_evaluate import arc_pair, belebele_pair, direct_logliks, read_jsonl, write_jsonl
 
-PINNED = {"arc_en.yaml": "a5ca1879a57f0527", "arc_ko.yaml": "8446585383fbe13b",
-          "bb_en.yaml": "bb9851410c10c3e7", "bb_ko.yaml": "8ac44fd6a48d5557"}
+# (re-pinned when lib/ became packages: only the header comment's module name changed; the task
+# config 07's stored results are keyed by, lib.eval.harness.task_digests, did not)
+PINNED = {"arc_en.yaml": "fc6c2394736739c4", "arc_ko.yaml": "7c32408ae59ef168",
+          "bb_en.yaml": "d8c15348b72ae6c2", "bb_ko.yaml": "79c96f2e5a12e966"}
 
 SENTENCES = [  # id, English pair, Korean pair, same meaning?
     ("s1", ("Minsu lives in Busan.", "Busan is where Minsu lives."),

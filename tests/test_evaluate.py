@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from lib.eval import samples
 from lib.analysis import agreement as ag
 from lib.eval import tasks as ET
 from lib.eval import harness as E
@@ -328,8 +329,8 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
         assert s["chosen"]["acc"]["index"] == max(range(3), key=logged.__getitem__)
         assert logged == pytest.approx(direct_logliks(tiny_assets["model"], prompt, options), abs=1e-4)
     # 08 reads the logs with lib.analysis.agreement; the languages join by doc id
-    items = ag.join_by_id(ag.read_lm_eval_samples(base["tasks"]["tiny"]["en"]["samples"]),
-                          ag.read_lm_eval_samples(base["tasks"]["tiny"]["ko"]["samples"]))
+    items = ag.join_by_id(samples.read_lm_eval_samples(base["tasks"]["tiny"]["en"]["samples"]),
+                          samples.read_lm_eval_samples(base["tasks"]["tiny"]["ko"]["samples"]))
     assert len(items) == 6 and [it.gold for it in items] == [0, 1, 3, 0, 2, 1]
 
     # identical weights: the final model reuses its last checkpoint's results (copied, not rescored)

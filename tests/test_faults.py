@@ -27,7 +27,8 @@ from lib.core import paths
 from lib.run.check import check_profile
 from lib.core.params import ParamsError, load_profile
 from lib.cli.pipeline import main
-from lib.run.pipeline import StageFailed, run_pipeline, select_stages
+from lib.run.pipeline import StageFailed, run_pipeline
+from lib.run.stages import select_stages
 from conftest import EN_LINES, KO_LINES
 
 
@@ -311,7 +312,8 @@ def test_second_writer_on_a_run_folder_is_refused_naming_the_holder(tmp_path, ti
 
 
 def test_a_notebook_run_by_hand_is_refused_while_a_run_holds_the_folder(tmp_path, monkeypatch):
-    from lib.core.params import notebook_params, resolve
+    from lib.core.params import notebook_params
+    from lib.core.stage import resolve
     from lib.core.runfolder import HELD_ENV, RunLocked
     monkeypatch.delenv(HELD_ENV, raising=False)
     run = tmp_path / "run"
@@ -355,7 +357,7 @@ def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeyp
 STANDIN = '''\
 import errno, json, os, signal
 from pathlib import Path
-from lib.core.params import config_hash
+from lib.core.hashing import config_hash
 from lib.core.runfolder import RunLocked, run_lock
 sd = Path(run) / "01_standin"
 sd.mkdir(parents=True, exist_ok=True)

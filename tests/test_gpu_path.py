@@ -128,7 +128,7 @@ def test_chat_vector_of_1e_3_survives_on_a_gpu_dtype(tmp_path, monkeypatch, tiny
     added to them mostly rounds away. The inference dtype is faked to bf16 (what a GPU gives):
     the vector must survive in the saved model (and the saved model be fp32)."""
     import lib.modeling.model as M
-    from lib.core.params import Config
+    from lib.core.stage import Config
     from lib.train.sft import add_chat_vector
     real = M.auto_dtype
     monkeypatch.setattr(M, "auto_dtype", lambda dev, dtype="auto": torch.bfloat16 if dtype == "auto" else real(dev, dtype))
@@ -155,7 +155,7 @@ def test_lora_delta_of_1e_3_survives_the_qlora_merge(tmp_path, tiny_assets):
     of the weight scale mostly rounds away. It must survive in fp32."""
     from peft import LoraConfig, get_peft_model
 
-    from lib.core.params import Config
+    from lib.core.stage import Config
     from lib.train.pretrain import merge_adapter
     base = LlamaForCausalLM.from_pretrained(tiny_assets["model"])
     before = {k: v.clone() for k, v in base.state_dict().items()}
@@ -230,7 +230,8 @@ def test_frozen_english_tower_is_held_in_the_autocast_dtype(tiny_assets, tmp_pat
     import yaml
 
     from conftest import EN_LINES, KO_LINES
-    from lib.core.params import load_profile, resolve, stage_params
+    from lib.core.params import load_profile, stage_params
+    from lib.core.stage import resolve
     from lib.train.contrastive import build
     ko, en = tmp_path / "p.ko", tmp_path / "p.en"
     ko.write_text("\n".join(KO_LINES[:20]) + "\n", encoding="utf-8")
@@ -256,7 +257,7 @@ def test_training_entry_points_run_without_notebook_packages(tmp_path):
     lib.train --help`` runs and a stage's parameters still resolve (read from the notebook JSON)."""
     code = ("import sys; sys.modules['nbformat'] = None; sys.modules['papermill'] = None\n"
             "import runpy, contextlib, io\n"
-            "from lib.core.params import load_profile, resolve, stage_params\n"
+            "from lib.core.params import load_profile, stage_params\nfrom lib.core.stage import resolve\n"
             "cfg = resolve('05_stage3_pretrain', stage_params(load_profile('params/micro.yaml'), '05_stage3_pretrain', 'x'))\n"
             "print('steps', cfg.steps)\n"
             "sys.argv = ['lib.train', '--help']\n"

@@ -135,11 +135,12 @@ def test_cli_writes_verdicts_and_tally(tmp_path, client_for, monkeypatch):
 
 
 def test_judge_section_of_a_profile(tmp_path, client_for):
-    from lib.core.params import ParamsError, load_profile, profile_problems
+    from lib.core.params import ParamsError, load_profile
+    from lib.run.check import check_profile
     bad = tmp_path / "bad.yaml"
     bad.write_text("extends: {}\njudge:\n  base_url: ftp://x\n  timeot: 3\n  max_retries: -1\n".format(
         (judge.Path(__file__).parents[1] / "params" / "micro.yaml").as_posix()), encoding="utf-8")
-    probs = profile_problems(load_profile(bad), [])
+    probs = check_profile(load_profile(bad), [])
     assert len(probs) == 3 and all("bad.yaml:" in p and "judge" in p for p in probs)
     assert "timeot" in probs[1] and "bad.yaml:4" in probs[1]
     with pytest.raises(ParamsError):

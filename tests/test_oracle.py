@@ -12,7 +12,7 @@ import torch
 import lib.modeling.model as M
 import lib.vocab.oracle as O
 import lib.vocab.merge as T
-from lib.analysis.agreement import Item, paired_metrics, transfer_ratio
+from lib.core.stats import Item, paired_metrics, transfer_ratio
 from lib.modeling.mcscore import PROMPTS, score_choices
 from lib.world.basemodel import BaseModelSpec, load_tokenizer, new_model, train_base_tokenizer, train_korean_tokenizer
 from lib.world import WorldSpec, build_world, read_jsonl, read_lines, write_world

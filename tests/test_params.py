@@ -8,8 +8,9 @@ import pytest
 
 from lib.core import params as P
 from lib.core import paths
-from lib.core.params import (ParamsError, check_type, config_hash, load_profile, notebook_params,
-                        resolve, stage_params, validate_profile)
+from lib.core.params import ParamsError, check_type, load_profile, notebook_params, stage_params, validate_profile
+from lib.core.hashing import config_hash
+from lib.core.stage import resolve
 
 
 def write(path, text):
@@ -127,7 +128,7 @@ def test_input_dir_requires_a_finished_stage(tmp_path):
 
 
 def test_shipped_profiles_validate():
-    from lib.run.pipeline import select_stages
+    from lib.run.stages import select_stages
     for f in sorted(paths.PARAMS.rglob("*.yaml")):
         if "accelerate" in f.parts:
             continue

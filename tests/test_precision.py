@@ -82,7 +82,7 @@ def test_cuda_asked_without_a_gpu_fails_in_one_line(monkeypatch):
     """F5: ``device: cuda`` on a node whose torch sees no GPU (a driver older than the wheel's
     CUDA build) fails at once, naming torch's CUDA build and the wheel index for older drivers,
     instead of training on the CPU; ``check`` says the same before any stage runs."""
-    from lib.run.check import KEY_RULES
+    from lib.run.checkvalues import KEY_RULES
     from lib.modeling.model import OLDER_DRIVER_INDEX, auto_device
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError) as e:
@@ -91,7 +91,7 @@ def test_cuda_asked_without_a_gpu_fails_in_one_line(monkeypatch):
     assert "\n" not in msg and torch.__version__ in msg and OLDER_DRIVER_INDEX in msg
     assert auto_device("auto").type == "cpu"                      # auto still means: CPU when no GPU
     problem = KEY_RULES["device"]("cuda")
-    assert problem.startswith("is 'cuda', but") and "\n" not in problem and OLDER_DRIVER_INDEX in problem
+    assert problem.startswith("is 'cuda', but torch sees no GPU: ") and "\n" not in problem and OLDER_DRIVER_INDEX in problem
     assert KEY_RULES["precision"]("fp16") .startswith("must be one of auto, bf16-mixed, fp16-mixed")
 
 

@@ -8,9 +8,11 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
 from conftest import EN_LINES, KO_LINES
+from lib.data import instructions as ins
 from lib.train.chatvector import apply_chat_vector, chat_vector
 from lib.modeling.losses import IGNORE_INDEX
-from lib.core.params import notebook_params, resolve
+from lib.core.params import notebook_params
+from lib.core.stage import resolve
 from lib.train import sft
 
 STAGE = "06_instruction_tuning"
@@ -51,7 +53,7 @@ def make_cfg(tmp_path, assets, **overrides):
 # ----------------------------------------------------------------------------- template and labels
 
 def test_template_renders_input_and_history():
-    t = sft.Template()
+    t = ins.Template()
     rec = {"instruction": "Translate.", "input": "Minsu lives in Busan.", "output": " 민수는 부산에 산다. ",
            "history": [["Hi", "Hello!"], ["Who are you?", "An assistant."]]}
     assert t.render(rec) == (
@@ -59,47 +61,47 @@ def test_template_renders_input_and_history():
         "<s>[INST] Who are you? [/INST] An assistant.</s>"
         "<s>[INST] Translate.\nMinsu lives in Busan. [/INST] 민수는 부산에 산다.</s>")
     assert t.generation_prompt("Q?") == f"[INST] <<SYS>>\n{SYS}\n<</SYS>>\n\nQ? [/INST]"
-    custom = sft.Template(prompt="### {system}\n### User: {instruction}\n### Bot:", system="S", input_sep=" | ")
+    custom = ins.Template(prompt="### {system}\n### User: {instruction}\n### Bot:", system="S", input_sep=" | ")
     assert custom.generation_prompt("a {b}", "c") == "### S\n### User: a {b} | c\n### Bot:"
     with pytest.raises(ValueError, match="instruction"):
-        sft.Template(prompt="no slot")
+        ins.Template(prompt="no slot")
 
 
 def test_label_mask_on_a_known_example(tiny_assets):
     tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
     rec = {"instruction": "The cat sees", "input": "the river", "output": "near the school.", "lang": "en"}
-    (ex,), rep = sft.encode(tok, [rec], sft.Template(), max_len=512)
+    (ex,), rep = ins.encode(tok, [rec], ins.Template(), max_len=512)
     prompt = tok(f"[INST] <<SYS>>\n{SYS}\n<</SYS>>\n\nThe cat sees\nthe river [/INST]",
                  add_special_tokens=False)["input_ids"]
     answer = tok("near the school.", add_special_tokens=False)["input_ids"]
     bos, eos = tok.bos_token_id, tok.eos_token_id
     assert ex.ids == [bos] + prompt + answer + [eos]
-    assert sft.labels_of(ex) == [IGNORE_INDEX] * (1 + len(prompt)) + answer + [eos]
-    assert tok.decode([t for t in sft.labels_of(ex) if t != IGNORE_INDEX], skip_special_tokens=True) == "near the school."
+    assert ins.labels_of(ex) == [IGNORE_INDEX] * (1 + len(prompt)) + answer + [eos]
+    assert tok.decode([t for t in ins.labels_of(ex) if t != IGNORE_INDEX], skip_special_tokens=True) == "near the school."
     assert sft.show_example(tok, ex).endswith("[/INST][[ near the school.</s>]]")  # the space is the answer's first token
     # this tokenizer's dummy prefix makes separate segments equal the joint string with a space
-    assert sft.boundary_check(tok, [rec], sft.Template())["share"] == 1.0
+    assert ins.boundary_check(tok, [rec], ins.Template())["share"] == 1.0
     # padding gets -100 too
-    short = sft.Example([bos, 7, 8, eos], [0, 0, 1, 1], "en")
-    b = sft.collate([ex, short], pad_id=0)
+    short = ins.Example([bos, 7, 8, eos], [0, 0, 1, 1], "en")
+    b = ins.collate([ex, short], pad_id=0)
     assert b["labels"][1].tolist() == [IGNORE_INDEX, IGNORE_INDEX, 8, eos] + [IGNORE_INDEX] * (len(ex.ids) - 4)
-    assert b["attention_mask"][1].sum() == 4 and b["labels"][0].tolist() == sft.labels_of(ex)
+    assert b["attention_mask"][1].sum() == 4 and b["labels"][0].tolist() == ins.labels_of(ex)
 
 
 def test_history_answers_learned_or_not_and_truncation(tiny_assets):
     tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
     rec = {"instruction": "Two", "input": "", "output": "the house", "history": [["One", "the apple"]], "lang": "en"}
-    (on,), _ = sft.encode(tok, [rec], sft.Template(), 512, loss_on_history=True)
-    (off,), _ = sft.encode(tok, [rec], sft.Template(), 512, loss_on_history=False)
+    (on,), _ = ins.encode(tok, [rec], ins.Template(), 512, loss_on_history=True)
+    (off,), _ = ins.encode(tok, [rec], ins.Template(), 512, loss_on_history=False)
     apple, house = (tok(x, add_special_tokens=False)["input_ids"] for x in ("the apple", "the house"))
-    learned = lambda ex: [t for t in sft.labels_of(ex) if t != IGNORE_INDEX]
+    learned = lambda ex: [t for t in ins.labels_of(ex) if t != IGNORE_INDEX]
     assert learned(on) == apple + [tok.eos_token_id] + house + [tok.eos_token_id]
     assert learned(off) == house + [tok.eos_token_id]
     assert on.ids.count(tok.bos_token_id) == 2
     n_prompt = on.mask.index(1)
-    exs, rep = sft.encode(tok, [rec, rec], sft.Template(), n_prompt + 1)
+    exs, rep = ins.encode(tok, [rec, rec], ins.Template(), n_prompt + 1)
     assert rep == {"truncated": 2, "dropped_too_long": 0} and len(exs[0].ids) == n_prompt + 1
-    exs, rep = sft.encode(tok, [rec], sft.Template(), n_prompt)
+    exs, rep = ins.encode(tok, [rec], ins.Template(), n_prompt)
     assert exs == [] and rep["dropped_too_long"] == 1
 
 
@@ -107,23 +109,23 @@ def test_records_json_jsonl_errors_and_language(tmp_path):
     good = tmp_path / "a.json"
     good.write_text(json.dumps([{"instruction": "민수는 어디에 살아요?", "output": "부산"},
                                 {"instruction": "Where?", "input": "x", "output": "y", "history": None}]))
-    recs = sft.read_records(good)
+    recs = ins.read_records(good)
     assert [r["lang"] for r in recs] == ["ko", "en"] and recs[0]["input"] == ""
     bad = tmp_path / "b.jsonl"
     bad.write_text('{"instruction": "a", "output": "b"}\n{"instruction": "a"}\n')
     with pytest.raises(ValueError, match=r"b.jsonl:2: 'output' must be a string"):
-        sft.read_records(bad)
+        ins.read_records(bad)
     bad.write_text('{"instruction": "a", "output": "b", "history": [["only one"]]}\n')
     with pytest.raises(ValueError, match=r"b.jsonl:1: 'history'"):
-        sft.read_records(bad)
-    recs, rep = sft.load_instructions([good], ["ko"])
+        ins.read_records(bad)
+    recs, rep = ins.load_instructions([good], ["ko"])
     assert len(recs) == 1 and rep["dropped_language"] == 1 and rep["detected_lang"] == 2
-    assert sft.detect_lang("Python에서 리스트를 정렬하는 방법은?") == "ko" and sft.detect_lang("Hello 안") == "en"
+    assert ins.detect_lang("Python에서 리스트를 정렬하는 방법은?") == "ko" and ins.detect_lang("Hello 안") == "en"
 
 
 def test_stream_mixes_by_share_is_deterministic_and_splits_over_ranks():
-    exs = [sft.Example([1, i, 2], [0, 1, 1], "ko") for i in range(5)]
-    exs += [sft.Example([1, 100 + i, 7, 2], [0, 1, 1, 1], "en") for i in range(30)]
+    exs = [ins.Example([1, i, 2], [0, 1, 1], "ko") for i in range(5)]
+    exs += [ins.Example([1, 100 + i, 7, 2], [0, 1, 1, 1], "en") for i in range(30)]
     ratios = sft.language_ratios({"ko": 5, "en": 30}, 0.25)
     assert ratios == {"ko": 0.25, "en": 0.75}
     s = sft.InstructionStream(exs, ratios, batch_size=8, grad_accum=2, seed=3, pad_id=0)
@@ -141,7 +143,7 @@ def test_stream_mixes_by_share_is_deterministic_and_splits_over_ranks():
 
 
 def test_lima_loads(shared_data):
-    recs = sft.read_records(shared_data / "sft" / "lima_en.json")
+    recs = ins.read_records(shared_data / "sft" / "lima_en.json")
     assert len(recs) == 1029
     assert sum(bool(r["history"]) for r in recs) == 29
     assert {r["lang"] for r in recs} == {"en"}
@@ -172,9 +174,9 @@ def test_sft_full_loss_falls_and_records_generations(tmp_path, tiny_assets):
     # the saved tokenizer carries the template: a reloaded one renders the trained ids
     assert m["chat_template"] == {"records": 41, "exact": 41, "share": 1.0}
     tok = AutoTokenizer.from_pretrained(cfg.stage_dir / "model")
-    rec = sft.read_records(cfg.data_files[0])[0]
+    rec = ins.read_records(cfg.data_files[0])[0]
     from lib.data.chattemplate import messages_of
-    (ex,), _ = sft.encode(tok, [rec], sft.template_from(cfg), 10**6)
+    (ex,), _ = ins.encode(tok, [rec], ins.template_from(cfg), 10**6)
     got = tok.apply_chat_template(messages_of(rec, cfg.system_prompt), tokenize=True, return_dict=True)["input_ids"]
     assert list(got) == ex.ids
 
@@ -288,7 +290,7 @@ def test_batched_generation_equals_one_prompt_at_a_time(tiny_assets):
     """Left padding with an attention mask must not change greedy answers."""
     from lib.modeling.model import load_model
     model, tok = load_model(str(tiny_assets["model"]), "cpu")
-    template = sft.Template("Q: {instruction} A:", "Q: {instruction} A:", "")
+    template = ins.Template("Q: {instruction} A:", "Q: {instruction} A:", "")
     reqs = [{"instruction": EN_LINES[i][: 8 + 7 * i], "input": ""} for i in range(5)]
     reqs.append({"instruction": KO_LINES[3], "input": EN_LINES[2]})
     lengths = {len(tok(template.generation_prompt(r["instruction"], r["input"]))["input_ids"]) for r in reqs}
@@ -311,12 +313,12 @@ def test_exact_match_scores_by_language(monkeypatch):
 def test_chat_template_gives_the_trained_ids(tiny_assets):
     from lib.data.chattemplate import jinja_template, messages_of, template_check
     tok = AutoTokenizer.from_pretrained(tiny_assets["model"])
-    t = sft.Template()
+    t = ins.Template()
     tok.chat_template = jinja_template(t, tok)
     recs = [{"instruction": "The cat sees", "input": "the river", "output": "near the school.", "lang": "en"},
             {"instruction": "고양이가 본다", "input": "", "output": "학교에서.", "lang": "ko",
              "history": [["Hi", "Hello!"], ["개가?", "강을 찾는다."]]}]
-    exs, _ = sft.encode(tok, recs, t, max_len=10**6)
+    exs, _ = ins.encode(tok, recs, t, max_len=10**6)
     for rec, ex in zip(recs, exs):
         got = tok.apply_chat_template(messages_of(rec, t.system, t), tokenize=True, return_dict=True)["input_ids"]
         assert list(got) == ex.ids
@@ -332,7 +334,7 @@ def test_chat_template_real_llama2_tokenizer(shared_data, tmp_path):
     from lib.data.chattemplate import jinja_template, template_check
     LlamaTokenizerFast.from_pretrained(shared_data / "tokenizers/llama2/tokenizer.model").save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)
-    t = sft.Template()
+    t = ins.Template()
     tok.chat_template = jinja_template(t, tok)
-    recs = sft.read_records(shared_data / "sft/ko_alpaca_sample.json")[:50]
+    recs = ins.read_records(shared_data / "sft/ko_alpaca_sample.json")[:50]
     assert template_check(tok, recs, t)["exact"] == 50

@@ -8,7 +8,8 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from conftest import EN_LINES, KO_LINES
-from lib.core.params import notebook_params, resolve
+from lib.core.params import notebook_params
+from lib.core.stage import resolve
 
 
 @pytest.fixture(autouse=True)

@@ -22,6 +22,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from lib.eval.extratasks import item_values
+from lib.eval.models import baseline_name
+from lib.core.plots import interval_points
 
 LEVEL = 0.95
 CHUNK = 200          # bootstrap resamples drawn at a time (bounds memory for 10k-item tasks)
@@ -42,7 +45,6 @@ def _samples_path(entry: Mapping, task: str, leaf: str) -> Path:
 
 def item_scores(entry: Mapping, task: str) -> dict[tuple[str, int], float]:
     """``{(leaf task, doc_id): per-item value}`` of one model's extra task, under its metric."""
-    from lib.eval.extratasks import item_values
     t = entry["extra"][task]
     out: dict[tuple[str, int], float] = {}
     for leaf in t["subtasks"]:
@@ -82,7 +84,6 @@ def paired_delta(model: np.ndarray, base: np.ndarray, n_boot: int = 1000, seed: 
 
 def base_name(cfg: Any) -> str:
     """The base model's name among 07's models (``baseline-toy`` for ``base_model: toy``)."""
-    from lib.eval.models import baseline_name
     return baseline_name(cfg.base_model, "" if cfg.base_model == "toy" else cfg.source(cfg.base_model))
 
 
@@ -170,7 +171,6 @@ def section(rows: Sequence[Mapping]) -> str:
 
 def delta_figure(rows: Sequence[Mapping], path: str | Path | None = None):
     """Seaborn dots with 95% intervals: each final model's change from the base, one panel per task."""
-    from lib.core.plots import interval_points
     rows = [r for r in rows if r.get("kind") != "checkpoint"]
     several = len({r["run"] for r in rows}) > 1
     pts = [{"model": f"{r['run']}/{r['model']}" if several else r["model"],

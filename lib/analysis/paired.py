@@ -31,10 +31,18 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from lib.core import markdown
+from lib.eval import samples
+from lib.core import stats
 from lib.analysis import agreement as ag
 from lib.core import paths
 from lib.eval import rules
 from lib.core.io import read_json, write_json, write_text
+from lib.modeling.represent import alignment_report
+from lib.modeling.represent import all_layer_vectors
+from lib.modeling.model import load_model
+from lib.core.plots import save
+from lib.core.plots import interval_points
 
 EVAL_STAGE = "07_benchmark_eval"
 MANIFEST = "evals.json"
@@ -150,7 +158,7 @@ def _id_key(path: Path) -> Callable[[Mapping], Hashable] | None:
                 except (json.JSONDecodeError, AttributeError):
                     return None  # read_lm_eval_samples reports the line
                 if isinstance(doc, Mapping) and "id" not in doc and {"link", "question_number"} <= set(doc):
-                    return ag.belebele_key
+                    return samples.belebele_key
                 return None
     return None
 
@@ -162,7 +170,7 @@ def task_items(entry: Mapping, task: str) -> list[dict]:
     ``acc``), ``pred_norm_en`` (per character), ``pred_per_token_en``, ``pred_calibrated_en``;
     and the null controls' choices (``null_prior_en``, ..: :mod:`lib.eval.nullcontrols`)."""
     files = {lang: Path(entry["tasks"][task][lang]["samples"]) for lang in LANGS}
-    recs = {lang: ag.read_lm_eval_samples(f, key=_id_key(f)) for lang, f in files.items()}
+    recs = {lang: samples.read_lm_eval_samples(f, key=_id_key(f)) for lang, f in files.items()}
     cols = [col for col in (*PREDICTIONS.values(), *rules.NULL_KEY.values())
             if all(col in r for lang in LANGS for r in recs[lang].values())]
     try:
@@ -196,10 +204,6 @@ def write_predictions(items: Mapping[tuple[str, str, str], list[dict]], path: st
 # ---------------------------------------------------------------------------- paired rows
 
 
-def _check_prediction(prediction: str) -> str:
-    return rules.check_rule(prediction)
-
-
 def _warn_if_reported_differs(entry: Mapping, task: str, by: Mapping[str, Mapping]) -> None:
     """07 reports lm-eval's own accuracies; ours are recomputed from the samples and must match."""
     for lang in LANGS:
@@ -224,7 +228,7 @@ def paired_rows(manifest: Sequence[Mapping], prediction: str = "auto", n_boot: i
     ``items`` (from :func:`load_items`) may hold a subset of the tasks and of their items (such
     as :func:`lib.eval.contamination.clean_items`, with ``check_reported=False``: 07's reported
     accuracies are over every item): only those are computed."""
-    _check_prediction(prediction)
+    rules.check_rule(prediction)
     rows = []
     for e in manifest:
         for task in e["tasks"]:
@@ -236,8 +240,8 @@ def paired_rows(manifest: Sequence[Mapping], prediction: str = "auto", n_boot: i
             for rule, col in PREDICTIONS.items():
                 if its and f"{col}_en" not in its[0]:
                     continue
-                pairs = [ag.Item(it["id"], it["gold"], it[f"{col}_en"], it[f"{col}_ko"]) for it in its]
-                by[rule] = ag.paired_metrics(pairs, n_boot=n_boot, seed=seed, chance=chance)
+                pairs = [stats.Item(it["id"], it["gold"], it[f"{col}_en"], it[f"{col}_ko"]) for it in its]
+                by[rule] = stats.paired_metrics(pairs, n_boot=n_boot, seed=seed, chance=chance)
             if check_reported:
                 _warn_if_reported_differs(e, task, by)
             used = rules.resolve(prediction, its[0].get("rule") if its else None, by)
@@ -290,7 +294,6 @@ class Representation:
 def layer_metrics(ko_layers, en_layers) -> dict[str, list[float]]:
     """Alignment metrics of paired per-layer vectors [L, n, d] (torch or numpy), one value per layer."""
     import torch
-    from lib.modeling.represent import alignment_report
     ko_layers, en_layers = torch.as_tensor(ko_layers), torch.as_tensor(en_layers)
     if ko_layers.shape != en_layers.shape or ko_layers.dim() != 3 or ko_layers.shape[1] < 2:
         raise ValueError(f"need Korean and English vectors of one shape [layers, n >= 2, d], got "
@@ -308,7 +311,6 @@ def model_representation(model, tokenizer, ko_texts: Sequence[str], en_texts: Se
                          layer: int = -1, pooling: str = "mean", batch_size: int = 32,
                          max_len: int = 128) -> tuple[dict[str, list[float]], int, np.ndarray, np.ndarray]:
     """(per-layer metrics, hidden-state index of ``layer``, Ko vectors, En vectors at it) of a loaded model."""
-    from lib.modeling.represent import all_layer_vectors
     if len(ko_texts) != len(en_texts):
         raise ValueError(f"{len(ko_texts)} Korean but {len(en_texts)} English texts: pass aligned pairs")
     kw = dict(pooling=pooling, batch_size=batch_size, max_len=max_len)
@@ -330,7 +332,6 @@ def representations(manifest: Sequence[Mapping], ko_texts: Sequence[str], en_tex
     import torch
     from tqdm.auto import tqdm
 
-    from lib.modeling.model import load_model
     done: dict[str, Representation] = {}
     out = []
     for e in tqdm(manifest, desc="representations", unit="model", disable=not progress):
@@ -370,7 +371,7 @@ def summary_rows(paired: Sequence[Mapping], rep_rows: Sequence[Mapping] = ()) ->
         row["cell"], row["chance"] = p.get("cell", p["task"]), p.get("chance")
         for m in WITH_CI:
             row.update({m: p.get(m), f"{m}_lo": p.get(f"{m}_lo"), f"{m}_hi": p.get(f"{m}_hi")})
-        row.update({s: p[s] for s in ag.SPLITS})
+        row.update({s: p[s] for s in stats.SPLITS})
         for pred, metrics in p["by_prediction"].items():
             row.update({f"{pred}:{m}": metrics.get(m) for m in WITH_CI})
         r = reps.get((p["run"], p["model"]))
@@ -395,7 +396,7 @@ def summary_markdown(rows: Sequence[Mapping], digits: int = 3) -> str:
         for m in WITH_CI:
             d[m] = _with_ci(r.get(m), r.get(f"{m}_lo"), r.get(f"{m}_hi"), digits)
         shown.append(d)
-    return ag.to_markdown(shown, columns=SUMMARY_COLUMNS, digits=digits)
+    return markdown.to_markdown(shown, columns=SUMMARY_COLUMNS, digits=digits)
 
 
 def write_summary(rows: Sequence[Mapping], out_dir: str | Path, note: str = "",
@@ -428,7 +429,6 @@ def trajectory(rows: Sequence[Mapping], metrics: Sequence[str] = ("acc_en", "acc
     style per run, so a compared run (e.g. without stage 1) reads against the main one."""
     import matplotlib.pyplot as plt
 
-    from lib.core.plots import save
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     runs = list(dict.fromkeys(r["run"] for r in rows))
     xs = _x_order(rows)
@@ -459,7 +459,6 @@ def trajectory(rows: Sequence[Mapping], metrics: Sequence[str] = ("acc_en", "acc
 def agreement_intervals(rows: Sequence[Mapping], path: str | Path | None = None):
     """Agreement and kappa of every final model (no intermediate checkpoints), per task, as
     seaborn dots with their 95% bootstrap intervals; kappa 0 (chance) marked."""
-    from lib.core.plots import interval_points
     pts = []
     for r in rows:
         if r.get("kind") == "checkpoint":
@@ -478,7 +477,6 @@ def split_bars(rows: Sequence[Mapping], path: str | Path | None = None):
     different options / only English right / only Korean right."""
     import matplotlib.pyplot as plt
 
-    from lib.core.plots import save
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     names = labels(rows)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 0.32 * len(rows) / len(tasks) + 1.8),

@@ -23,6 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from lib.core.plots import save
+from lib.core.plots import layer_curves
 
 KO_COLOUR, EN_COLOUR = "#d62828", "#1d3557"
 
@@ -58,7 +59,6 @@ def p1_by_layer(rep_rows: Sequence[Mapping], path: str | Path | None = None, key
     """Held-out retrieval P@1 (mean of Ko→En and En→Ko) per hidden state, one line per model
     (seaborn, :func:`lib.core.plots.layer_curves`); colour follows pipeline order, line style the run."""
     from matplotlib.ticker import MaxNLocator
-    from lib.core.plots import layer_curves
     several = _several(rep_rows)
     rows = [{"model": _label(r, several), "run": r["run"], "layer": i, "value": y}
             for r in rep_rows for i, y in enumerate(r["per_layer"][key])]

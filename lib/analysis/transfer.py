@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+from lib.core.plots import save
 
 CELL_ORDER = ("knowledge", "bridge_heldout", "ghost")
 ALPHA_RE = re.compile(r"alpha-(\d*\.?\d+)")
@@ -98,7 +99,6 @@ def calibration_figure(rows: Sequence[Mapping], path: str | Path | None = None, 
     scale, so its transfer reads as an equivalent alpha."""
     import matplotlib.pyplot as plt
 
-    from lib.core.plots import save
     sub = [r for r in rows if r.get("cell", r.get("task")) == cell]
     curve = sorted(((alpha_of(r["model"]), r) for r in sub if r.get("kind") == "control"
                     and alpha_of(r["model"]) is not None), key=lambda t: t[0])
@@ -127,7 +127,6 @@ def scale_figure(rows: Sequence[Mapping], path: str | Path | None = None):
     chance (the ghost cell's and the deranged control's interval) and the oracle's acc_en."""
     import matplotlib.pyplot as plt
 
-    from lib.core.plots import save
     fin = final_rows(rows)
     cells = [c for c in CELL_ORDER if any(r.get("cell") == c for r in fin)] or \
         list(dict.fromkeys(r.get("cell", r.get("task")) for r in fin))

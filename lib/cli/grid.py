@@ -4,8 +4,9 @@ from __future__ import annotations
 
 
 from lib.core import paths
-from lib.core.params import config_hash, load_profile, stage_params
-from lib.run.grid import _finished, link_shared, load_grid, plan
+from lib.core.params import load_profile, stage_params
+from lib.core.hashing import config_hash
+from lib.run.grid import finished_conditions, link_shared, load_grid, plan
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if stage is None:
         return 1
     prof = load_profile(p["file"])
-    return 0 if _finished(paths.stage_dir(p["run"], stage), config_hash(stage_params(prof, stage, p["run"]))) else 1
+    return 0 if finished_conditions(paths.stage_dir(p["run"], stage), config_hash(stage_params(prof, stage, p["run"]))) else 1
 
 
 if __name__ == "__main__":

@@ -8,10 +8,10 @@ import json
 
 from lib.eval.judge import answer_items, judge_items, make_client, read_items, settings, tally
 from lib.eval.judge import __doc__ as USAGE
+from lib.core.io import write_json, write_text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from lib.core.io import write_json, write_text
     argv = list(argv) if argv is not None else None
     import sys
     args = argv if argv is not None else sys.argv[1:]

@@ -12,8 +12,13 @@ from lib.core.params import ParamsError, load_profile
 from lib.core.runfolder import BadRunName, RunLocked
 from lib.run import failures
 from lib.run.check import check_profile
-from lib.run.pipeline import StageFailed, run_pipeline, select_stages
+from lib.run.pipeline import StageFailed, run_pipeline
+from lib.run.stages import select_stages
 from lib.run.pipeline import __doc__ as USAGE
+from lib.run.plan import print_plan
+from lib.eval import contamination
+from lib.run import gridslurm
+from lib.run.grid import run_grid
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -49,21 +54,17 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _interrupt)        # a polite kill ends like Ctrl-C: one line
     try:
         if args.cmd == "plan":
-            from lib.run.plan import print_plan
             print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
             return 0
         if args.cmd == "contamination":
-            from lib.eval.contamination import n_dirty, render, scan_profile
-            found = scan_profile(load_profile(args.params), args.run, args.ngram)
-            print(render(found), end="")
-            return 1 if n_dirty(found) else 0
+            found = contamination.scan_profile(load_profile(args.params), args.run, args.ngram)
+            print(contamination.render(found), end="")
+            return 1 if contamination.n_dirty(found) else 0
         if args.cmd == "grid" and args.slurm:
-            from lib.run.gridslurm import render
-            files = render(args.grid)
+            files = gridslurm.render(args.grid)
             print(f"wrote {files['shared']}\nwrote {files['array']}\nsubmit with:\n  {files['submit']}")
             return 0
         if args.cmd == "grid":
-            from lib.run.grid import run_grid
             out = run_grid(args.grid, args.only)
             print(f"grid: {len(out['table'])} rows -> {paths.run_dir(Path(args.grid).stem)}/grid.md")
             return 0

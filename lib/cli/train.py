@@ -19,8 +19,9 @@ from contextlib import nullcontext
 from lib.core import paths
 from lib.run.check import check_profile
 from lib.run.failures import INTERRUPTED
-from lib.core.io import finish
-from lib.core.params import ParamsError, load_profile, resolve, stage_params
+from lib.core.stage import finish
+from lib.core.params import ParamsError, load_profile, stage_params
+from lib.core.stage import resolve
 from lib.core.runfolder import HELD_ENV, BadRunName, RunLocked, run_folder, run_lock
 
 STAGES = {"03": ("03_stage1_contrastive", "lib.train.contrastive"),

@@ -5,10 +5,10 @@ import argparse
 
 from lib.data.wordpairs import extract, write_pairs
 from lib.data.wordpairs import __doc__ as USAGE
+from lib.core.readers import read_parallel
 
 
 def main(argv: list[str] | None = None) -> int:
-    from lib.core.readers import read_parallel
     ap = argparse.ArgumentParser(prog="python -m lib.cli.wordpairs", description=USAGE.split("\n\n")[0])
     ap.add_argument("ko", help="Korean side of a parallel corpus, one sentence a line")
     ap.add_argument("en", help="English side, line-aligned")

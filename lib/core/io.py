@@ -77,14 +77,3 @@ def atomic_dir(final: str | Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(old)
     else:
         tmp.rename(final)
-
-
-def finish(cfg: Any, metrics: dict[str, Any]) -> Path:
-    """Write ``metrics.json`` then ``DONE``: the stage is finished. Returns the metrics path."""
-    from lib.core.params import config_hash
-    sd = Path(cfg.stage_dir)
-    out = write_json(sd / "metrics.json", metrics)
-    write_json(sd / "DONE", {"config_hash": config_hash({k: v for k, v in cfg.items()
-                                                          if not k.startswith("_")}),
-                             "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-    return out

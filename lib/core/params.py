@@ -30,19 +30,13 @@ profile is listed at once (:func:`profile_problems`). An empty file and a key gi
 errors; a UTF-8 byte-order mark is dropped. Values, ranges and input files are checked by
 :mod:`lib.run.check`.
 
-Inside a notebook, right after the ``parameters`` cell::
-
-    cfg = lib.core.params.resolve("01_vocab_merge", globals())
-
-checks the values again (a user may have edited them by hand), creates the stage folder, writes
-``config.json`` and seeds every RNG.
+Inside a notebook the resolved values become a :class:`lib.core.stage.Config` (``lib.core.stage``:
+a stage's lifecycle, from ``resolve`` to ``finish``).
 """
 from __future__ import annotations
 
 import ast
-import hashlib
 import json
-import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,10 +45,15 @@ from typing import Any
 import yaml
 
 from lib.core import paths
-from lib.core.io import write_json
-from lib.core.runfolder import refuse_if_locked
+from lib.core.hashing import RESERVED
 
-RESERVED = ("run",)        # set by the runner in every notebook, not by profiles
+# sections of a profile that are not a notebook's: name -> {key: default}; a key must be one of
+# these and have its default's type (an int is accepted for a float); values are checked by
+# lib.run.check (e.g. the judge's timeout > 0)
+SECTIONS = {
+    "judge": {"base_url": "http://127.0.0.1:8000/v1", "model": "judge", "api_key_env": "", "timeout": 30.0,
+              "max_retries": 3, "n_boot": 1000},   # python -m lib.cli.judge --params (lib.eval.judge)
+}
 ADD, REMOVE = "+", "-"     # ``key+`` / ``key-``: compose a mapping-valued parameter
 
 
@@ -318,7 +317,7 @@ def compose(name: str, current: Any, op: str, value: Any, where: str) -> dict:
     return {k: v for k, v in current.items() if k not in value}
 
 
-def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
+def profile_problems(prof: Profile, stages: list[str], value_rules: dict | None = None) -> list[str]:
     """Every structural problem of a profile, one line each: sections without a notebook, keys no
     notebook declares, reserved keys, malformed ``pipeline:`` entries, wrong types."""
     known = set(paths.stages())
@@ -341,9 +340,9 @@ def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
                     problems.append(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "
                                     f"got {value!r}")
             continue
-        if section == "judge":          # python -m lib.cli.judge --params (not a notebook)
-            from lib.eval.judge import section_problems
-            problems += section_problems(values, lambda k: prof.where("judge", k))
+        if section in SECTIONS:          # a declared section that is not a notebook's
+            problems += section_problems(section, values, lambda k, s=section: prof.where(s, k),
+                                         (value_rules or {}).get(section))
             continue
         if section == "common":
             for key in values:
@@ -375,154 +374,23 @@ def profile_problems(prof: Profile, stages: list[str]) -> list[str]:
     return problems
 
 
+def section_problems(section: str, values: dict, where, value_rule=None) -> list[str]:
+    """Problems of a declared non-notebook section, in key order (``where(key)``: file:line):
+    unknown keys, wrong types, and what ``value_rule(key, value)`` (the section owner's rule, given
+    by ``check``) says of a well-typed value."""
+    known, out = SECTIONS[section], []
+    for k, v in values.items():
+        if k not in known:
+            out.append(f"{where(k)}: unknown key '{k}' in section '{section}' (known: {', '.join(known)})")
+        elif isinstance(v, bool) or not isinstance(v, (float, int) if isinstance(known[k], float) else type(known[k])):
+            out.append(f"{where(k)}: {section}.{k} must be {type(known[k]).__name__} (like {known[k]!r}), got {v!r}")
+        elif value_rule is not None and (msg := value_rule(k, v)):
+            out.append(f"{where(k)}: {msg}")
+    return out
+
+
 def validate_profile(prof: Profile, stages: list[str]) -> None:
     """Raise one ParamsError listing every problem :func:`profile_problems` finds."""
     problems = profile_problems(prof, stages)
     if problems:
         raise ParamsError.of(problems)
-
-
-def config_hash(values: dict[str, Any]) -> str:
-    """A stable hash of a stage's parameters; ``run`` (where it lives) is not part of the config."""
-    body = {k: v for k, v in values.items() if k not in RESERVED}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, ensure_ascii=False).encode()).hexdigest()[:16]
-
-
-# --- inside a notebook ----------------------------------------------------------------------------
-
-class Config(dict):
-    """The resolved parameters of one stage: ``cfg.seed`` or ``cfg["seed"]``, plus where things live."""
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return self[name]
-        except KeyError:
-            raise AttributeError(f"no parameter '{name}' in this stage's config") from None
-
-    @property
-    def stage(self) -> str:
-        return self["_stage"]
-
-    @property
-    def run_dir(self) -> Path:
-        return paths.run_dir(self["run"])
-
-    @property
-    def stage_dir(self) -> Path:
-        return self.run_dir / self.stage
-
-    @property
-    def figures(self) -> Path:
-        d = self.stage_dir / "figures"
-        d.mkdir(parents=True, exist_ok=True)
-        return d
-
-    def path(self, value: str) -> Path:
-        """A path parameter with placeholders expanded; relative paths are from the repo root."""
-        return paths.resolve_path(value, self.run_dir)
-
-    def corpus(self, value: str):
-        """A corpus parameter (text file, JSONL file or ``hub:`` split) as a :class:`lib.data.corpus.CorpusSource`."""
-        from lib.data.corpus import parse_corpus
-        return parse_corpus(value, self.run_dir)
-
-    def input_dir(self, stage: str) -> Path:
-        """The folder of an earlier, finished stage of this run."""
-        d = self.run_dir / stage
-        if not (d / "DONE").exists():
-            raise FileNotFoundError(f"{self.stage} needs the output of {stage}, but {d} is not a "
-                                    f"finished stage (no DONE). Run it first: python -m lib.pipeline "
-                                    f"run PARAMS.yaml --run {self.run_dir} --only {stage[:2]}")
-        return d
-
-    def model_from(self, init_from: str) -> str:
-        """The model a training stage starts from: ``auto`` = the ``model/`` of the closest earlier
-        stage of this run that has one (a stage left out of the run is passed over; one that
-        started but did not finish is an error); ``NN_stage`` = that stage's model; else a source."""
-        if init_from != "auto":
-            if re.fullmatch(r"\d\d_\w+", init_from):
-                return str(self.input_dir(init_from) / "model")
-            return self.source(init_from)
-        for stage in sorted((d.name for d in self.run_dir.iterdir() if d.is_dir()), reverse=True):
-            if stage[:2].isdigit() and stage < self.stage and stage != paths.TOY_STAGE:
-                if (self.run_dir / stage / "model").exists() or not (self.run_dir / stage / "DONE").exists():
-                    return str(self.input_dir(stage) / "model")
-        return self.source(self["base_model"])
-
-    def source(self, spec: str) -> str:
-        """Where to load a model or tokenizer from: ``toy`` -> this run's toy base model; a local
-        path (placeholders allowed) -> absolute path; anything else is a Hub id and stays."""
-        if spec == "toy":
-            return str(self.input_dir(paths.TOY_STAGE) / "model")
-        expanded = paths.resolve_path(spec, self.run_dir)
-        return str(expanded) if expanded.exists() or "{" in spec or spec.startswith((".", "/")) else spec
-
-
-def resolve(stage: str, namespace: dict[str, Any]) -> Config:
-    """Check this notebook's parameter values, create its stage folder, write ``config.json``, seed."""
-    schema = notebook_params(stage)
-    values: dict[str, Any] = {}
-    for name, p in schema.items():
-        if name not in namespace:
-            raise ParamsError(f"{stage}: parameter '{name}' is not defined; run the parameters cell")
-        values[name] = check_type(name, namespace[name], p.default, f"{stage} parameters")
-    values["run"] = str(paths.run_dir(values["run"]))
-    cfg = Config(values, _stage=stage)
-    refuse_if_locked(cfg.run_dir)       # a notebook run by hand never writes into a busy run
-    sd = cfg.stage_dir
-    if (sd / "DONE").exists():
-        raise FileExistsError(
-            f"{sd} is a finished stage (it has DONE). Nothing was changed. To redo it, pick another "
-            f"run (the 'run' parameter), or rerun with `python -m lib.pipeline ... --force`, or "
-            f"delete {sd / 'DONE'} yourself.")
-    prev = sd / "config.json"
-    if prev.exists() and (sd / "checkpoints").exists():
-        if json.loads(prev.read_text(encoding="utf-8")).get("config_hash") != config_hash(values):
-            raise FileExistsError(
-                f"{sd} holds checkpoints of an unfinished run with other parameters; resuming "
-                f"them would mix two configs. Use another run, or `python -m lib.pipeline ... --force` "
-                f"(which starts the stage afresh), or delete {sd / 'checkpoints'}.")
-    sd.mkdir(parents=True, exist_ok=True)
-    seed_everything(int(values.get("seed", 0)))
-    write_json(sd / "config.json", {
-        "stage": stage, "params": values, "config_hash": config_hash(values),
-        "seed": values.get("seed"), "versions": versions(), "git": git_state(),
-        "torch_threads": torch_threads(),    # CPU training numbers depend on it (summation order)
-    })
-    return cfg
-
-
-def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-    import platform
-    out = {"python": platform.python_version()}
-    for pkg in ("torch", "transformers", "tokenizers", "sentencepiece", "accelerate", "peft",
-                "datasets", "lm_eval", "papermill"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            out[pkg] = "absent"
-    return out
-
-
-def torch_threads() -> int:
-    """Torch's intra-op threads: on a CPU the float summation order, and so the trained weights,
-    depend on it, so a run records it (set ``OMP_NUM_THREADS`` to reproduce another machine's)."""
-    import torch
-    return torch.get_num_threads()
-
-
-def git_state() -> dict[str, Any]:
-    import subprocess
-    def git(*args: str) -> str:
-        r = subprocess.run(["git", *args], cwd=paths.PROJ_ROOT, capture_output=True, text=True)
-        return r.stdout.strip() if r.returncode == 0 else ""
-    return {"commit": git("rev-parse", "HEAD") or None, "dirty": bool(git("status", "--porcelain"))}

@@ -7,7 +7,7 @@
 The lock is ``fcntl.flock`` on ``<run>/.lock``: the kernel releases it when the holder exits,
 however it exits (even ``kill -9``), so a crashed run never leaves a stale lock behind. The file
 keeps the holder's PID and command so that the refusal can name them. A notebook run by hand
-checks it too (:func:`refuse_if_locked`, from ``lib.core.params.resolve``).
+checks it too (:func:`refuse_if_locked`, from ``lib.core.stage.resolve``).
 """
 from __future__ import annotations
 

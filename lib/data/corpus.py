@@ -35,9 +35,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lib.core import paths
 from lib.core.readers import DataError
 
 CHUNK_ROWS = 1_000         # lines per map batch and per cached record batch: bounds memory
+
+
+def check_block_size(block_size: int) -> None:
+    """A causal LM needs a token and its successor: blocks of at least 2 tokens."""
+    if int(block_size) < 2:
+        raise ValueError(f"block_size must be >= 2 (a causal LM needs a token and its successor), "
+                         f"got {block_size}")
 
 
 def _encode_rows(batch: dict, tokenizer, bos: int, eos: int) -> dict:
@@ -75,7 +83,6 @@ def parse_corpus(value: str | Path, run: str | Path = ".") -> CorpusSource:
     """A corpus parameter as a :class:`CorpusSource` (the forms are in the module docstring).
     Placeholders are expanded and relative paths taken from the repository root; whether the
     file exists is checked when it is read (and by ``check``)."""
-    from lib.core import paths
     if isinstance(value, Path):
         return CorpusSource(str(value), path=value)
     if not isinstance(value, str) or not value.strip():
@@ -93,7 +100,7 @@ def parse_corpus(value: str | Path, run: str | Path = ".") -> CorpusSource:
     return CorpusSource(value, path=paths.resolve_path(value, run))
 
 
-def _load_rows(src: CorpusSource, cache_dir: str | None):
+def load_rows(src: CorpusSource, cache_dir: str | None):
     """The raw ``datasets.Dataset`` of ``src`` with one ``text`` column."""
     from datasets import load_dataset
     from datasets.exceptions import DatasetGenerationError
@@ -144,7 +151,7 @@ def tokenized(tokenizer, path: str | Path | CorpusSource, cache_dir: str | Path 
     bos, eos = tokenizer.bos_token_id, tokenizer.eos_token_id
     if bos is None or eos is None:
         raise ValueError(f"the tokenizer has no {'BOS' if bos is None else 'EOS'} token; packing needs both")
-    ds = _load_rows(src, str(cache_dir) if cache_dir else None)
+    ds = load_rows(src, str(cache_dir) if cache_dir else None)
     name = src.path.name if src.path is not None else src.dataset
     ds = ds.filter(lambda b: [isinstance(t, str) and bool(t.strip()) for t in b["text"]], batched=True,
                    batch_size=CHUNK_ROWS, desc=f"non-empty documents of {name}")
@@ -207,8 +214,7 @@ def cached_blocks(tokenizer, path: str | Path | CorpusSource, block_size: int, c
     """``[n_blocks, block_size]`` int32 blocks of ``path`` (memory-mapped) and their packing report."""
     src = path if isinstance(path, CorpusSource) else parse_corpus(Path(path))
     from accelerate import PartialState
-    from lib.data.packing import _check_block_size
-    _check_block_size(block_size)
+    check_block_size(block_size)
     with PartialState().main_process_first():      # one process tokenizes, the others reuse its cache
         ds = tokenized(tokenizer, src, cache_dir, limit)
         target = Path(ds.cache_files[0]["filename"]).parent / f"blocks-{ds._fingerprint}-{block_size}.int32"

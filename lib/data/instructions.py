@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from lib.modeling.losses import IGNORE_INDEX
+from lib.modeling.model import special_id
 
 SYSTEM_PROMPT = "You are a helpful assistant. 당신은 유능한 AI 어시스턴트 입니다."
 PROMPT_TEMPLATE = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{instruction} [/INST]"
@@ -191,14 +192,10 @@ class Example:
     truncated: bool = False
 
 
-def _special(tok, name: str) -> int | None:
-    return getattr(tok, f"{name}_token_id", None)
-
-
 def encode(tok, records: Sequence[dict], template: Template, max_len: int,
            loss_on_history: bool = True) -> tuple[list[Example], dict]:
     """Token ids and target masks of ``records`` (segments tokenized separately, see module doc)."""
-    bos, eos = _special(tok, "bos"), _special(tok, "eos")
+    bos, eos = special_id(tok, "bos"), special_id(tok, "eos")
     if eos is None:
         raise ValueError("the tokenizer has no EOS token: the model could not learn to stop")
     turns = [template.turns(r) for r in records]
@@ -251,8 +248,3 @@ def collate(examples: Sequence[Example], pad_id: int) -> dict:
         att[i, :n] = 1
         lab[i, :n] = torch.tensor(labels_of(e))
     return {"input_ids": ids, "attention_mask": att, "labels": lab}
-
-
-def pad_id_of(tok) -> int:
-    pid = _special(tok, "pad")
-    return pid if pid is not None else _special(tok, "eos")

@@ -37,13 +37,8 @@ import numpy as np
 import torch
 
 from lib.core.readers import read_lines
+from lib.data.corpus import CorpusSource, cached_blocks, check_block_size
 from lib.modeling.losses import clm_labels
-
-
-def _check_block_size(block_size: int) -> None:
-    if int(block_size) < 2:
-        raise ValueError(f"block_size must be >= 2 (a causal LM needs a token and its successor), "
-                         f"got {block_size}")
 
 
 # ----------------------------------------------------------------------------- documents
@@ -91,7 +86,7 @@ def pack(docs: Sequence[Sequence[int]], block_size: int, dtype: torch.dtype = to
     The trailing ``total % block_size`` tokens are dropped (see :func:`packing_report`). ``dtype``
     ``torch.int32`` halves memory for big corpora; batches are ``long`` either way.
     """
-    _check_block_size(block_size)
+    check_block_size(block_size)
     total = sum(len(d) for d in docs)
     flat = np.fromiter(itertools.chain.from_iterable(docs), dtype=np.int64, count=total)
     n = total // block_size
@@ -100,7 +95,7 @@ def pack(docs: Sequence[Sequence[int]], block_size: int, dtype: torch.dtype = to
 
 def packing_report(docs: Sequence[Sequence[int]], block_size: int) -> dict:
     """What :func:`pack` makes of ``docs``: counts of docs, tokens, blocks and dropped tokens."""
-    _check_block_size(block_size)
+    check_block_size(block_size)
     total = sum(len(d) for d in docs)
     return {"docs": len(docs), "tokens": total, "block_size": block_size,
             "blocks": total // block_size, "dropped_tokens": total % block_size}
@@ -122,7 +117,6 @@ def pack_file(tokenizer, path: str | Path, block_size: int, limit: int | None = 
     ``path`` may also be a :class:`lib.data.corpus.CorpusSource` (a corpus parameter parsed by
     :func:`lib.data.corpus.parse_corpus`): JSONL files and Hub splits always go through the cache.
     """
-    from lib.data.corpus import CorpusSource, cached_blocks
     if isinstance(path, CorpusSource):
         if path.kind != "text":
             if cache is False:
@@ -144,7 +138,7 @@ def pad_naive(docs: Sequence[Sequence[int]], block_size: int, pad_id: int = 0) -
 
     Returns ``{"input_ids", "attention_mask"}`` (``[n_docs, block_size]``).
     """
-    _check_block_size(block_size)
+    check_block_size(block_size)
     ids = torch.full((len(docs), block_size), pad_id, dtype=torch.long)
     mask = torch.zeros((len(docs), block_size), dtype=torch.long)
     for i, d in enumerate(docs):
@@ -206,7 +200,7 @@ class MixedStream:
             if not isinstance(b, torch.Tensor) or b.dim() != 2:
                 raise ValueError(f"source {name!r}: expected a 2-D tensor of blocks from pack(), "
                                  f"got {type(b).__name__} {tuple(getattr(b, 'shape', ()))}")
-            _check_block_size(b.shape[1])
+            check_block_size(b.shape[1])
             if b.shape[0] == 0:
                 raise ValueError(f"source {name!r} has no blocks: its text is shorter than one "
                                  f"block of {b.shape[1]} tokens; give more text or a smaller block_size")

@@ -31,6 +31,13 @@ from typing import Any, Callable, Iterable, Iterator, Mapping
 from tqdm.auto import tqdm
 
 from lib.core import paths
+from lib.data.corpus import load_rows
+from lib.data.corpus import DataError, parse_corpus
+from lib.eval.tasks import read_pair
+from lib.core.params import stage_params
+from lib.core.io import write_json, write_text
+from lib.eval.taskshape import lookup
+from lib.world.files import TRAINING_FILES
 
 NGRAM = 8                 # words per compared sequence (Korean: eojeol, a word with its particles)
 MIN_WORDS = 3             # shorter questions are not compared
@@ -79,7 +86,6 @@ class Index:
     """Every n-gram of every evaluated question and context, for a scan of training text."""
 
     def __init__(self, pairs: Mapping[str, Any], ngram: int = NGRAM, min_words: int = MIN_WORDS):
-        from lib.eval.taskshape import lookup
         if ngram < 2:
             raise ValueError(f"contamination ngram must be 2 or more words, got {ngram}")
         self.ngram, self.min_words = ngram, min_words
@@ -185,8 +191,7 @@ def _records(path: Path) -> Iterator[tuple[str, str]]:
 
 
 def _rows(src: Any) -> Iterator[tuple[str, str]]:
-    from lib.data.corpus import _load_rows
-    for i, row in enumerate(_load_rows(src, None)):
+    for i, row in enumerate(load_rows(src, None)):
         yield f"{src.describe()}, row {i}", row["text"] or ""
 
 
@@ -204,7 +209,6 @@ def _texts(inp: Input, field_: str | None) -> Iterator[tuple[str, str]]:
 
 def _add(inputs: dict[tuple[str, str], tuple[Input, str | None]], stage: str, key: str, kind: str,
          spec: str, run: str | Path) -> None:
-    from lib.data.corpus import DataError, parse_corpus
     fld = None
     path: Path | None = None
     why, dataset = None, None
@@ -236,7 +240,6 @@ def stage_inputs(stage_params: Mapping[str, Mapping], run: str | Path) -> list[t
     inputs: dict[tuple[str, str], tuple[Input, str | None]] = {}
     for stage, params in sorted(stage_params.items()):
         if stage == paths.TOY_STAGE:
-            from lib.world.files import TRAINING_FILES
             for rel in TRAINING_FILES:
                 kind = "instructions" if rel.endswith(".jsonl") else "text"
                 _add(inputs, stage, rel, kind, str(paths.stage_dir(run, stage) / rel), run)
@@ -339,8 +342,6 @@ def scan_run(run_dir: str | Path, pairs: Mapping[str, Any], ngram: int = NGRAM, 
 def scan_profile(prof: Any, run: str | Path | None = None, ngram: int = NGRAM, progress: bool = True) -> dict[str, Any]:
     """Before any run: the inputs the profile gives 03-06 (and the toy world's, once built)
     against the pairs of its 07 section."""
-    from lib.eval.tasks import read_pair
-    from lib.core.params import stage_params
     run = str(run or prof.name)
     stages = [s for s in paths.stages() if s in STAGE_INPUTS or (s == paths.TOY_STAGE and
                                                                   prof.common().get("base_model", "toy") == "toy")]
@@ -379,7 +380,6 @@ FILE = "contamination.json"
 
 def write(found: Mapping[str, Any], stage_dir: str | Path) -> None:
     """``contamination.json`` (everything) and ``contamination.md`` (:func:`render`) in 07's folder."""
-    from lib.core.io import write_json, write_text
     write_json(Path(stage_dir) / FILE, found)
     write_text(Path(stage_dir) / "contamination.md", render(found))
 

@@ -36,11 +36,18 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from lib.eval import samples as sample_logs
 from lib.eval import tasks as ET
 from lib.eval import extratasks as XT
-from lib.eval.models import _weights
 from lib.eval.models import (  # noqa: F401  re-exported: 07 and the tests use E.models_for, E.stage_models
     ModelSpec, baseline_models, baseline_name, models_for, stage_models, unique_names)
+from lib.eval.models import weight_files
+from lib.eval.tables import (TABLE_COLUMNS, accuracy_figure, summary_metrics, table_rows,  # noqa: F401  re-exported for 07
+                             write_tables)
+from lib.modeling.model import AUTOCAST_DTYPES, PRECISIONS, auto_dtype
+from lib.eval import rules
+from lib.eval.kvscore import ContextOnceHFLM
+from lib.modeling.model import auto_device, load_model
 from lib.core.io import atomic_dir, read_json, write_json, write_text
 
 
@@ -123,11 +130,9 @@ def scoring_precision(precision: str, device) -> tuple[str, Any]:
     ``bf16`` / ``fp32``: those weights, no autocast. Option log-softmax is fp32 in every case."""
     import torch
 
-    from lib.modeling.model import AUTOCAST_DTYPES, PRECISIONS, auto_dtype
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "auto":
-        from lib.modeling.model import auto_device
         dev = auto_device(device) if isinstance(device, str) else torch.device(device)
         return str(auto_dtype(dev)).replace("torch.", ""), None
     if precision.endswith("-mixed"):
@@ -144,7 +149,7 @@ def precision_note(precision: str, device) -> str:
 def model_fingerprint(m: ModelSpec) -> str:
     """A model's identity for stored results: where it is and its weight files (size, mtime)."""
     d = Path(m.path)
-    files = ([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in _weights(d)]
+    files = ([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(d)]
              if d.is_absolute() and d.is_dir() else [])
     return _digest({"path": m.path, "files": files})
 
@@ -207,13 +212,11 @@ def audit_samples(samples: Sequence[Mapping], rule: str,
     """Each per-sample record plus what 08 needs to audit it without a model: ``n_tokens`` (the
     option's token count as the model scored it), ``rule`` (the pair's default rule) and
     ``chosen``: under each rule the logs allow, the index and text of the option chosen."""
-    from lib.analysis import agreement as ag
-    from lib.eval import rules
     out = []
     for s in samples:
-        args = ag._arguments(s["arguments"], f"doc {s.get('doc_id')}")
-        n = ag.split_mutual_info(args)
-        lls = [ag._loglik(r, f"doc {s.get('doc_id')}") for r in s["filtered_resps"]]
+        args = sample_logs.arguments(s["arguments"], f"doc {s.get('doc_id')}")
+        n = sample_logs.split_mutual_info(args)
+        lls = [sample_logs.loglik(r, f"doc {s.get('doc_id')}") for r in s["filtered_resps"]]
         texts = [c[1:] if c.startswith(" ") else c for _, c in args[:n]]
         counts = [n_tokens(ctx, cont) for ctx, cont in args[:n]] if n_tokens else None
         picked = rules.choose(lls[:n], texts, n_tokens=counts, prior=lls[n:] or None)
@@ -307,9 +310,7 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
     import torch
     from lm_eval.models.huggingface import HFLM
 
-    from lib.eval.kvscore import ContextOnceHFLM
 
-    from lib.modeling.model import auto_device, load_model
     stage_dir = Path(stage_dir)
     final = stage_dir / "results" / m.name
     start = time.perf_counter()
@@ -469,8 +470,3 @@ def evaluate_all(models: Sequence[ModelSpec], pairs: Mapping[str, ET.Pair], stag
         manifest.append(entry)
         write_json(stage_dir / "evals.json", manifest)
     return manifest
-
-
-# the tables and figures of 07 live in lib.eval.tables; kept importable from here for notebooks
-from lib.eval.tables import (TABLE_COLUMNS, accuracy_figure, summary_metrics, table_rows,  # noqa: E402,F401
-                            write_tables)

@@ -18,7 +18,6 @@ errors and timeouts are retried by the ``openai`` client (``max_retries``, ``tim
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -27,36 +26,40 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-# the ``judge:`` section of a profile: key -> default (its type is the type required)
-PARAMS = {"base_url": "http://127.0.0.1:8000/v1", "model": "judge", "api_key_env": "", "timeout": 30.0,
-          "max_retries": 3, "n_boot": 1000}
+from lib.core import params as P
+from lib.core.params import SECTIONS
+from lib.data.instructions import Template, read_records
+from lib.modeling.generate import greedy
+from lib.modeling.model import load_model
+
+# the ``judge:`` section of a profile: key -> default (declared, keys and types checked, in lib.core.params)
+PARAMS = SECTIONS["judge"]
+
+
+def value_problem(key: str, value) -> str | None:
+    """What is wrong with a well-typed value of the ``judge:`` section (None: fine): a timeout
+    that is not positive, a negative count, a base URL that is not http(s)."""
+    if key == "timeout" and value <= 0 or key in ("max_retries", "n_boot") and value < 0:
+        return f"judge.{key} must be {'> 0' if key == 'timeout' else '>= 0'}, got {value!r}"
+    if key == "base_url" and not str(value).startswith(("http://", "https://")):
+        return f"judge.base_url must start with http:// or https://, got {value!r}"
+    return None
 
 
 def section_problems(section: dict, where) -> list[str]:
-    """Problems of a profile's ``judge:`` section, one line each (``where(key)`` says file:line)."""
-    out = []
-    for k, v in section.items():
-        if k not in PARAMS:
-            out.append(f"{where(k)}: unknown key '{k}' in section 'judge' (known: {', '.join(PARAMS)})")
-        elif isinstance(v, bool) or not isinstance(v, (float, int) if isinstance(PARAMS[k], float) else type(PARAMS[k])):
-            out.append(f"{where(k)}: judge.{k} must be {type(PARAMS[k]).__name__} (like {PARAMS[k]!r}), got {v!r}")
-        elif k in ("timeout",) and v <= 0 or k in ("max_retries", "n_boot") and v < 0:
-            out.append(f"{where(k)}: judge.{k} must be {'> 0' if k == 'timeout' else '>= 0'}, got {v!r}")
-        elif k == "base_url" and not str(v).startswith(("http://", "https://")):
-            out.append(f"{where(k)}: judge.base_url must start with http:// or https://, got {v!r}")
-    return out
+    """Every problem of a profile's ``judge:`` section, one line each (``where(key)`` says file:line)."""
+    return P.section_problems("judge", section, where, value_problem)
 
 
 def settings(profile_path: str | None) -> dict:
     """PARAMS overlaid with the ``judge:`` section of a profile (validated)."""
     out = dict(PARAMS)
     if profile_path:
-        from lib.core.params import ParamsError, load_profile
-        prof = load_profile(profile_path)
+        prof = P.load_profile(profile_path)
         sec = prof.sections.get("judge", {})
         problems = section_problems(sec, lambda k: prof.where("judge", k))
         if problems:
-            raise ParamsError.of(problems)
+            raise P.ParamsError.of(problems)
         out.update(sec)
     return out
 
@@ -143,14 +146,12 @@ def read_items(path: str | Path) -> list[dict]:
 
 def answer_items(model_a: str, model_b: str, prompts: str | Path, n: int, max_new_tokens: int = 48) -> list[dict]:
     """The two models' greedy answers to the first ``n`` instruction records of ``prompts``."""
-    from lib.data.instructions import Template, read_records
-    from lib.modeling.model import load_model
-    from lib.train.sft import generate
     recs = [r for r in read_records(prompts) if not r["history"]][:n]
     t = Template()
     answers = []
     for spec in (model_a, model_b):
         model, tok = load_model(spec, "cpu")
-        answers.append(generate(model, tok, t, recs, max_new_tokens))
+        answers.append(greedy(model, tok, [t.generation_prompt(r["instruction"], r["input"]) for r in recs],
+                              max_new_tokens))
     return [{"id": i, "lang": r["lang"], "prompt": t.user_text(r["instruction"], r["input"]), "a": a, "b": b}
             for i, (r, a, b) in enumerate(zip(recs, *answers))]

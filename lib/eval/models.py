@@ -66,7 +66,7 @@ def _is_model_dir(d: Path) -> bool:
     return (d / "config.json").is_file()
 
 
-def _parse_stages(stages: str | Sequence[str]) -> list[str] | None:
+def parse_stages(stages: str | Sequence[str]) -> list[str] | None:
     """None for auto; else the listed names (a list, or a comma-separated string)."""
     items = [s.strip() for s in stages.split(",")] if isinstance(stages, str) else [str(s) for s in stages]
     items = [s for s in items if s]
@@ -84,13 +84,13 @@ def _match_stage(run_dir: Path, item: str) -> str:
     return hits[0]
 
 
-def _weights(d: Path) -> list[Path]:
+def weight_files(d: Path) -> list[Path]:
     return sorted(f for f in d.iterdir() if f.is_file() and f.name.endswith(WEIGHT_SUFFIXES))
 
 
 def same_weights(a: Path, b: Path) -> bool:
     """True when two model folders hold byte-identical weight files (sizes checked first)."""
-    wa, wb = _weights(a), _weights(b)
+    wa, wb = weight_files(a), weight_files(b)
     if not wa or [f.name for f in wa] != [f.name for f in wb] or \
             any(x.stat().st_size != y.stat().st_size for x, y in zip(wa, wb)):
         return False
@@ -117,7 +117,7 @@ def stage_models(run_dir: str | Path, stages: str | Sequence[str] = "auto", incl
     ``sft_model/`` (06 followed by DPO) also gives ``<stage>-sft``, before its final model, so
     the tables of final models show the stage with and without DPO."""
     run_dir = Path(run_dir)
-    wanted = _parse_stages(stages)
+    wanted = parse_stages(stages)
     if wanted is None:
         names = []
         for d in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:

@@ -43,8 +43,10 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from lib.analysis import agreement as ag
+from lib.eval import samples
+from lib.core import stats
 from lib.eval import rules
+from lib.core.plots import save
 
 MODEL_FREE = ("shortest_chars", "longest_chars")   # the same for every model of a task
 SHOWN = ("acc_en", "acc_ko", "agreement", "kappa")
@@ -65,7 +67,7 @@ def length_kappa(en_choices: Sequence[Sequence[str]], ko_choices: Sequence[Seque
                          f"{len(ko_choices)} Korean option lists")
     en = [rules.null_choices(c) for c in en_choices]
     ko = [rules.null_choices(c) for c in ko_choices]
-    lows = [ag.paired_metrics([ag.Item(i, 0, e[c], k[c]) for i, (e, k) in enumerate(zip(en, ko))],
+    lows = [stats.paired_metrics([stats.Item(i, 0, e[c], k[c]) for i, (e, k) in enumerate(zip(en, ko))],
                               n_boot=n_boot, seed=seed)["kappa_ci"][0] for c in MODEL_FREE]
     finite = [k for k in lows if math.isfinite(k)]
     return max(finite) if finite else math.nan
@@ -85,7 +87,7 @@ def control_metrics(items: Sequence[Mapping], control: str, n_boot: int = 1000, 
     col = rules.NULL_KEY[control]
     if not items or f"{col}_en" not in items[0]:
         return None
-    return ag.paired_metrics([ag.Item(it["id"], it["gold"], it[f"{col}_en"], it[f"{col}_ko"]) for it in items],
+    return stats.paired_metrics([stats.Item(it["id"], it["gold"], it[f"{col}_en"], it[f"{col}_ko"]) for it in items],
                              n_boot=n_boot, seed=seed)
 
 
@@ -101,11 +103,11 @@ def score_vectors(entry: Mapping, task: str) -> dict[Hashable, dict[str, dict[st
                 continue
             rec, where = json.loads(line), f"{path}:{n}"
             doc = rec.get("doc") or {}
-            key = ag.belebele_key if "id" not in doc and {"link", "question_number"} <= set(doc) else None
-            item_id, _ = ag.parse_lm_eval_sample(rec, key=key, check=False, where=where)
-            args = ag._arguments(rec["arguments"], where)
-            k = ag.split_mutual_info(args)
-            lls = np.array([ag._loglik(r, where) for r in rec["filtered_resps"]], dtype=float)
+            key = samples.belebele_key if "id" not in doc and {"link", "question_number"} <= set(doc) else None
+            item_id, _ = samples.parse_lm_eval_sample(rec, key=key, check=False, where=where)
+            args = samples.arguments(rec["arguments"], where)
+            k = samples.split_mutual_info(args)
+            lls = np.array([samples.loglik(r, where) for r in rec["filtered_resps"]], dtype=float)
             texts = [c[1:] if c.startswith(" ") else c for _, c in args[:k]]
             nt = rec.get("n_tokens")
             out.setdefault(item_id, {})[lang] = {
@@ -172,10 +174,10 @@ def beyond_null(vectors: Mapping[Hashable, Mapping], rule: str, n_boot: int = 10
         with np.errstate(divide="ignore", invalid="ignore"):
             return p_o - p_n, np.where(p_n < 1 - 1e-12, (p_o - p_n) / (1 - p_n), np.nan)
     excess, kappa = stat(np.arange(len(ids)))
-    boot = stat(ag.resamples(len(ids), n_boot, seed)) if n_boot > 0 else (np.full(0, np.nan),) * 2
+    boot = stat(stats.resamples(len(ids), n_boot, seed)) if n_boot > 0 else (np.full(0, np.nan),) * 2
     return {"n": len(ids), "n_beyond": int(beyond.sum()), "null_agreement": float(null_same.mean()),
-            "agreement": float(excess), "agreement_ci": ag.percentile_interval(boot[0], level),
-            "kappa": float(kappa), "kappa_ci": ag.percentile_interval(boot[1], level)}
+            "agreement": float(excess), "agreement_ci": stats.percentile_interval(boot[0], level),
+            "kappa": float(kappa), "kappa_ci": stats.percentile_interval(boot[1], level)}
 
 
 def load_vectors(manifest: Sequence[Mapping]) -> dict[tuple[str, str, str], dict]:
@@ -350,7 +352,6 @@ def bands_figure(table: Sequence[Mapping], controls: Sequence[Mapping], path: st
     controls (grey: the span of their 95% intervals), as the toy's deranged control is drawn."""
     import matplotlib.pyplot as plt
 
-    from lib.core.plots import save
     fin = _final(table)
     tasks = list(dict.fromkeys(r["task"] for r in fin))
     several = len({r["run"] for r in fin}) > 1

@@ -7,8 +7,10 @@ import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from lib.core.markdown import to_markdown
 from lib.eval import tasks as ET
 from lib.core.io import write_text
+from lib.core import plots
 
 TABLE_COLUMNS = ("model", "stage", "step", "pair", "acc_en", "acc_ko", "acc_norm_en", "acc_norm_ko", "n")
 
@@ -30,7 +32,6 @@ def table_rows(manifest: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
 
 def write_tables(rows: Sequence[Mapping[str, Any]], stage_dir: str | Path) -> tuple[Path, Path]:
     """``results.csv`` (full precision) and ``results.md`` (3 decimals) in ``stage_dir``."""
-    from lib.analysis.agreement import to_markdown
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=TABLE_COLUMNS, lineterminator="\n")
     w.writeheader()
@@ -43,7 +44,6 @@ def write_tables(rows: Sequence[Mapping[str, Any]], stage_dir: str | Path) -> tu
 def accuracy_figure(rows: Sequence[Mapping[str, Any]], pair: str, chance: float | None = None,
                     path: str | Path | None = None, metric: str = "acc"):
     """Grouped bars: English vs Korean accuracy per model for one pair (dashed line: chance)."""
-    from lib.core import plots
     rows = [r for r in rows if r["pair"] == pair]
     fig = plots.grouped_bars([r["model"] for r in rows],
                              {"English": [r[f"{metric}_en"] for r in rows],

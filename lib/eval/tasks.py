@@ -58,6 +58,7 @@ import yaml
 from lib.core import paths
 from lib.core.io import atomic_dir
 from lib.eval.taskshape import PRESET_FORMATS, Format, PairError, format_of  # noqa: F401  (PairError: ours too)
+from lib.eval import nullcontrols, rules
 
 LANGS = ("en", "ko")
 HUB_PREFIX = "hub:"
@@ -228,7 +229,6 @@ def check_spec(name: str, spec: Any) -> None:
               f"formats: {', '.join(PRESET_FORMATS)} or a mapping)")
     format_of(spec["format"], f"tasks['{name}']['format']")
     if "rule" in spec:
-        from lib.eval import rules
         try:
             rules.check_rule(spec["rule"], allow_auto=False)
         except ValueError as e:
@@ -287,7 +287,6 @@ def read_pair(name: str, spec: Mapping, run: str | Path | None = None) -> Pair:
     positions = {lang: [by_id[lang][k] for k in order] for lang in LANGS}
     records = {lang: [{**rows[lang][p][1], "id": k} for k, p in zip(order, positions[lang])]
                for lang in LANGS}
-    from lib.eval import nullcontrols, rules
     pair = Pair(name, fmt.name, sources, records, positions, shape=fmt)
     pair.null_kappa = nullcontrols.pair_length_kappa(pair)
     pair.rule = spec.get("rule") or rules.default_rule(pair.fixed_labels(), pair.null_kappa)

@@ -29,6 +29,7 @@ from typing import Any, Iterable, Sequence
 import yaml
 
 from lib.core.io import write_text
+from lib.world.files import INSTRUCTIONS_FILE, TRAINING_FILES
 
 PREFIX = "toy:"
 # toy task -> (00's file it reads, language)
@@ -108,7 +109,6 @@ def task_config(name: str, lang: str, data: Path, source: str) -> dict[str, Any]
 
 
 def _training_lines(toy_dir: Path) -> list[str]:
-    from lib.world.files import INSTRUCTIONS_FILE, TRAINING_FILES
     out: list[str] = []
     for rel in TRAINING_FILES:
         f = toy_dir / rel

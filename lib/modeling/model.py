@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
+from lib.core.io import atomic_dir
 
 INIT_METHODS = ("subword_mean", "mean", "random")
 
@@ -40,7 +41,7 @@ def cuda_missing_message(asked: str = "cuda") -> str:
             f"(pip install torch=={torch.__version__.split('+')[0]} --index-url {OLDER_DRIVER_INDEX})"
             if build else f"this torch {torch.__version__} is a CPU-only build: install a CUDA build "
             f"(see the README's GPU section; {OLDER_DRIVER_INDEX} for drivers older than R580)")
-    return f"device {asked!r} asks for a CUDA GPU but torch sees none: {what}"
+    return f"device {asked!r} asks for a CUDA GPU, but torch sees no GPU: {what}"
 
 
 def cuda_capability(device: torch.device | None = None) -> tuple[int, int]:
@@ -256,7 +257,6 @@ def save_model(model, tok, out_dir: str | Path, sp_model: str | Path | None = No
     """``save_pretrained`` model + tokenizer atomically, plus the SentencePiece ``tokenizer.model``
     when given (transformers 5 does not write it, and the next vocab merge needs it)."""
     import shutil
-    from lib.core.io import atomic_dir
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)
@@ -279,6 +279,17 @@ def pad_batch(seqs: list[list[int]], pad_id: int = 0) -> dict:
         ids[j, :len(s)] = torch.tensor(s, dtype=torch.long)
         mask[j, :len(s)] = 1
     return {"input_ids": ids, "attention_mask": mask}
+
+
+def special_id(tok, name: str) -> int | None:
+    """The id of a tokenizer's ``bos`` / ``eos`` / ``pad`` token, None when it has none."""
+    return getattr(tok, f"{name}_token_id", None)
+
+
+def pad_id_of(tok) -> int:
+    """The id to pad with: the tokenizer's pad token, else its EOS (Llama tokenizers have no pad)."""
+    pid = special_id(tok, "pad")
+    return pid if pid is not None else special_id(tok, "eos")
 
 
 @torch.no_grad()

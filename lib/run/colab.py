@@ -34,6 +34,8 @@ import nbformat
 
 from lib.core import paths
 from lib.core.io import write_text
+from lib.core.params import load_profile
+from lib.core.params import notebook_params
 
 REPO = "kollama/kollama"     # GitHub <org>/<repo> the badge and the clone use: the one place to change
 BRANCH = "main"              # branch the badge opens and the install cell clones
@@ -117,7 +119,6 @@ def parameters_note(stage: str, schema: dict) -> str:
     toy = paths.PARAMS / TOY_PROFILE
     if not toy.exists():
         return f"{NOTE_PREFIX} the defaults are the toy world (fits a free runtime)."
-    from lib.core.params import load_profile
     prof = load_profile(toy)
     diff = {k: v for k, v in {**prof.common(), **prof.sections.get(stage, {})}.items()
             if k in schema and k != "run" and v != schema[k].default}
@@ -150,7 +151,6 @@ def _strip(cell: nbformat.NotebookNode, index: int) -> nbformat.NotebookNode:
 def colab_notebook(src: Path, earlier: list[str] | None = None,
                    deps: list[str] | None = None) -> nbformat.NotebookNode:
     """The Colab version of one source notebook (``earlier``: the stages before it)."""
-    from lib.core.params import notebook_params
     stage = src.stem
     nb = nbformat.read(str(src), as_version=4)
     cells = [_strip(c, i) for i, c in enumerate(nb.cells)]

@@ -19,6 +19,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+from lib.core.io import write_text
 
 ERRNO_WORDS = {
     errno.ENOSPC: "no space left on the disk{where}: free space (or point KOLLAMA_OUTPUTS at a larger "
@@ -96,7 +97,6 @@ class AtomicNotebookWriter:
 
     @staticmethod
     def write(buf: str, path: str) -> None:
-        from lib.core.io import write_text
         write_text(path, buf)
 
 

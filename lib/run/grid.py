@@ -39,7 +39,11 @@ import yaml
 
 from lib.core import paths
 from lib.core.io import read_json, write_json, write_text
-from lib.core.params import ParamsError, config_hash, load_profile, stage_params
+from lib.core.params import ParamsError, load_profile, stage_params
+from lib.core.hashing import config_hash
+from lib.run.stages import select_stages
+from lib.run.pipeline import run_pipeline
+from lib.core.plots import save
 
 CELL = "knowledge"
 
@@ -105,7 +109,6 @@ def condition_file(grid: Grid, name: str) -> Path:
 
 def chain_ids(profile_file: Path, run: str) -> dict[str, str]:
     """Per stage the condition runs, a hash of its own and every earlier stage's parameters."""
-    from lib.run.pipeline import select_stages
     prof = load_profile(profile_file)
     out, chain = {}, []
     for stage in select_stages(prof):
@@ -133,7 +136,7 @@ def plan(grid: Grid, names: list[str] | None = None) -> dict[str, dict]:
     return plans
 
 
-def _finished(stage_dir: Path, params_hash: str) -> bool:
+def finished_conditions(stage_dir: Path, params_hash: str) -> bool:
     done = stage_dir / "DONE"
     return done.exists() and read_json(done).get("config_hash") == params_hash
 
@@ -146,7 +149,7 @@ def link_shared(grid: Grid, plans: dict, name: str) -> list[str]:
         if owner == name:
             break
         src = paths.stage_dir(plans[owner]["run"], stage)
-        if not _finished(src, config_hash(stage_params(prof, stage, p["run"]))):
+        if not finished_conditions(src, config_hash(stage_params(prof, stage, p["run"]))):
             break                                   # the owner has not run it yet: run it here
         dst = paths.stage_dir(p["run"], stage)
         if dst.is_symlink() and dst.resolve() == src.resolve():
@@ -163,13 +166,12 @@ def link_shared(grid: Grid, plans: dict, name: str) -> list[str]:
 def condition_done(plans: dict, name: str) -> bool:
     p = plans[name]
     prof = load_profile(p["file"])
-    return all(_finished(paths.stage_dir(p["run"], s), config_hash(stage_params(prof, s, p["run"])))
+    return all(finished_conditions(paths.stage_dir(p["run"], s), config_hash(stage_params(prof, s, p["run"])))
                for s in p["ids"])
 
 
 def run_grid(grid_file: str | Path, only: str | None = None, progress: bool = True) -> dict:
     """Run every (or the ``only``) condition, sharing stages; then write grid.md/json + figure."""
-    from lib.run.pipeline import run_pipeline
     grid = load_grid(grid_file)
     names = [n.strip() for n in only.split(",")] if only else list(grid.conditions)
     plans = plan(grid, names)
@@ -262,7 +264,6 @@ def figure(table: list[dict], path: Path | None = None):
     stage), 95% intervals; the oracle and deranged controls as reference bands."""
     import matplotlib.pyplot as plt
     import seaborn as sns
-    from lib.core.plots import save
     rows = stage_rows(table)
     conds = list(dict.fromkeys(r["condition"] for r in rows))
     stages = sorted({r["model"] for r in rows})

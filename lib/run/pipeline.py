@@ -40,9 +40,13 @@ from tqdm.auto import tqdm
 from lib.run import failures
 from lib.core import paths
 from lib.run.check import check_profile
+from lib.run.stages import select_stages
 from lib.core.io import read_json
-from lib.core.params import ParamsError, Profile, config_hash, load_profile, stage_params, validate_profile
+from lib.core.params import ParamsError, Profile, load_profile, stage_params, validate_profile
+from lib.core.hashing import config_hash
 from lib.core.runfolder import BadRunName, RunLocked, run_folder, run_lock
+from lib.run.plan import check_fits, device_gib
+from lib.run import report
 
 
 class StageFailed(RuntimeError):
@@ -84,34 +88,6 @@ def incremental_change(stage: str, done: Path, params: dict) -> str | None:
         return (f"the spec of its tasks {', '.join(edited)} changed (set rescore_changed: true to "
                 "re-score only those)")
     return None
-
-
-def select_stages(prof: Profile, start: str | None = None, only: str | None = None) -> list[str]:
-    """The stages to consider, in order. 00_toy_world runs only when ``base_model: toy``; stages
-    in ``pipeline: {skip: [...]}`` never run. An empty ``only``/``start``, or one that selects
-    nothing, is an error (never "run everything" or "run nothing" silently)."""
-    stages = [s for s in paths.stages() if s[:2] not in prof.skipped()]
-    if prof.common().get("base_model", "toy") != "toy":
-        stages = [s for s in stages if s != paths.TOY_STAGE]
-    if only is not None:
-        wanted = [w.strip() for w in only.split(",") if w.strip()]
-        if not wanted:
-            raise ParamsError(f"--only {only!r} names no stage; give stages such as --only 07,08 "
-                              f"(stages: {', '.join(stages)})")
-        unknown = [w for w in wanted if not any(s[:2] == w.zfill(2) or s == w for s in stages)]
-        if unknown:
-            raise ParamsError(f"--only {only}: no stage {', '.join(unknown)} (stages: {', '.join(stages)})")
-        stages = [s for s in stages if any(s[:2] == w.zfill(2) or s == w for w in wanted)]
-    if start is not None:
-        first = start.strip().zfill(2)[:2]
-        known = any(s[:2] == first or s == start.strip() for s in paths.stages())
-        if not start.strip() or not first.isdigit() or not known:
-            raise ParamsError(f"--from {start!r} is not a stage; give one such as --from 03 "
-                              f"(stages: {', '.join(stages)})")
-        stages = [s for s in stages if s[:2] >= first]
-        if not stages:
-            raise ParamsError(f"--from {start} selects no stage of this profile; nothing to run")
-    return stages
 
 
 def plan_run(prof: Profile, run: str | Path, stages: list[str], force: bool = False) -> list[Plan]:
@@ -230,12 +206,10 @@ def run_pipeline(params_file: str | Path, run: str | None = None, start: str | N
     with run_lock(rd, f"python -m lib.pipeline run {prof.path.name} --run {run}"):
         link_shared_stages(prof, run)
         plans = plan_run(prof, run, stages, force)
-        from lib.run.plan import check_fits, device_gib
         gpu = gpu_memory or device_gib()   # on a GPU machine, refuse a stage that cannot fit
         if gpu:
             check_fits(prof, [p.stage for p in plans if p.action == "run"], run, gpu)
         shutil.copy(prof.path, rd / f"params_{prof.path.name}")
-        from lib.run.report import write_report
         bar = tqdm(plans, desc=f"run {rd.name}", unit="stage", disable=not progress, position=0)
         failed = False
         try:
@@ -252,7 +226,7 @@ def run_pipeline(params_file: str | Path, run: str | None = None, start: str | N
             raise
         finally:            # the report is written after a failure too, showing what finished
             try:
-                tqdm.write(f"  report: {write_report(rd)} (+ report.html)")
+                tqdm.write(f"  report: {report.write_report(rd)} (+ report.html)")
             except Exception as e:      # never let the report hide the stage's own error
                 if not failed:
                     raise

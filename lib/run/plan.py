@@ -36,6 +36,9 @@ from pathlib import Path
 
 from lib.core import paths
 from lib.core.params import ParamsError, Profile, stage_params
+from lib.core.params import load_profile, validate_profile
+from lib.run.stages import select_stages
+from lib.eval.extratasks import planned_requests
 
 GiB = 1024 ** 3
 
@@ -358,7 +361,6 @@ def plan_profile(prof: Profile, stages: list[str], run: str, cuda: bool = True) 
         elif stage.startswith("07"):
             n_models = len(p["baselines"]) + _models_of_run(prof, stages, run)
             req = _eval_requests(p, lambda s: paths.resolve_path(s, rd))
-            from lib.eval.extratasks import planned_requests
             extra, extra_notes = planned_requests(p.get("extra_tasks", {}), p.get("limit", 0),
                                                   lambda s: paths.resolve_path(s, rd))
             n_extra = len(p["baselines"]) + _models_of_run(prof, stages, run, p.get("extra_checkpoints", True))
@@ -454,8 +456,6 @@ def device_gib() -> float | None:
 
 def print_plan(params_file: str, gpu_gib: float = 48.0, tflops: float = A6000_BF16_TFLOPS, mfu: float = 0.35,
                run: str | None = None) -> str:
-    from lib.core.params import load_profile, validate_profile
-    from lib.run.pipeline import select_stages
     prof = load_profile(params_file)
     stages = select_stages(prof)
     validate_profile(prof, stages)

@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from lib.core import paths
+from lib.core.io import atomic_dir
 
 LLAMA = dict(hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=4, max_position_embeddings=4096, rms_norm_eps=1e-5,
@@ -73,7 +74,6 @@ def build_neox(dest: Path, shared: Path, seed: int = 0) -> Path:
 
 def build_assets(dest: str | Path, shared: str | Path = paths.SHARED_DATA, overwrite: bool = False) -> Path:
     """``dest/llama`` and ``dest/neox`` (each written to a temp folder and renamed)."""
-    from lib.core.io import atomic_dir
     dest, shared = Path(dest), Path(shared)
     for name, build in (("llama", build_llama), ("neox", build_neox)):
         if (dest / name / "config.json").exists() and not overwrite:

@@ -30,6 +30,9 @@ from lib.modeling.losses import info_nce
 from lib.modeling.model import fp32_region
 
 from lib.data.wordpairs import Locator
+from lib.core.readers import read_parallel
+from lib.train.pairs import PairBatches, encode_texts, rows_of, stack_batches
+from lib.modeling.represent import hidden_states_of, pooled_vectors
 
 OBJECTIVES = ("sentence", "word", "both")
 LAYER_MODES = ("representation", "all")
@@ -259,7 +262,6 @@ class ClmWithAlignment(torch.nn.Module):
         self.lm, self.layer, self.temperature = lm, layer, temperature
 
     def forward(self, clm: dict, pairs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        from lib.modeling.represent import hidden_states_of, pooled_vectors
         out = self.lm(input_ids=clm["input_ids"], attention_mask=clm["attention_mask"], labels=clm["labels"],
                       use_cache=False)
         hs = hidden_states_of(self.lm, pairs)
@@ -270,17 +272,15 @@ class ClmWithAlignment(torch.nn.Module):
 
 def pretrain_with_alignment(cfg: Any, model, tok, stream):
     """(modules, batch_at, loss_fn, info) for 05 when ``align_weight > 0``."""
-    from lib.core.readers import read_parallel
-    from lib.train.contrastive import PairBatches, _encode, _rows, _stack
     ko, en = read_parallel(cfg.path(cfg.align_pairs_ko), cfg.path(cfg.align_pairs_en))
-    enc = {"ko": _encode(tok, ko, cfg.align_max_len), "en": _encode(tok, en, cfg.align_max_len)}
+    enc = {"ko": encode_texts(tok, ko, cfg.align_max_len), "en": encode_texts(tok, en, cfg.align_max_len)}
     pairs = PairBatches(len(ko), cfg.align_batch_size, cfg.grad_accum, cfg.seed)
     module = ClmWithAlignment(model, cfg.align_layer, cfg.align_temperature)
 
     def batch_at(step: int, micro: int, rank: int, world: int) -> dict:
         idx = pairs.indices(step, micro, rank, world)
         return {"clm": stream.batch(step, micro, rank, world),
-                "pairs": _stack([_rows(enc["ko"], idx), _rows(enc["en"], idx)])}
+                "pairs": stack_batches([rows_of(enc["ko"], idx), rows_of(enc["en"], idx)])}
 
     def loss_fn(mods, batch):
         clm, nce = mods[0](batch["clm"], batch["pairs"])

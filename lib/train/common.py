@@ -13,6 +13,8 @@ import torch
 
 from lib.modeling.model import auto_device, compute_context, precision_record, precision_settings
 from lib.train.loop import TrainSpec
+from lib.modeling.model import load_model
+from lib.core.io import atomic_dir
 
 SPEC_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "grad_accum",
              "max_grad_norm", "save_every", "eval_every", "keep_checkpoints", "report_to", "seed", "device")
@@ -43,7 +45,6 @@ def precision_of(cfg: Any) -> dict:
 def load_measured(cfg: Any, folder: str | Path):
     """(model, tokenizer) of a saved ``folder`` in this stage's training weight dtype, in eval mode,
     to measure it as the stage measured the model it trained (under :func:`measured`)."""
-    from lib.modeling.model import load_model
     dev = auto_device(cfg.get("device", "auto"))
     weights, _ = precision_settings(cfg.get("precision", "auto"), dev)
     return load_model(str(folder), str(dev), dtype=str(weights).replace("torch.", ""))
@@ -80,7 +81,6 @@ def final_model(cfg: Any, result: dict) -> Path:
     ``accelerate launch`` only the main process copies and every process waits for it: two ranks
     renaming the same folder race (ENOTEMPTY / FileNotFoundError)."""
     from accelerate import PartialState
-    from lib.core.io import atomic_dir
     state = PartialState()
     if state.is_main_process:
         last = Path(result["checkpoints"][-1]) / "model"

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from lib.data.corpus import parse_corpus
 from lib.core.readers import DataError, read_parallel
 from lib.modeling.losses import clm_loss, info_nce
 from lib.core.io import write_json
@@ -39,96 +40,23 @@ from lib.modeling.represent import (POOLING_MODES, LayerWeights, alignment_repor
 from lib.modeling.model import AUTOCAST_DTYPES, precision_settings
 from lib.train.common import final_model, load_start, precision_of, saver, train_spec, trainable_summary
 from lib.train.loop import train
+from lib.train.pairs import PairBatches, encode_texts, pair_lengths, rows_of, stack_batches
+from lib.train.align_terms import check_knobs
+from lib.train import align_terms as AT
+from lib.core.plots import line_curve
+from lib.core.plots import save
+from lib.core.plots import grouped_bars
+from lib.data.wordpairs import read_pairs
+from lib.train.head import base_vocab_size
+from lib.data.packing import MixedStream, pack_file
+from lib.data.wordpairs import Locator
+from lib.data.packing import stream_stats
+from lib.train.align_terms import word_vectors
+from lib.train.align_terms import head_alignment_loss
+from lib.train.align_terms import batch_spans
 
 STAGE = "03_stage1_contrastive"
 ENGLISH_ENCODERS = ("shared", "frozen")
-
-
-# ----------------------------------------------------------------------------- data
-
-class PairBatches:
-    """Pair indices of every micro-batch, a pure function of the step (exact resume, no loader state).
-
-    Global micro-batch ``g = step * grad_accum + micro`` is slice ``g % per_epoch`` of epoch
-    ``g // per_epoch``'s seeded permutation. The last ``n % batch_size`` pairs of each permutation
-    are dropped (others next epoch), so a batch never holds a pair twice: a duplicate would be its
-    own negative. More steps than one epoch simply cycle the pairs.
-
-    ``group_by_length=k`` (with ``lengths``, one per pair) cuts padding: each run of ``k`` batches
-    of the permutation is sorted by length before it is cut into batches, and the batches are then
-    shuffled (seeded). Every pair still comes once per epoch; a pair's negatives are then pairs of
-    similar length. ``0`` keeps the plain permutation.
-    """
-
-    def __init__(self, n_pairs: int, batch_size: int, grad_accum: int = 1, seed: int = 0,
-                 group_by_length: int = 0, lengths=None):
-        if group_by_length < 0:
-            raise ValueError(f"group_by_length must be >= 0 (0: off), got {group_by_length}")
-        if group_by_length and (lengths is None or len(lengths) != n_pairs):
-            raise ValueError("group_by_length needs one length per pair")
-        if batch_size < 2:
-            raise ValueError(f"batch_size must be >= 2: InfoNCE needs in-batch negatives, got {batch_size}")
-        if n_pairs < batch_size:
-            raise ValueError(f"batch_size {batch_size} is larger than the {n_pairs} training pairs; "
-                             "lower batch_size or give more pairs (max_pairs 0 reads all)")
-        self.n, self.batch_size, self.grad_accum, self.seed = n_pairs, batch_size, grad_accum, seed
-        self.per_epoch = n_pairs // batch_size
-        self.group, self.lengths = group_by_length, None if lengths is None else np.asarray(lengths)
-        self._perm: tuple[int, np.ndarray] | None = None
-
-    def permutation(self, epoch: int) -> np.ndarray:
-        if self._perm is None or self._perm[0] != epoch:
-            rng = np.random.default_rng([self.seed, 3, epoch])
-            perm = rng.permutation(self.n)
-            if self.group:
-                perm = self._grouped(perm, rng)
-            self._perm = (epoch, perm)
-        return self._perm[1]
-
-    def _grouped(self, perm: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        used, tail = perm[:self.per_epoch * self.batch_size], perm[self.per_epoch * self.batch_size:]
-        pool = self.group * self.batch_size
-        chunks = [used[i:i + pool] for i in range(0, len(used), pool)]
-        ordered = np.concatenate([c[np.argsort(self.lengths[c], kind="stable")] for c in chunks])
-        batches = ordered.reshape(self.per_epoch, self.batch_size)[rng.permutation(self.per_epoch)]
-        return np.concatenate([batches.reshape(-1), tail])
-
-    def indices(self, step: int, micro: int = 0, rank: int = 0, world: int = 1) -> np.ndarray:
-        if self.batch_size % world:
-            raise ValueError(f"batch_size {self.batch_size} does not split over {world} processes")
-        g = step * self.grad_accum + micro
-        k = g % self.per_epoch
-        rows = self.permutation(g // self.per_epoch)[k * self.batch_size:(k + 1) * self.batch_size]
-        return rows[rank::world]
-
-    def epochs(self, steps: int) -> float:
-        return steps * self.grad_accum * self.batch_size / self.n
-
-
-def _encode(tok, texts: list[str], max_len: int) -> dict[str, torch.Tensor]:
-    """All texts tokenized once (int32 ids, int8 mask: a million pairs stay well under 1 GB)."""
-    enc = encode_batch(tok, texts, max_len)
-    return {"input_ids": enc["input_ids"].int(), "attention_mask": enc["attention_mask"].to(torch.int8)}
-
-
-def _pair_lengths(enc: dict[str, dict[str, torch.Tensor]]) -> np.ndarray:
-    """Per pair, the longer of its two sentences in tokens: the width it adds to a batch."""
-    return torch.maximum(enc["ko"]["attention_mask"].sum(1), enc["en"]["attention_mask"].sum(1)).numpy()
-
-
-def _rows(enc: dict[str, torch.Tensor], idx) -> dict[str, torch.Tensor]:
-    """Rows ``idx`` of an :func:`_encode` set as long tensors, cut to the longest row of the batch."""
-    idx = torch.as_tensor(np.asarray(idx), dtype=torch.long)
-    mask = enc["attention_mask"].index_select(0, idx).long()
-    width = int(mask.sum(dim=1).max())
-    return {"input_ids": enc["input_ids"].index_select(0, idx)[:, :width].long(), "attention_mask": mask[:, :width]}
-
-
-def _stack(parts: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    """Row-concatenate right-padded batches of different widths (Korean and English in one pass)."""
-    width = max(p["input_ids"].shape[1] for p in parts)
-    return {k: torch.cat([torch.nn.functional.pad(p[k], (0, width - p[k].shape[1])) for p in parts])
-            for k in parts[0]}
 
 
 # ----------------------------------------------------------------------------- model
@@ -180,10 +108,8 @@ class Encoder(torch.nn.Module):
         if self.layers:
             extra["layer_vecs"] = [pooled_vectors(hs, mask, layer=i, pooling=self.pooling) for i in layers]
         if words is not None and len(words):
-            from lib.train.align_terms import word_vectors
             extra["words"] = [word_vectors(hs[i], words, mask.shape[0] // 2) for i in layers]
         if self.head_ids is not None:
-            from lib.train.align_terms import head_alignment_loss
             extra["head"] = head_alignment_loss(self.lm.get_output_embeddings().weight, *self.head_ids)
         if clm is None:
             return vecs, None, extra
@@ -268,7 +194,7 @@ class Stage1:
         return {"layer_weights": lw} if lw is not None else dict(self.encoder.choice)
 
 
-def _check(cfg: Any) -> None:
+def check_config(cfg: Any) -> None:
     if cfg.pooling not in POOLING_MODES:
         raise ValueError(f"pooling must be one of {POOLING_MODES}, got {cfg.pooling!r}")
     if cfg.english_encoder not in ENGLISH_ENCODERS:
@@ -280,13 +206,12 @@ def _check(cfg: Any) -> None:
         raise ValueError("eval_pairs must be 0 (all) or >= 2: non-pair cosine needs two pairs")
     if cfg.group_by_length < 0:
         raise ValueError(f"group_by_length must be >= 0 (0: off), got {cfg.group_by_length}")
-    from lib.train.align_terms import check_knobs
     check_knobs(cfg)
 
 
 def build(cfg: Any) -> Stage1:
     """Load the starting model, freeze the head, read and encode the pairs (and the CLM blocks)."""
-    _check(cfg)
+    check_config(cfg)
     ko, en = read_parallel(cfg.path(cfg.pairs_ko), cfg.path(cfg.pairs_en), limit=cfg.max_pairs or None)
     held_ko, held_en = read_parallel(cfg.path(cfg.heldout_ko), cfg.path(cfg.heldout_en),
                                      limit=cfg.eval_pairs or None)
@@ -298,7 +223,6 @@ def build(cfg: Any) -> Stage1:
         model.config.use_cache = False
     n_states = model.config.num_hidden_layers + 1
     choice, rng = layer_choice(cfg, n_states)
-    from lib.train import align_terms as AT
     layers = AT.layer_list(cfg.get("layers", "representation"), n_states)
     top = max([rng[1] if rng else choice["layer"]] + (layers or []))
     lw = ScaledLayerWeights(*rng, scale=cfg.layer_weights_lr / cfg.lr) if rng else None
@@ -317,11 +241,9 @@ def build(cfg: Any) -> Stage1:
     objective = cfg.get("objective", "sentence")
     word_pairs = None
     if objective != "sentence" or cfg.get("align_head"):
-        from lib.data.wordpairs import read_pairs
         word_pairs = read_pairs(cfg.path(cfg.word_pairs))
     head_ids = None
     if cfg.get("align_head"):
-        from lib.train.head import base_vocab_size
         try:
             n_base = base_vocab_size(cfg)
         except FileNotFoundError:
@@ -334,15 +256,13 @@ def build(cfg: Any) -> Stage1:
     info["objective"], info["layers"] = objective, layers or "representation"
     clm = None
     if cfg.clm_weight > 0:
-        from lib.data.packing import MixedStream, pack_file
-        blocks, report = pack_file(tok, cfg.corpus(cfg.clm_text), cfg.clm_block)
+        blocks, report = pack_file(tok, parse_corpus(cfg.clm_text, cfg.run_dir), cfg.clm_block)
         clm = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum,
                           seed=cfg.seed, bos_token_id=tok.bos_token_id)
         info["clm_text"] = report
-    enc = {"ko": _encode(tok, ko, cfg.max_len), "en": _encode(tok, en, cfg.max_len)}
+    enc = {"ko": encode_texts(tok, ko, cfg.max_len), "en": encode_texts(tok, en, cfg.max_len)}
     words = None
     if objective != "sentence":
-        from lib.data.wordpairs import Locator
         words = AT.word_spans(tok, ko, en, cfg.max_len, Locator(word_pairs))
         info["word_spans"] = AT.span_stats(words)
         if not info["word_spans"]["word_occurrences"]:
@@ -355,7 +275,7 @@ def build(cfg: Any) -> Stage1:
         # a frozen English side must stay put: fixed (uniform) layers, never the learned weights
         english_choice=(choice if not rng else {"layer_range": rng}) if frozen is not None else {},
         pairs=PairBatches(len(ko), cfg.batch_size, cfg.grad_accum, cfg.seed, cfg.group_by_length,
-                          lengths=_pair_lengths(enc)),
+                          lengths=pair_lengths(enc)),
         train_enc=enc,
         heldout=(held_ko, held_en), clm=clm, info=info, words=words)
 
@@ -363,9 +283,8 @@ def build(cfg: Any) -> Stage1:
 def batch_fn(s: Stage1):
     def batch_at(step: int, micro: int, rank: int, world: int) -> dict:
         idx = s.pairs.indices(step, micro, rank, world)
-        batch = {"ko": _rows(s.train_enc["ko"], idx), "en": _rows(s.train_enc["en"], idx)}
+        batch = {"ko": rows_of(s.train_enc["ko"], idx), "en": rows_of(s.train_enc["en"], idx)}
         if s.words is not None:
-            from lib.train.align_terms import batch_spans
             batch["words"] = batch_spans(s.words, idx)
         if s.clm is not None:
             b = s.clm.batch(step, micro, rank, world)
@@ -375,14 +294,13 @@ def batch_fn(s: Stage1):
 
 
 def loss_fn(s: Stage1):
-    from lib.train import align_terms as AT
     cfg, frozen = s.cfg, s.english if s.english is not s.model else None
 
     def compute(modules, batch):
         enc = modules[0]                                  # the prepared (maybe DDP-wrapped) Encoder
         dev = next(enc.parameters()).device
         to = lambda b: {k: v.to(dev) for k, v in b.items()}  # noqa: E731
-        pairs = batch["ko"] if frozen is not None else _stack([batch["ko"], batch["en"]])
+        pairs = batch["ko"] if frozen is not None else stack_batches([batch["ko"], batch["en"]])
         words = batch["words"].to(dev) if "words" in batch else None
         vecs, clm, extra = enc(to(pairs), to(batch["clm"]) if "clm" in batch else None, words)
         n = batch["ko"]["input_ids"].shape[0]
@@ -466,7 +384,6 @@ def summarise(s: Stage1, result: dict) -> dict:
         **trainable_summary(s.encoder), **s.info,
     }
     if s.clm is not None:
-        from lib.data.packing import stream_stats
         metrics["clm_stream"] = stream_stats(s.clm, cfg.steps)
     if s.encoder.layer_weights is not None:
         metrics["layer_weights"] = layer_weights_history(s, result)
@@ -498,7 +415,6 @@ def layer_weights_history(s: Stage1, result: dict) -> dict:
 # ----------------------------------------------------------------------------- figures
 
 def plot_loss(metrics: dict, path=None):
-    from lib.core.plots import line_curve
     rows = metrics["curves"]["loss"]
     return line_curve([r["step"] for r in rows], [r["loss"] for r in rows], "Stage 1 training loss",
                       "step", "loss (InfoNCE + clm_weight * CLM)", path)
@@ -507,7 +423,6 @@ def plot_loss(metrics: dict, path=None):
 def plot_alignment(metrics: dict, path=None):
     """Held-out P@1 (both directions) and pair / non-pair cosine against the step."""
     import matplotlib.pyplot as plt
-    from lib.core.plots import save
     rows = metrics["curves"]["eval"]
     steps = [r["step"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -524,7 +439,6 @@ def plot_alignment(metrics: dict, path=None):
 
 
 def plot_layer_weights(metrics: dict, path=None):
-    from lib.core.plots import grouped_bars
     lw = metrics["layer_weights"]
     series = {"start": lw["start"], **{f"step {int(k.split('-')[1])}": v for k, v in lw["checkpoints"].items()}}
     return grouped_bars([str(i) for i in lw["layers"]], series, "Learned layer weights (softmax)",

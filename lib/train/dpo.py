@@ -43,8 +43,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.data.instructions import Example, collate, pad_id_of
+from lib.data.instructions import Example, collate
+from lib.modeling.model import pad_id_of
 from lib.modeling.losses import IGNORE_INDEX
+from lib.core.stage import Config
+from lib.train.common import train_spec
+from lib.data import preferences as P
+from lib.train.common import load_start
+from lib.train.common import measured, precision_of, trainable_summary
+from lib.train.loop import train
+from lib.train.pretrain import merged_saver
 
 DPO_METHODS = ("full", "lora")
 # 06's DPO parameters and the TrainSpec fields they stand for (the rest are shared with SFT)
@@ -187,8 +195,6 @@ def check_dpo(cfg: Any) -> None:
 
 def spec_of(cfg: Any):
     """DPO's TrainSpec: 06's ``dpo_*`` values, the other fields shared with SFT."""
-    from lib.core.params import Config
-    from lib.train.common import train_spec
     sub = Config(cfg)
     for k, v in SPEC_OF.items():
         sub[v] = cfg[k]
@@ -197,7 +203,6 @@ def spec_of(cfg: Any):
 
 def load_pairs(cfg: Any, exclude: Sequence[str] = ()) -> tuple[list[dict], dict]:
     """06's preference pairs: the toy world's (``dpo_pairs: toy``) or a JSONL file's."""
-    from lib.data import preferences as P
     if cfg.dpo_pairs == "toy":
         pairs, rep = P.toy_pairs(cfg.path("{toy}/data/instructions.jsonl"), cfg.path("{toy}/data/entities.jsonl"),
                                  cfg.path("{toy}/eval/facts.jsonl"), cfg.seed, exclude=exclude)
@@ -214,7 +219,6 @@ def load_pairs(cfg: Any, exclude: Sequence[str] = ()) -> tuple[list[dict], dict]
 
 def load_policy(cfg: Any, folder: str | Path):
     """(model, tokenizer) DPO trains: the model in ``folder``, with LoRA adapters for ``lora``."""
-    from lib.train.common import load_start
     model, tok, _ = load_start(cfg, str(folder))
     if cfg.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
@@ -245,11 +249,6 @@ def keep_sft_model(stage_dir: Path) -> Path:
 def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) -> dict:
     """Train DPO from ``sft_dir`` into ``<stage>/dpo/``; returns what 06's metrics record
     (``model`` is the trained policy, in eval mode, for the caller to inspect and free)."""
-    from lib.data import preferences as P
-    from lib.core.params import Config
-    from lib.train.common import measured, precision_of, trainable_summary
-    from lib.train.loop import train
-    from lib.train.pretrain import merged_saver
     check_dpo(cfg)
     pairs, source = load_pairs(cfg, exclude)
     train_pairs, held_pairs = P.split_pairs(pairs, cfg.dpo_heldout, cfg.seed)

@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from lib.data.corpus import parse_corpus
 from lib.core.readers import read_lines
 from lib.modeling.model import text_nll
 from lib.core.io import read_json
@@ -87,7 +88,7 @@ def run(cfg: Any) -> dict:
                         n_base if cfg.train_rows == "new" else None)
     ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
     en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)
-    blocks, report = pack_file(tok, cfg.corpus(cfg.text), cfg.block_size)
+    blocks, report = pack_file(tok, parse_corpus(cfg.text, cfg.run_dir), cfg.block_size)
     stream = MixedStream({"ko": blocks}, batch_size=cfg.batch_size, grad_accum=cfg.grad_accum, seed=cfg.seed)
     spec = train_spec(cfg)
     with measured(cfg):                       # before and after in the precision it trains in

@@ -23,12 +23,16 @@ from typing import Any
 
 import torch
 
+from lib.data.corpus import parse_corpus
 from lib.core.readers import read_lines
 from lib.modeling.model import auto_device, text_nll
 from lib.data.packing import MixedStream, nonpad_fraction, pack_file, pad_naive, stream_stats, tokenize_lines
 from lib.train.common import final_model, load_start, measured, precision_of, train_spec, trainable_summary
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
+from lib.data.codeswitch import code_switch, read_word_pairs
+from lib.core.io import write_text
+from lib.train.align_terms import pretrain_with_alignment
 
 METHODS = ("full", "lora", "qlora")
 
@@ -114,7 +118,7 @@ def training_texts(cfg: Any) -> tuple[Any, Any, dict | None]:
     """The Korean and English corpora to pack (:func:`lib.data.corpus.parse_corpus`: text or JSONL
     files, Hub splits). With ``code_switch_ratio > 0`` both are first code-switched through
     ``word_pairs`` (lib.data.codeswitch) into ``<stage>/code_switched/``: text files only."""
-    ko, en = cfg.corpus(cfg.ko_text), cfg.corpus(cfg.en_text)
+    ko, en = parse_corpus(cfg.ko_text, cfg.run_dir), parse_corpus(cfg.en_text, cfg.run_dir)
     if not cfg.code_switch_ratio:
         return ko, en, None
     for key, src in (("ko_text", ko), ("en_text", en)):
@@ -122,8 +126,6 @@ def training_texts(cfg: Any) -> tuple[Any, Any, dict | None]:
             raise ValueError(f"code_switch_ratio > 0 rewrites text files line by line; {key} is "
                              f"{src.describe()}: give a text file or set code_switch_ratio: 0")
     ko, en = ko.path, en.path
-    from lib.data.codeswitch import code_switch, read_word_pairs
-    from lib.core.io import write_text
     pairs = read_word_pairs(cfg.path(cfg.word_pairs))
     out, stats = Path(cfg.stage_dir) / "code_switched", {}
     for lang, src in (("ko", ko), ("en", en)):
@@ -166,7 +168,6 @@ def run(cfg: Any) -> dict:
     t0 = time.time()
     modules, batch_at, loss_fn, tokens_in, aligned = [model], stream.batch, clm_loss_fn, None, None
     if cfg.align_weight > 0:               # keep stage 1's contrastive term (lib.train.align_terms)
-        from lib.train.align_terms import pretrain_with_alignment
         modules, batch_at, loss_fn, aligned = pretrain_with_alignment(cfg, model, tok, stream)
         tokens_in = lambda b: int(b["clm"]["attention_mask"].sum())  # noqa: E731
     result = train(modules, batch_at, loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,

@@ -39,15 +39,22 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lib.data.instructions import (PROMPT_TEMPLATE, SYSTEM_PROMPT, TURN_TEMPLATE, Example,  # noqa: F401 (re-exported)
-                              Template, boundary_check, collate, detect_lang, encode, hangul_share, labels_of,
-                              load_instructions, pad_id_of, read_records, split_heldout, template_from, _special)
+from lib.data.instructions import Example, Template, boundary_check, collate, detect_lang, encode, load_instructions, split_heldout, template_from
+from lib.modeling.model import pad_id_of
+from lib.modeling.generate import greedy
 from lib.modeling.losses import IGNORE_INDEX
 from lib.data.packing import MixedStream
 from lib.train.common import final_model, load_measured, measured, precision_of, trainable_summary, train_spec
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
 from lib.train.pretrain import check_method, load_for_method, merged_saver
+from lib.train.chatvector import apply_chat_vector, load_chat_vector
+from lib.modeling.model import load_model, save_model
+from lib.train.chatvector import summary
+from lib.core.stage import Config
+from lib.train.dpo import check_dpo
+from lib.data.chattemplate import jinja_template, template_check
+from lib.train import dpo
 
 CHAT_VECTOR_WHEN = ("before", "after")
 
@@ -154,30 +161,11 @@ def sample_requests(cfg: Any, train_records: Sequence[dict]) -> list[dict]:
     return out
 
 
-@torch.no_grad()
 def generate(model, tok, template: Template, requests: Sequence[dict], max_new_tokens: int,
              batch_size: int = 16) -> list[str]:
-    """Greedy answers (left-padded batches), cut at EOS, decoded without special tokens."""
-    dev = next(model.parameters()).device
-    bos, eos, pad = _special(tok, "bos"), _special(tok, "eos"), pad_id_of(tok)
+    """Greedy answers to instruction records rendered with ``template`` (:func:`lib.modeling.generate.greedy`)."""
     prompts = [template.generation_prompt(r["instruction"], r["input"]) for r in requests]
-    ids = tok(prompts, add_special_tokens=False)["input_ids"] if prompts else []
-    ids = [([bos] if bos is not None else []) + x for x in ids]
-    was_training = model.training
-    model.eval()
-    outs = []
-    for i in range(0, len(ids), batch_size):
-        chunk = ids[i:i + batch_size]
-        width = max(len(x) for x in chunk)
-        inp = torch.tensor([[pad] * (width - len(x)) + x for x in chunk], device=dev)
-        att = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in chunk], device=dev)
-        gen = model.generate(input_ids=inp, attention_mask=att, do_sample=False, max_new_tokens=max_new_tokens,
-                             eos_token_id=eos, pad_token_id=pad)
-        for row in gen[:, width:].tolist():
-            row = row[:row.index(eos)] if eos in row else row
-            outs.append(tok.decode(row, skip_special_tokens=True).strip())
-    model.train(was_training)
-    return outs
+    return greedy(model, tok, prompts, max_new_tokens, batch_size)
 
 
 def exact_match(model, tok, template: Template, records: Sequence[dict], max_new_tokens: int) -> dict:
@@ -228,8 +216,6 @@ def chat_vector_enabled(cfg: Any) -> bool:
 
 def add_chat_vector(cfg: Any, src: str | Path, dst: str | Path) -> dict:
     """Load ``src``, add ``chat_vector_weight x (instruct - base)``, save a full folder at ``dst``."""
-    from lib.train.chatvector import apply_chat_vector, load_chat_vector
-    from lib.modeling.model import load_model, save_model
     vector = load_chat_vector(cfg.source(cfg.chat_vector_base), cfg.source(cfg.chat_vector_instruct))
     # fp32 whatever the device: a delta of ~1e-3 of the weight scale added to bf16 weights (the
     # inference dtype on a GPU) mostly rounds away, and the saved model would be bf16 too
@@ -253,10 +239,7 @@ def _on_main(fn):
 
 
 def run(cfg: Any) -> dict:
-    from lib.train.chatvector import summary
-    from lib.core.params import Config
     check_method(cfg)
-    from lib.train.dpo import check_dpo
     check_dpo(cfg)
     use_cv = chat_vector_enabled(cfg)
     when = cfg.chat_vector_when if use_cv else None
@@ -273,7 +256,6 @@ def run(cfg: Any) -> dict:
         run_cfg = Config(cfg)
         run_cfg["init_from"] = str(cv_dir)
     model, tok, model_start = load_for_method(run_cfg)
-    from lib.data.chattemplate import jinja_template, template_check
     tok.chat_template = jinja_template(template, tok)     # saved with every checkpoint and model/
     examples, enc_report = encode(tok, train_recs, template, cfg.max_len, cfg.loss_on_history)
     held, _ = encode(tok, held_recs, template, cfg.max_len, cfg.loss_on_history)
@@ -315,7 +297,6 @@ def run(cfg: Any) -> dict:
     after = look(load_measured(cfg, final_dir)[0])
     dpo_metrics = dpo_after = None
     if cfg.dpo:                  # the tuned model becomes sft_model/ and DPO's result model/
-        from lib.train import dpo
         t_dpo = time.time()
         sft_dir = _on_main(lambda: dpo.keep_sft_model(cfg.stage_dir)) or cfg.stage_dir / "sft_model"
         out = dpo.train_dpo(cfg, sft_dir, template, exclude=[r["instruction"] for r in held_recs])

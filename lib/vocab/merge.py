@@ -65,7 +65,7 @@ def _not_sentencepiece(path: Path, why: str) -> ValueError:
                       "tokenizer.model, or a Hub id whose repo has tokenizer.model.")
 
 
-def _looks_like_path(spec: str) -> bool:
+def looks_like_path(spec: str) -> bool:
     """A Hub id is ``name`` or ``owner/name``; anything else is meant as a local path."""
     return (spec.startswith((".", "/", "~")) or spec.count("/") > 1 or "\\" in spec
             or spec.endswith((".model", ".json")))
@@ -93,7 +93,7 @@ def load_sp_model(spec: str | Path) -> sp_pb2.ModelProto:
             raise _not_sentencepiece(path, f"the folder has no tokenizer.model; found: {found}")
         path = path / "tokenizer.model"
     elif not path.exists():
-        if _looks_like_path(str(spec)):
+        if looks_like_path(str(spec)):
             raise FileNotFoundError(f"{path}: no such file or folder (expected a SentencePiece "
                                     ".model file or a folder holding tokenizer.model)")
         path = _hub_sp_file(str(spec))
@@ -302,7 +302,7 @@ def load_hf_tokenizer(spec: str | Path):
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(path, add_bos_token=True)
-    if path.exists() or _looks_like_path(str(spec)):
+    if path.exists() or looks_like_path(str(spec)):
         return hf_tokenizer_from_sp(load_sp_model(path))
     return AutoTokenizer.from_pretrained(str(spec), add_bos_token=True)
 

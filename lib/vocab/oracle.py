@@ -25,6 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from lib.modeling import model
+from lib.modeling.model import resize_and_init
+from lib.core.io import write_json
 
 CONTROL_RE = re.compile(r"^(oracle|oracle_deranged)(?:@(\d*\.?\d+))?$")
 
@@ -156,8 +159,7 @@ ORACLE_INITS = ("oracle", "oracle_deranged")
 
 def all_inits() -> tuple[str, ...]:
     """Every value 02's ``init`` takes: lib.modeling.model's initialisations and the oracle controls."""
-    from lib.modeling.model import INIT_METHODS
-    return tuple(INIT_METHODS) + ORACLE_INITS
+    return tuple(model.INIT_METHODS) + ORACLE_INITS    # read now: a method added later counts
 
 
 def check_controls(controls) -> None:
@@ -173,7 +175,6 @@ def initialise(model, base_tok, merged_tok, init: str, alpha: float = 1.0, word_
                seed: int = 0) -> dict:
     """Resize and initialise the new rows (``lib.modeling.model.resize_and_init``); the oracle inits start
     from ``subword_mean`` and then copy English rows through the word map (:func:`apply_oracle`)."""
-    from lib.modeling.model import resize_and_init
     if init not in ORACLE_INITS:
         return resize_and_init(model, base_tok, merged_tok, init=init, seed=seed)
     if word_map is None:
@@ -194,7 +195,6 @@ def save_controls(load_base, base_tok, merged_tok, controls: list[str], word_map
     ``from_pretrained`` folder. Each control is the base resized with ``subword_mean`` and then
     blended toward the copied (or deranged) English rows.
     """
-    from lib.core.io import write_json
     out_dir = Path(out_dir)
     specs = [(c, *parse_control(c)) for c in controls]    # validate every name before any work
     names = [control_name(c) for c in controls]
@@ -202,7 +202,6 @@ def save_controls(load_base, base_tok, merged_tok, controls: list[str], word_map
         raise ValueError(f"controls: duplicate names in {controls}")
     tmap = token_map(base_tok, merged_tok, read_word_map(word_map))
     rows = []
-    from lib.modeling.model import resize_and_init
     for (c, deranged, alpha), name in zip(specs, names):
         model = load_base()
         resize_and_init(model, base_tok, merged_tok, init="subword_mean", seed=seed)

@@ -16,7 +16,7 @@ Usage::
     assert_valid(check_world(out_dir))         # the validity rules, checked on the files
 
 Modules: ``korean`` (particles), ``lexicon`` (names, entities, templates), ``world`` (spec, facts),
-``splits`` (texts and questions), ``files`` (writing, reading, leakage guard, tokenizer corpus),
+``splits`` (texts and questions), ``build`` (the whole world from its spec), ``files`` (writing, reading, leakage guard, tokenizer corpus),
 ``clone`` (the clone Korean's word map), ``validity`` (the rules, checked on disk), ``basemodel``
 (the tiny Llama and its tokenizer).
 """
@@ -24,7 +24,8 @@ from .clone import STYLES, WordMap
 from .files import (korean_training_lines, leaked_facts, read_jsonl, read_lines, tokenizer_corpus,
                     write_world)
 from .validity import assert_valid, check_world, option_match
-from .world import CELLS, Entity, Fact, World, WorldSpec, build_world, expected_counts
+from .build import build_world
+from .world import CELLS, Entity, Fact, World, WorldSpec, expected_counts
 
 __all__ = ["WorldSpec", "World", "Entity", "Fact", "build_world", "write_world", "leaked_facts",
            "expected_counts", "tokenizer_corpus", "korean_training_lines", "read_lines", "read_jsonl",

@@ -16,6 +16,7 @@ import re
 from pathlib import Path
 
 from .world import World, spec_dict
+from lib.data.packing import qa_documents
 
 # Files whose text is Korean training (or Korean-facing) data: all must be free of evaluated facts.
 # instructions.jsonl is checked whole (English records carry Korean translation outputs).
@@ -170,7 +171,6 @@ def corpus_documents(lines: list[str]) -> list[str]:
     """Lines for training a tokenizer: a QA pair of lines becomes one line with the newline
     dropped (``...live?Answer: Busan``), so that ``Answer`` after a newline (no ``▁``) is a word of
     the corpus; the newline itself stays a byte piece, as ``<0x0A>`` is in Llama-2."""
-    from lib.data.packing import qa_documents
     return [doc.replace("\n", "") for doc in qa_documents(lines)]
 
 

@@ -1,0 +1,120 @@
+"""Paired statistics of two prediction vectors (English and Korean answers to the same items):
+accuracy per language, agreement, Cohen's kappa, the both-right / both-wrong split, the transfer
+ratio, and seeded percentile-bootstrap intervals; one bootstrap and one interval format for the
+whole project (07's tables, 08, the judge, extra-task deltas).
+
+    m = paired_metrics([Item(id, gold, pred_en, pred_ko), ...], n_boot=1000, seed=0)
+    fmt_ci(m["kappa"], *m["kappa_ci"])        # '0.412 [0.35, 0.47]'
+
+Kappa is ``nan`` when the expected agreement is 1 (both languages always pick one and the same
+option): chance-corrected agreement is then 0/0, and a model that answers "A" to everything should
+not be credited with kappa 1. Bootstrap resamples where kappa is undefined are left out of its CI.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Hashable, Sequence
+
+import numpy as np
+
+SPLITS = ("both_correct", "both_wrong_same", "both_wrong_different", "only_en_correct", "only_ko_correct")
+CI_METRICS = ("acc_en", "acc_ko", "agreement", "kappa")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One question answered in both languages; labels are option indices (or any hashable)."""
+    id: Hashable
+    gold: Any
+    pred_en: Any
+    pred_ko: Any
+
+
+def _kappa(p_o: np.ndarray, en_counts: np.ndarray, ko_counts: np.ndarray, n: int) -> np.ndarray:
+    """Cohen's kappa from observed agreement and per-label counts (last axis); nan where p_e == 1."""
+    chance = (en_counts * ko_counts).sum(axis=-1)  # integer: p_e == 1 exactly when chance == n*n
+    p_e = chance / float(n * n)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(chance == n * n, np.nan, (p_o - p_e) / (1.0 - p_e))
+
+
+def transfer_ratio(acc_en, acc_ko, chance: float):
+    """(acc_ko - chance) / (acc_en - chance): 1 when Korean reaches English, 0 at chance; NaN
+    where English is not above chance (the ratio means nothing there). Works on arrays."""
+    acc_en, acc_ko = np.asarray(acc_en, dtype=float), np.asarray(acc_ko, dtype=float)
+    den = acc_en - chance
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.where(den > 0, (acc_ko - chance) / np.where(den > 0, den, 1.0), np.nan)
+    return out if out.ndim else float(out)
+
+
+def paired_metrics(items: Sequence[Item], n_boot: int = 1000, seed: int = 0,
+                   level: float = 0.95, chance: float | None = None) -> dict[str, Any]:
+    """Accuracies, agreement, kappa, split shares, and percentile bootstrap CIs (``<name>_ci``).
+    With ``chance`` (the accuracy of guessing) also the transfer ratio (:func:`transfer_ratio`),
+    bootstrapped on the same resamples.
+
+    The bootstrap draws ``rng.integers(0, n, size=(n_boot, n))`` from ``np.random.default_rng(seed)``
+    and recomputes every metric on each resample of items. ``n_boot=0`` gives ``[nan, nan]`` CIs.
+    """
+    n = len(items)
+    if n == 0:
+        raise ValueError("no items to score: join_by_id returned nothing")
+    codes: dict[Hashable, int] = {}
+    gold, en, ko = (np.array([codes.setdefault(getattr(it, f), len(codes)) for it in items])
+                    for f in ("gold", "pred_en", "pred_ko"))
+    labels = np.arange(len(codes))
+    en_ok, ko_ok, same = en == gold, ko == gold, en == ko
+    splits = {"both_correct": en_ok & ko_ok, "both_wrong_same": ~en_ok & ~ko_ok & same,
+              "both_wrong_different": ~en_ok & ~ko_ok & ~same,
+              "only_en_correct": en_ok & ~ko_ok, "only_ko_correct": ~en_ok & ko_ok}
+    kappa = _kappa(same.mean(), (en[:, None] == labels).sum(0), (ko[:, None] == labels).sum(0), n)
+    out: dict[str, Any] = {"n": n, "acc_en": float(en_ok.mean()), "acc_ko": float(ko_ok.mean()),
+                           "agreement": float(same.mean()), "kappa": float(kappa)}
+    out.update({name: float(mask.mean()) for name, mask in splits.items()})
+    metrics = CI_METRICS + (("transfer_ratio",) if chance is not None else ())
+    if chance is not None:
+        out["chance"] = float(chance)
+        out["transfer_ratio"] = transfer_ratio(out["acc_en"], out["acc_ko"], chance)
+    boot = {m: np.full(0, np.nan) for m in metrics}
+    if n_boot > 0:
+        idx = resamples(n, n_boot, seed)
+        b_same = same[idx]
+        en_counts = (en[idx][..., None] == labels).sum(1)  # (n_boot, n_labels)
+        ko_counts = (ko[idx][..., None] == labels).sum(1)
+        boot = {"acc_en": en_ok[idx].mean(1), "acc_ko": ko_ok[idx].mean(1),
+                "agreement": b_same.mean(1), "kappa": _kappa(b_same.mean(1), en_counts, ko_counts, n)}
+        if chance is not None:
+            boot["transfer_ratio"] = transfer_ratio(boot["acc_en"], boot["acc_ko"], chance)
+    for m in metrics:
+        out[f"{m}_ci"] = percentile_interval(boot[m], level)
+    return out
+
+
+def resamples(n: int, n_boot: int, seed: int = 0) -> np.ndarray:
+    """The bootstrap's item indices, ``(n_boot, n)``: every metric computed on the same items with
+    the same seed (agreement, null controls, deltas) is resampled the same way."""
+    return np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
+    """Percentile interval of bootstrap values, NaN ones (undefined resamples) left out;
+    ``[nan, nan]`` when none is finite."""
+    values = np.asarray(values, dtype=float)
+    vals = values[np.isfinite(values)]
+    tail = 100 * (1 - level) / 2
+    lo, hi = np.percentile(vals, [tail, 100 - tail]) if vals.size else (np.nan, np.nan)
+    return [float(lo), float(hi)]
+
+
+def fmt_ci(value: Any, lo: Any = None, hi: Any = None, digits: int = 3, signed: bool = False) -> str:
+    """``'0.412 [0.350, 0.470]'``; the interval is left out when it is missing or NaN, and a
+    missing or NaN value reads ``n/a``. ``signed``: a + before positive numbers (deltas)."""
+    def num(x) -> str:
+        return f"{float(x):+.{digits}f}" if signed else f"{float(x):.{digits}f}"
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if lo is None or hi is None or any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
+        return num(value)
+    return f"{num(value)} [{num(lo)}, {num(hi)}]"

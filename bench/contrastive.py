@@ -45,7 +45,6 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
-
 from common import REPO, Timer, emit, isolated, table
 
 SHARED = REPO.parent / "shared" / "data"
@@ -66,9 +65,9 @@ def shared_tokenizer(kind: str):
 
 def toy_pairs_and_tokenizer(kind: str):
     """Toy-world bridge pairs and the toy tokenizers (base BPE, merged with the Korean unigram)."""
-    from lib.world import basemodel as toymodel
     from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model, merge_sp
     from lib.world import WorldSpec, build_world, write_world
+    from lib.world import basemodel as toymodel
     world = build_world(WorldSpec())
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -113,6 +112,7 @@ def stage1(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace):
     """A ``Stage1`` as ``build`` makes it, on a fresh model and already-encoded pairs."""
     import torch
     from transformers import LlamaForCausalLM
+
     from lib.train.contrastive import Encoder, Stage1, freeze_for_stage1, layer_choice
     from lib.train.pairs import PairBatches, pair_lengths
     torch.manual_seed(0)
@@ -134,6 +134,7 @@ def stage1(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace):
 def infonce_seconds(batch_size: int, dim: int, repeats: int) -> float:
     """Seconds of ``info_nce`` forward + backward on [B, d] vectors: the loss without the model."""
     import torch
+
     from lib.modeling.losses import info_nce
     a = torch.randn(batch_size, dim, requires_grad=True)
     b = torch.randn(batch_size, dim, requires_grad=True)
@@ -148,6 +149,7 @@ def run_batch_size(enc: dict, vocab: int, batch_size: int, args: SimpleNamespace
     """Warm-up steps, then timed stage-1 steps at ``batch_size`` pairs (``--steps``, or enough
     for ``--min-pairs``); the time is split into forward (model + loss), backward and optimizer."""
     import torch
+
     from lib.train.contrastive import batch_fn, loss_fn
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -38,6 +38,7 @@ def _status(key: str) -> int:
 def measure(path: str, mode: str, cache_dir: str) -> dict:
     """In this fresh process: pack ``path`` the ``mode`` way, draw batches; memory growth in bytes."""
     from transformers import LlamaTokenizerFast
+
     from lib.core import paths
     from lib.data.corpus import cached_blocks
     from lib.data.packing import MixedStream, pack_file

@@ -27,7 +27,7 @@ import os
 import tempfile
 import time
 
-from common import REPO, Timer, emit, isolated, table
+from common import Timer, emit, isolated, table
 
 OURS, TRL = "ours (lib.train.dpo)", "trl DPOTrainer"
 
@@ -66,12 +66,11 @@ class _StepTimes:
 def run_ours(args, sft: str, pairs: list[dict], method: str) -> dict:
     _threads(args.threads)
     import statistics
-    import torch
-    from transformers import AutoTokenizer
+
+    from lib.core.stage import Config
+    from lib.data import preferences as P
     from lib.data.instructions import Template
     from lib.modeling.model import pad_id_of
-    from lib.data import preferences as P
-    from lib.core.stage import Config
     from lib.train import dpo
     from lib.train.loop import TrainSpec, train
     from lib.train.pretrain import merged_saver
@@ -111,9 +110,11 @@ def run_ours(args, sft: str, pairs: list[dict], method: str) -> dict:
 def run_trl(args, sft: str, pairs: list[dict], method: str, precompute: bool) -> dict:
     _threads(args.threads)
     import statistics
+
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer, TrainerCallback
     from trl import DPOConfig, DPOTrainer
+
     from lib.data.instructions import SYSTEM_PROMPT
     ticks = _StepTimes()
     losses = []

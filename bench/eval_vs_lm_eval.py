@@ -112,8 +112,8 @@ def fixture(root: Path, data: str, hidden: int, layers: int) -> dict:
         why = "--data toy" if data == "toy" else f"{SHARED} is absent"
         print(f"note: {why}: the toy world's tokenizer, toy ARC pair and Belebele-shaped items built from it "
               "instead of Llama-2, ARC-Challenge and Belebele")
-        from lib.world.basemodel import train_base_tokenizer
         from lib.world import WorldSpec, build_world, write_world
+        from lib.world.basemodel import train_base_tokenizer
         world = root / "world"
         write_world(build_world(WorldSpec()), world)
         sp_file = Path(train_base_tokenizer(world, root / "base_tokenizer")["path"])
@@ -189,8 +189,8 @@ def run_ours(model_dir: str, pair: str, spec: dict, stage_dir: str, batch_size: 
     _setup(threads)
     import json
 
-    from lib.eval import tasks as ET
     from lib.eval import harness as E
+    from lib.eval import tasks as ET
     stats = _count_loglikelihood()
     pairs = {pair: ET.read_pair(pair, spec)}
     times, ll = [], []

@@ -135,6 +135,7 @@ def matmul_dtypes():
 
 def probe_f1(dev, args) -> list[dict]:
     import torch
+
     from lib.modeling.losses import info_nce
     from lib.train.align_terms import masked_info_nce
     g = torch.Generator().manual_seed(0)
@@ -171,6 +172,7 @@ def probe_f1(dev, args) -> list[dict]:
 
 def probe_f2(dev, args) -> list[dict]:
     import torch
+
     from lib.data.instructions import Example
     from lib.modeling.model import precision_settings
     from lib.train.dpo import pair_logps, pair_summary
@@ -236,8 +238,9 @@ def _kept(applied, delta) -> tuple[float, float]:
 def probe_f3(dev, args) -> list[dict]:
     import torch
     from safetensors.torch import load_file
-    from lib.train.chatvector import apply_chat_vector, load_chat_vector
+
     from lib.modeling.model import load_model
+    from lib.train.chatvector import apply_chat_vector, load_chat_vector
     from lib.train.sft import add_chat_vector
     rows = []
     with tempfile.TemporaryDirectory() as d:
@@ -291,6 +294,7 @@ def _inv_freq_stats(model, inv32) -> dict:
 
 def probe_f7(dev, args) -> list[dict]:
     import torch
+
     from lib.modeling.model import auto_dtype, precision_settings
     vocab = 1000
     ids = torch.randint(3, vocab, (1, 64), generator=torch.Generator().manual_seed(4))
@@ -321,6 +325,7 @@ def probe_f7(dev, args) -> list[dict]:
 
 def probe_kvscore(dev, args) -> list[dict]:
     import random
+
     import torch
     try:
         from lm_eval.models.huggingface import HFLM

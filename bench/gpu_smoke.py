@@ -160,6 +160,7 @@ def _qlora(s, device, tmp: Path):
     import torch
     from peft import prepare_model_for_kbit_training
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
     from lib.train.pretrain import qlora_device_map
     build_model(s, "cpu").to(torch.bfloat16).save_pretrained(tmp / "base")
     q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
@@ -172,10 +173,11 @@ def _qlora(s, device, tmp: Path):
 def run_case(name: str, tiny: bool, steps: int) -> dict:
     """In this (fresh) process: train ``steps`` steps of case ``name``; figures and the estimate."""
     import torch
+
     from lib.modeling.losses import info_nce
     from lib.modeling.model import auto_device, precision_settings
-    from lib.run.plan import train_memory
     from lib.modeling.represent import hidden_states_of, pooled_vectors
+    from lib.run.plan import train_memory
     from lib.train.loop import Interrupted, TrainSpec, train
     c = _case(name, tiny)
     s, dev = shape(tiny), auto_device()

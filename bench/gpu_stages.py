@@ -58,6 +58,7 @@ def exec_cells(notebook: Path, params: dict, log: Path | None = None) -> None:
 def stage_in_subprocess(plan, run, progress: bool = True) -> Path:
     """Stand-in for :func:`lib.run.pipeline.run_stage`: the stage's cells in a fresh process."""
     import shutil
+
     from lib.core import paths
     from lib.run.pipeline import StageFailed
     sd = paths.stage_dir(run, plan.stage)

@@ -31,14 +31,16 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from lib.core import markdown  # noqa: E402
-from lib.core import stats  # noqa: E402
 from lib.analysis import paired as an  # noqa: E402
-from lib.eval import tasks as ET  # noqa: E402
+from lib.core import (
+    markdown,  # noqa: E402
+    paths,
+    stats,  # noqa: E402
+)
 from lib.eval import harness as E  # noqa: E402
 from lib.eval import nullcontrols as nc  # noqa: E402
-from lib.core import paths
 from lib.eval import rules  # noqa: E402
+from lib.eval import tasks as ET  # noqa: E402
 
 PAIRS = {"arc_challenge": ("arc_challenge/en_test.jsonl", "arc_challenge/ko_test.jsonl", "arc"),
          "belebele": ("belebele/eng_Latn.jsonl", "belebele/kor_Hang.jsonl", "belebele")}

@@ -33,10 +33,9 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from common import emit, table
-from lib.core.paths import SHARED_DATA as SHARED
 
+from lib.core.paths import SHARED_DATA as SHARED
 
 # ----------------------------------------------------------------------------- layouts
 
@@ -107,8 +106,8 @@ def real_data(tmp: Path, limit: int | None) -> tuple[dict, dict, dict]:
 def toy_data(tmp: Path, limit: int | None) -> tuple[dict, dict, dict]:
     """The same from a freshly generated default toy world (deterministic) and its tokenizers."""
     from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model, merge_sp
-    from lib.world.basemodel import train_base_tokenizer, train_korean_tokenizer
     from lib.world import WorldSpec, build_world, write_world
+    from lib.world.basemodel import train_base_tokenizer, train_korean_tokenizer
     write_world(build_world(WorldSpec()), tmp)
     base = load_sp_model(train_base_tokenizer(tmp, tmp / "base")["path"])
     merged, _ = merge_sp(base, load_sp_model(train_korean_tokenizer(tmp, tmp / "ko")["path"]), mode="all")

@@ -51,8 +51,8 @@ def sources(data: str, root: Path) -> dict:
                 "source": "shared: Llama-2 + KoBERT, KLUE/KorQuAD/news (ko), MLQA/XQuAD/news (en)"}
     why = "--data toy" if data == "toy" else f"{SHARED} is absent"
     print(f"note: {why}: the toy world's tokenizers and text instead of Llama-2, KoBERT and real text")
-    from lib.world.basemodel import train_base_tokenizer, train_korean_tokenizer
     from lib.world import WorldSpec, build_world, write_world
+    from lib.world.basemodel import train_base_tokenizer, train_korean_tokenizer
     world = root / "world"
     write_world(build_world(WorldSpec()), world)
     return {"base": Path(train_base_tokenizer(world, root / "base")["path"]),

@@ -39,7 +39,6 @@ import tempfile
 import time
 
 import numpy as np
-
 from common import Timer, emit, isolated, table
 
 KO_RATIO = 0.7

@@ -7,10 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from lib.core import markdown
-from lib.eval import samples
-from lib.core import stats
 from lib.analysis import agreement as ag
+from lib.core import markdown, stats
+from lib.eval import samples
 
 # Ten A-D items (0-3). Per item: gold, English prediction, Korean prediction -> split.
 TEN = [  # id, gold, en, ko

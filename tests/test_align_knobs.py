@@ -3,7 +3,6 @@ head in stage 1, and the contrastive term kept in stage 05. Each changes what it
 nothing else."""
 from __future__ import annotations
 
-import json
 import random
 
 import numpy as np
@@ -11,9 +10,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib.data import wordpairs as WP
 from lib.core.params import notebook_params
 from lib.core.stage import resolve
+from lib.data import wordpairs as WP
 from lib.train import align_terms as AT
 from lib.train import contrastive as C
 from tests.test_contrastive import OBJ, PLACE, SUBJ, VERB, lexicon_pairs

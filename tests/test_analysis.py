@@ -12,8 +12,8 @@ import sys
 
 import matplotlib.pyplot as plt
 import pytest
-
 from conftest import EN_LINES, KO_LINES
+
 from lib.analysis import paired as an
 from lib.analysis import repviz
 from lib.core.stats import SPLITS

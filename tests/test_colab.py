@@ -13,9 +13,9 @@ import papermill as pm
 import pytest
 
 from lib.cli import colab as colab_cli
-from lib.run import colab
 from lib.core import paths
 from lib.core.params import notebook_params
+from lib.run import colab
 
 SOURCES = colab.sources()
 

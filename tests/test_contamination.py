@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from lib.cli.pipeline import main
 from lib.eval import contamination as C
 from lib.eval.tasks import read_pair
-from lib.cli.pipeline import main
 
 Q_LONG = "Which process in the water cycle turns liquid water into vapour above warm oceans?"
 Q_KO = "따뜻한 바다 위에서 액체 상태의 물을 수증기로 바꾸는 물의 순환 과정은 무엇입니까?"
@@ -171,8 +171,8 @@ def test_real_files_one_arc_question_is_in_lima(shared_data):
 
 
 def test_check_refuses_a_one_word_ngram(tmp_path):
-    from lib.run.check import check_profile
     from lib.core.params import load_profile
+    from lib.run.check import check_profile
     f = tmp_path / "p.yaml"
     f.write_text("07_benchmark_eval:\n  contamination_ngram: 1\n")
     problems = check_profile(load_profile(f), ["07_benchmark_eval"])

@@ -16,8 +16,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from lib.core.readers import DataError
 from lib.core.params import notebook_params
+from lib.core.readers import DataError
 from lib.core.stage import resolve
 from lib.modeling.represent import embed_texts
 from lib.train import contrastive as C

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import EN_LINES, KO_LINES
-from lib.data.corpus import cached_blocks
+
 from lib.core.readers import DataError
+from lib.data.corpus import cached_blocks
 from lib.data.packing import MixedStream, pack_file
 
 

@@ -12,9 +12,9 @@ import sys
 
 import pytest
 import torch
+from conftest import EN_LINES, KO_LINES
 from safetensors.torch import load_file
 
-from conftest import EN_LINES, KO_LINES
 from lib.core import paths
 
 pytestmark = pytest.mark.slow

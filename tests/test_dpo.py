@@ -9,12 +9,12 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from lib.core.params import notebook_params
+from lib.core.stage import resolve
 from lib.data import instructions as ins
 from lib.data import preferences as P
 from lib.data.instructions import Template, hangul_share
 from lib.modeling.model import pad_id_of
-from lib.core.params import notebook_params
-from lib.core.stage import resolve
 from lib.train import dpo, sft
 from lib.world import WorldSpec, build_world, write_world
 
@@ -273,8 +273,8 @@ def test_06_with_dpo_keeps_the_sft_model_and_saves_the_dpo_model(tmp_path, tiny_
 
 
 def test_check_names_a_bad_pairs_file_and_toy_pairs_without_a_toy_world(tmp_path, tiny_assets):
-    from lib.run.check import check_profile
     from lib.core.params import load_profile
+    from lib.run.check import check_profile
     bad = tmp_path / "pairs.jsonl"
     bad.write_text('{"prompt": "a", "chosen": "b", "rejected": "c"}\n{"prompt": "a", "chosen": "b"}\n')
     inst = tmp_path / "inst.jsonl"

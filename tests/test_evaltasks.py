@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from lib.eval import tasks as ET
-from lib.eval import harness as E
-from lib.run.check import check_profile
-from lib.core.params import load_profile
 from test_evaluate import arc_pair, belebele_pair, direct_logliks, read_jsonl, write_jsonl
+
+from lib.core.params import load_profile
+from lib.eval import harness as E
+from lib.eval import tasks as ET
+from lib.run.check import check_profile
 
 # (re-pinned when lib/ became packages: only the header comment's module name changed; the task
 # config 07's stored results are keyed by, lib.eval.harness.task_digests, did not)

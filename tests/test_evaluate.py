@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lib.eval import samples
 from lib.analysis import agreement as ag
-from lib.eval import tasks as ET
 from lib.eval import harness as E
+from lib.eval import samples
+from lib.eval import tasks as ET
 
 QUESTIONS = [  # id, English, Korean, options (en), options (ko), answer
     ("q1", "Where does Minsu live?", "민수는 어디에 살아요?", ["Busan", "Seoul", "Daegu", "Incheon"],
@@ -409,7 +409,7 @@ def test_notebook_runs_headless_on_a_fake_run(tmp_path, tiny_assets):
     for cell in ("knowledge", "bridge_heldout", "ghost"):
         write_jsonl(toy / f"eval/{cell}_en.jsonl", arc_records("en"))
         write_jsonl(toy / f"eval/{cell}_ko.jsonl", arc_records("ko"))
-    from lib.world.files import TRAINING_FILES   # the default extra tasks read these (lib.eval.toyextra)
+    from lib.world.files import TRAINING_FILES  # the default extra tasks read these (lib.eval.toyextra)
     for rel in TRAINING_FILES:
         (toy / rel).parent.mkdir(parents=True, exist_ok=True)
         (toy / rel).write_text('{"instruction": "The cat sees the apple."}\n' if rel.endswith(".jsonl")

@@ -16,10 +16,11 @@ import numpy as np
 import pytest
 import yaml
 
-from lib.eval import tasks as ET
-from lib.eval import harness as E
 from lib.analysis import extradelta as xd
+from lib.core.hashing import digest
 from lib.eval import extratasks as XT
+from lib.eval import harness as E
+from lib.eval import tasks as ET
 from lib.eval import toyextra
 from tests.test_evaluate import arc_pair, done, write_jsonl
 
@@ -258,7 +259,7 @@ def test_by_name_tasks_use_lm_evals_own_index(monkeypatch):
     x = XT.resolve({"en": ["hellaswag"], "ko": ["kobest_copa"]}, {"kobest_copa": "acc"}, "/tmp", "/tmp/unused")
     assert [(e.name, e.kind, e.yaml, e.metric) for e in x] == [("hellaswag", "name", None, "auto"),
                                                               ("kobest_copa", "name", None, "acc")]
-    assert x[0].digest == XT._digest({"name": "hellaswag", "lm_eval": XT.lm_eval_version()})
+    assert x[0].digest == digest({"name": "hellaswag", "lm_eval": XT.lm_eval_version()})
     tm = XT.task_manager(x)
     assert {"hellaswag", "kobest_copa"} <= set(tm.all_tasks)
     local = XT.Extra("t", "en", "t.yaml", "yaml", "/tmp/somewhere/t.yaml", "auto", "d")
@@ -337,8 +338,8 @@ def real_model_profile(tmp_path: Path, tiny_assets, extra: str) -> Path:
 
 
 def test_check_names_missing_yamls_toy_tasks_without_a_toy_world_and_stray_metrics(tmp_path, tiny_assets):
-    from lib.run.check import check_profile
     from lib.core.params import load_profile
+    from lib.run.check import check_profile
     good = mc_task(tmp_path / "t", "tiny_mc", ROWS)
     f = real_model_profile(tmp_path, tiny_assets, f"  extra_tasks: {{en: [{good}, {tmp_path}/nope.yaml], "
                                                   "ko: [toy:ko_syntax]}\n  extra_metric: {tiny_mc: acc, other: acc}\n")
@@ -359,8 +360,8 @@ def test_check_names_missing_yamls_toy_tasks_without_a_toy_world_and_stray_metri
 
 @pytest.mark.slow
 def test_check_finds_task_names_missing_from_lm_evals_index(tmp_path, tiny_assets):
-    from lib.run.check import check_profile
     from lib.core.params import load_profile
+    from lib.run.check import check_profile
     f = real_model_profile(tmp_path, tiny_assets, "  extra_tasks: {en: [hellaswag, mmlu, hellaswag_typo], "
                                                   "ko: [kobest_copa, kmmlu]}\n")
     (problem,) = check_profile(load_profile(f), ["07_benchmark_eval"])

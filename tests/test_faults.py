@@ -12,7 +12,6 @@ from __future__ import annotations
 import errno
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -21,15 +20,14 @@ from pathlib import Path
 import nbformat
 import pytest
 import torch
-
-from lib.run import failures
-from lib.core import paths
-from lib.run.check import check_profile
-from lib.core.params import ParamsError, load_profile
-from lib.cli.pipeline import main
-from lib.run.pipeline import StageFailed, run_pipeline
-from lib.run.stages import select_stages
 from conftest import EN_LINES, KO_LINES
+
+from lib.cli.pipeline import main
+from lib.core import paths
+from lib.core.params import load_profile
+from lib.run import failures
+from lib.run.check import check_profile
+from lib.run.stages import select_stages
 
 
 def write(path: Path, text: str) -> Path:
@@ -86,13 +84,13 @@ def test_check_lists_every_bad_value_of_a_micro_profile_at_once(tmp_path):
 
 def test_check_takes_init_methods_from_the_stage(tmp_path, monkeypatch):
     """A value the stage learns later (another init method) is accepted without touching check."""
-    import lib.modeling.model
+    import lib.vocab.resize
     f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\n02_embedding_init:\n  init: later\n")
     prof = load_profile(f)
     (problem,) = check_profile(prof, select_stages(prof))
-    allowed = ", ".join(lib.modeling.model.INIT_METHODS + ("oracle", "oracle_deranged"))    # + 02's controls
+    allowed = ", ".join(lib.vocab.resize.INIT_METHODS + ("oracle", "oracle_deranged"))    # + 02's controls
     assert problem == f"{f}:3: 02_embedding_init.init: must be one of {allowed}, got 'later'"
-    monkeypatch.setattr(lib.modeling.model, "INIT_METHODS", lib.modeling.model.INIT_METHODS + ("later",))
+    monkeypatch.setattr(lib.vocab.resize, "INIT_METHODS", lib.vocab.resize.INIT_METHODS + ("later",))
     assert check_profile(prof, select_stages(prof)) == []
 
 
@@ -224,8 +222,8 @@ def test_merging_a_tokenizer_with_itself_is_refused_naming_both(tmp_path, tiny_a
 
 def test_bom_is_stripped_from_params_text_and_jsonl(tmp_path, tiny_assets):
     from lib.core.readers import read_lines
-    from lib.eval.tasks import read_local
     from lib.data.instructions import read_records
+    from lib.eval.tasks import read_local
     f = tmp_path / "p.yaml"
     f.write_bytes(b"\xef\xbb\xbfcommon:\n  seed: 5\n")
     assert load_profile(f).common() == {"seed": 5}
@@ -313,8 +311,8 @@ def test_second_writer_on_a_run_folder_is_refused_naming_the_holder(tmp_path, ti
 
 def test_a_notebook_run_by_hand_is_refused_while_a_run_holds_the_folder(tmp_path, monkeypatch):
     from lib.core.params import notebook_params
-    from lib.core.stage import resolve
     from lib.core.runfolder import HELD_ENV, RunLocked
+    from lib.core.stage import resolve
     monkeypatch.delenv(HELD_ENV, raising=False)
     run = tmp_path / "run"
     ns = {name: p.default for name, p in notebook_params("01_vocab_merge").items()}
@@ -332,9 +330,9 @@ def test_a_notebook_run_by_hand_is_refused_while_a_run_holds_the_folder(tmp_path
 
 
 def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeypatch):
+    from lib.cli.train import main as train_main
     from lib.core.runfolder import RunLocked, run_lock
     from lib.train import head
-    from lib.cli.train import main as train_main
 
     def fake_run(cfg):                  # the stage itself, as a second writer would see the folder
         try:
@@ -537,6 +535,7 @@ def test_truncated_optimizer_state_falls_back_to_the_previous_checkpoint(tmp_pat
     import shutil
 
     from test_train_loop import batch_at, lm_loss, tiny_llama
+
     from lib.train.loop import CorruptCheckpoint, Interrupted, TrainSpec, checkpoints, train
     spec = TrainSpec(steps=12, lr=1e-2, warmup_steps=2, save_every=4, report_to="none")
     ref = tiny_llama()

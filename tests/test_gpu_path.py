@@ -202,6 +202,7 @@ def test_final_model_is_written_by_the_main_process_only(tmp_path, monkeypatch):
     from types import SimpleNamespace
 
     import accelerate
+
     from lib.train.common import final_model
     calls = []
 
@@ -228,8 +229,8 @@ def test_frozen_english_tower_is_held_in_the_autocast_dtype(tiny_assets, tmp_pat
     """F10: the frozen English copy only runs under the training autocast: bf16 weights under
     bf16-mixed (half the memory), fp32 otherwise."""
     import yaml
-
     from conftest import EN_LINES, KO_LINES
+
     from lib.core.params import load_profile, stage_params
     from lib.core.stage import resolve
     from lib.train.contrastive import build

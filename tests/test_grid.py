@@ -8,10 +8,10 @@ import pytest
 import torch
 import yaml
 
-from lib.run import grid as G
 from lib.core import paths
-from lib.run.check import check_profile
 from lib.core.params import load_profile
+from lib.run import grid as G
+from lib.run.check import check_profile
 from lib.run.stages import select_stages
 
 
@@ -135,6 +135,7 @@ def test_micro_grid_shares_stages_and_resumes(tmp_path, outputs, capsys):
 
 def test_slurm_scripts_for_the_a6000_grid(tmp_path, outputs):
     import subprocess
+
     from lib.run.gridslurm import render
     files = render(paths.PARAMS / "grids" / "a6000_transfer.yaml")
     shared, array = files["shared"].read_text(), files["array"].read_text()

@@ -14,12 +14,11 @@ import functools
 import numpy as np
 import pytest
 import torch
-
-from lib.eval import tasks as ET
-from lib.eval import harness as E
-from lib.eval.kvscore import ContextOnceHFLM, split_request
-
 from conftest import EN_LINES, KO_LINES
+
+from lib.eval import harness as E
+from lib.eval import tasks as ET
+from lib.eval.kvscore import ContextOnceHFLM, split_request
 
 TOL = 1e-5
 

@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import EN_LINES, KO_LINES
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 import lib.modeling.model as M
 import lib.vocab.merge as T
-from conftest import EN_LINES, KO_LINES
+from lib.vocab import resize as R
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def fresh(tiny_assets, tie=False):
     return model.eval(), AutoTokenizer.from_pretrained(tiny_assets["model"])
 
 
-@pytest.mark.parametrize("init", M.INIT_METHODS)
+@pytest.mark.parametrize("init", R.INIT_METHODS)
 def test_base_rows_and_english_logits_unchanged(tiny_assets, merged, init):
     model, base_tok = fresh(tiny_assets)
     merged_tok, _ = merged
@@ -33,7 +34,7 @@ def test_base_rows_and_english_logits_unchanged(tiny_assets, merged, init):
     head0 = model.get_output_embeddings().weight.detach().clone()
     probe = M.english_probe(base_tok, EN_LINES[:6])
     before = M.logits_for(model, probe)
-    info = M.resize_and_init(model, base_tok, merged_tok, init=init)
+    info = R.resize_and_init(model, base_tok, merged_tok, init=init)
     n = info["base_vocab"]
     assert info["new_vocab"] == len(merged_tok) > n
     assert model.get_input_embeddings().weight.shape[0] == len(merged_tok)
@@ -49,7 +50,7 @@ def test_subword_mean_is_the_mean_of_the_decomposition(tiny_assets, merged):
     merged_tok, _ = merged
     emb0 = model.get_input_embeddings().weight.detach().clone()
     head0 = model.get_output_embeddings().weight.detach().clone()
-    info = M.resize_and_init(model, base_tok, merged_tok, init="subword_mean")
+    info = R.resize_and_init(model, base_tok, merged_tok, init="subword_mean")
     n = info["base_vocab"]
     for new_id in (n, n + 3, len(merged_tok) - 1):
         piece = merged_tok.convert_ids_to_tokens(new_id)
@@ -63,7 +64,7 @@ def test_mean_init_and_tied_head(tiny_assets, merged):
     model, base_tok = fresh(tiny_assets, tie=True)
     merged_tok, _ = merged
     emb0 = model.get_input_embeddings().weight.detach().clone()
-    info = M.resize_and_init(model, base_tok, merged_tok, init="mean")
+    info = R.resize_and_init(model, base_tok, merged_tok, init="mean")
     assert info["tied"] is True
     w = model.get_input_embeddings().weight
     torch.testing.assert_close(w[info["base_vocab"]:], emb0.mean(0).expand(info["added_rows"], -1))
@@ -74,16 +75,16 @@ def test_vocab_mismatch_and_bad_init_are_clear_errors(tiny_assets, merged):
     model, base_tok = fresh(tiny_assets)
     merged_tok, _ = merged
     with pytest.raises(ValueError, match="init must be one of"):
-        M.resize_and_init(model, base_tok, merged_tok, init="zeros")
+        R.resize_and_init(model, base_tok, merged_tok, init="zeros")
     model.resize_token_embeddings(len(base_tok) + 5)
     with pytest.raises(ValueError, match="does not match the checkpoint"):
-        M.resize_and_init(model, base_tok, merged_tok)
+        R.resize_and_init(model, base_tok, merged_tok)
 
 
 def test_save_and_reload_give_identical_logits(tiny_assets, merged, tmp_path):
     model, base_tok = fresh(tiny_assets)
     merged_tok, tok_dir = merged
-    M.resize_and_init(model, base_tok, merged_tok)
+    R.resize_and_init(model, base_tok, merged_tok)
     out = M.save_model(model, merged_tok, tmp_path / "m", sp_model=tok_dir / "tokenizer.model")
     assert (out / "tokenizer.model").exists()
     reloaded, tok2 = M.load_model(str(out), device="cpu")

@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from lib.analysis import paired as an
-from lib.eval import tasks as ET
 from lib.eval import nullcontrols as nc
 from lib.eval import rules
+from lib.eval import tasks as ET
 
 N, K = 400, 4
 PER_CHAR = 0.3          # log-likelihood per character: the length-only scorer prefers short options

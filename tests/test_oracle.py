@@ -10,12 +10,13 @@ import pytest
 import torch
 
 import lib.modeling.model as M
-import lib.vocab.oracle as O
 import lib.vocab.merge as T
+import lib.vocab.oracle as O
+from lib.core.prompts import QA_PROMPTS as PROMPTS
 from lib.core.stats import Item, paired_metrics, transfer_ratio
-from lib.modeling.mcscore import PROMPTS, score_choices
+from lib.modeling.mcscore import score_choices
+from lib.world import WorldSpec, build_world, file_lines, read_jsonl, write_world
 from lib.world.basemodel import BaseModelSpec, load_tokenizer, new_model, train_base_tokenizer, train_korean_tokenizer
-from lib.world import WorldSpec, build_world, read_jsonl, read_lines, write_world
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,7 @@ def test_token_map_covers_the_clone_and_sample_lines_map_exactly(clone):
     assert len(tmap.pairs) >= 250 and not tmap.skipped["korean_in_base_vocab"]
     assert all(k >= len(base_tok) > e for e, k in tmap.pairs.items())       # English base row -> Korean new row
     assert len(set(tmap.pairs.values())) == len(tmap.pairs)                 # one-to-one
-    en, ko = read_lines(root / "data/sample.en"), read_lines(root / "data/sample.ko")
+    en, ko = file_lines(root / "data/sample.en"), file_lines(root / "data/sample.ko")
     assert O.image_rate(tmap, base_tok, merged_tok, en, ko) == 1.0
     assert O.image_rate(tmap, base_tok, merged_tok, en, ko[1:] + ko[:1]) < 0.1   # misaligned lines do not map
 
@@ -143,8 +144,8 @@ def test_transfer_ratio_arithmetic():
 def test_check_refuses_bad_calibration_params_before_any_work(tmp_path):
     """The new knobs are validated by `check` (all at once, file:line: stage.key)."""
     from lib.core import paths
-    from lib.run.check import check_profile
     from lib.core.params import load_profile
+    from lib.run.check import check_profile
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"extends: {paths.PARAMS / 'toy.yaml'}\n00_toy_world:\n  korean_style: toy\n"
                    "  heldout_relations: 0\n02_embedding_init:\n  init: oracle_wrong\n  controls: [oracle, 'oracle@1.5']\n"

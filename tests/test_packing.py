@@ -3,11 +3,19 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from conftest import EN_LINES, KO_LINES
+
+from lib.data.packing import (
+    MixedStream,
+    nonpad_fraction,
+    pack,
+    pack_file,
+    packing_report,
+    pad_naive,
+    stream_stats,
+    tokenize_lines,
+)
 from lib.modeling.losses import IGNORE_INDEX
-from lib.data.packing import (MixedStream, nonpad_fraction, pack, pack_file, packing_report, pad_naive,
-                         stream_stats, tokenize_lines)
 
 # BOS=1, EOS=2; lengths 4 + 3 + 6 = 13 tokens
 DOCS = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 11, 2]]
@@ -15,8 +23,8 @@ DOCS = [[1, 5, 6, 2], [1, 7, 2], [1, 8, 9, 10, 11, 2]]
 
 @pytest.fixture(scope="module")
 def tok(tmp_path_factory):
-    from lib.vocab.sptrain import train_sentencepiece
     from lib.vocab.merge import hf_tokenizer_from_sp, load_sp_model
+    from lib.vocab.sptrain import train_sentencepiece
     path = train_sentencepiece(EN_LINES + KO_LINES, tmp_path_factory.mktemp("sp") / "t.model", 400,
                                hard_vocab_limit=False)
     return hf_tokenizer_from_sp(load_sp_model(path))

@@ -8,8 +8,8 @@ import pytest
 
 from lib.core import params as P
 from lib.core import paths
-from lib.core.params import ParamsError, check_type, load_profile, notebook_params, stage_params, validate_profile
 from lib.core.hashing import config_hash
+from lib.core.params import ParamsError, check_type, load_profile, notebook_params, stage_params, validate_profile
 from lib.core.stage import resolve
 
 

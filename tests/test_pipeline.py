@@ -9,11 +9,10 @@ import json
 
 import pytest
 
-from lib.core.params import ParamsError
 from lib.cli.pipeline import main
+from lib.core.params import ParamsError, load_profile, stage_params
 from lib.run.pipeline import StageFailed, run_pipeline
 from lib.run.stages import select_stages
-from lib.core.params import load_profile, stage_params
 
 
 def profile(tmp_path, assets, **overrides):
@@ -113,9 +112,9 @@ def test_cli_check_reports_bad_key(tmp_path, capsys):
 
 
 def test_shared_stages_are_linked_only_when_identical(tmp_path, tiny_assets):
+    from lib.core.hashing import config_hash
     from lib.core.io import write_json
     from lib.core.params import stage_params
-    from lib.core.hashing import config_hash
     from lib.run.pipeline import link_shared_stages
     base = profile(tmp_path, tiny_assets)
     src = tmp_path / "src"
@@ -137,8 +136,8 @@ def test_a_finished_07_adds_tasks_incrementally_and_08_follows(tmp_path):
     """Adding a task to a finished 07 through a profile plans an incremental rerun (its stored
     results kept, only DONE removed) and a fresh 08; any other change, or an edited existing
     task without rescore_changed, is refused before anything runs."""
-    from lib.core.io import write_json
     from lib.core.hashing import config_hash
+    from lib.core.io import write_json
     from lib.run.pipeline import plan_run, run_stage
     stages = ["07_benchmark_eval", "08_agreement_analysis"]
     base = tmp_path / "base.yaml"

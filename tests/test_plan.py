@@ -8,12 +8,12 @@ import importlib.util
 import pytest
 import torch
 
+from lib.cli.pipeline import main
 from lib.core import paths
 from lib.core.params import load_profile
-from lib.cli.pipeline import main
 from lib.run.pipeline import run_pipeline
+from lib.run.plan import KNOWN_SHAPES, GiB, PlanError, Shape, check_fits, plan_profile, train_memory
 from lib.run.stages import select_stages
-from lib.run.plan import GiB, KNOWN_SHAPES, PlanError, Shape, check_fits, plan_profile, train_memory
 
 A6000 = paths.PARAMS / "a6000.yaml"
 SHEARED = "princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT"

@@ -82,8 +82,8 @@ def test_cuda_asked_without_a_gpu_fails_in_one_line(monkeypatch):
     """F5: ``device: cuda`` on a node whose torch sees no GPU (a driver older than the wheel's
     CUDA build) fails at once, naming torch's CUDA build and the wheel index for older drivers,
     instead of training on the CPU; ``check`` says the same before any stage runs."""
-    from lib.run.checkvalues import KEY_RULES
     from lib.modeling.model import OLDER_DRIVER_INDEX, auto_device
+    from lib.run.checkvalues import KEY_RULES
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(RuntimeError) as e:
         auto_device("cuda")

@@ -6,13 +6,23 @@ import math
 
 import pytest
 import torch
+from conftest import EN_LINES, KO_LINES
 from torch.testing import assert_close
 from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import EN_LINES, KO_LINES
-from lib.modeling.represent import (LayerWeights, alignment_report, all_layer_vectors, embed_texts, encode_batch,
-                           nonpair_cosine, pair_cosines, pool, pooled_vectors, retrieval_p1,
-                           sentence_vectors)
+from lib.modeling.represent import (
+    LayerWeights,
+    alignment_report,
+    all_layer_vectors,
+    embed_texts,
+    encode_batch,
+    nonpair_cosine,
+    pair_cosines,
+    pool,
+    pooled_vectors,
+    retrieval_p1,
+    sentence_vectors,
+)
 from lib.vocab.sptrain import train_sentencepiece
 
 TEXTS = ["The cat sees the apple near the school on day 3.", "개가 강을 본다", "",

@@ -16,9 +16,9 @@ import pytest
 from lm_eval.api.model import LM
 
 from lib.analysis import paired as an
-from lib.eval import tasks as ET
 from lib.eval import harness as E
 from lib.eval import rules
+from lib.eval import tasks as ET
 
 # Option strings' own log-likelihood under an empty prompt, per language (made up, but the shape
 # real models show: the Korean labels cost more, and not in proportion to their characters).

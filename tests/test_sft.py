@@ -5,15 +5,15 @@ import json
 
 import pytest
 import torch
+from conftest import EN_LINES, KO_LINES
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
-from conftest import EN_LINES, KO_LINES
-from lib.data import instructions as ins
-from lib.train.chatvector import apply_chat_vector, chat_vector
-from lib.modeling.losses import IGNORE_INDEX
 from lib.core.params import notebook_params
 from lib.core.stage import resolve
+from lib.data import instructions as ins
+from lib.modeling.losses import IGNORE_INDEX
 from lib.train import sft
+from lib.train.chatvector import apply_chat_vector, chat_vector
 
 STAGE = "06_instruction_tuning"
 SYS = "You are a helpful assistant. 당신은 유능한 AI 어시스턴트 입니다."
@@ -331,6 +331,7 @@ def test_chat_template_gives_the_trained_ids(tiny_assets):
 
 def test_chat_template_real_llama2_tokenizer(shared_data, tmp_path):
     from transformers import LlamaTokenizerFast
+
     from lib.data.chattemplate import jinja_template, template_check
     LlamaTokenizerFast.from_pretrained(shared_data / "tokenizers/llama2/tokenizer.model").save_pretrained(tmp_path)
     tok = AutoTokenizer.from_pretrained(tmp_path)

@@ -5,9 +5,9 @@ import json
 
 import pytest
 import torch
+from conftest import EN_LINES, KO_LINES
 from transformers import AutoModelForCausalLM
 
-from conftest import EN_LINES, KO_LINES
 from lib.core.params import notebook_params
 from lib.core.stage import resolve
 

@@ -8,10 +8,18 @@ import sentencepiece as spm
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from lib.modeling.mcscore import PROMPTS, mc_accuracy, score_choices, split_ids
-from lib.world.basemodel import (BaseModelSpec, build_base_model, load_tokenizer, new_model, pretrain_documents,
-                          save_model, train_base_tokenizer)
-from lib.world import WorldSpec, build_world, read_jsonl, read_lines, write_world
+from lib.core.prompts import QA_PROMPTS as PROMPTS
+from lib.modeling.mcscore import mc_accuracy, score_choices, split_ids
+from lib.world import WorldSpec, build_world, file_lines, read_jsonl, write_world
+from lib.world.basemodel import (
+    BaseModelSpec,
+    build_base_model,
+    load_tokenizer,
+    new_model,
+    pretrain_documents,
+    save_model,
+    train_base_tokenizer,
+)
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +80,8 @@ def test_every_clone_word_is_one_token_and_options_match_the_text(built):
 def test_toy_korean_options_sometimes_differ_from_the_text(tmp_path):
     """The realistic toy Korean glues particles to names (부산에), so some mentions tokenize unlike
     the option (about 0.4 before the entity forms joined the tokenizer corpus; ~0.9 now)."""
-    from lib.world.basemodel import train_korean_tokenizer
     from lib.world import option_match
+    from lib.world.basemodel import train_korean_tokenizer
     write_world(build_world(WorldSpec.micro(korean_style="toy")), tmp_path)
     train_base_tokenizer(tmp_path, tmp_path / "b", BaseModelSpec.micro().base_vocab_size)
     train_korean_tokenizer(tmp_path, tmp_path / "k", 800, "unigram")
@@ -99,7 +107,7 @@ def test_saved_folder_loads_like_a_hub_model(built, tok):
     hub_tok = AutoTokenizer.from_pretrained(folder)
     assert type(model).__name__ == "LlamaForCausalLM" and not model.config.tie_word_embeddings
     sp = spm.SentencePieceProcessor(model_file=str(folder / "tokenizer.model"))
-    for line in read_lines(root / "data/sample.ko")[:20] + read_lines(root / "data/sample.en")[:20]:
+    for line in file_lines(root / "data/sample.ko")[:20] + file_lines(root / "data/sample.en")[:20]:
         assert hub_tok(line)["input_ids"] == [1] + sp.encode(line)
     # The reloaded weights give the accuracy measured before saving.
     again = mc_accuracy(model, hub_tok, root / "eval/knowledge_en.jsonl", "en")

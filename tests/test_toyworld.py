@@ -10,8 +10,20 @@ from pathlib import Path
 
 import pytest
 
-from lib.world import (CELLS, WordMap, WorldSpec, assert_valid, build_world, check_world, expected_counts,
-                          leaked_facts, read_jsonl, read_lines, tokenizer_corpus, write_world)
+from lib.world import (
+    CELLS,
+    WordMap,
+    WorldSpec,
+    assert_valid,
+    build_world,
+    check_world,
+    expected_counts,
+    file_lines,
+    leaked_facts,
+    read_jsonl,
+    tokenizer_corpus,
+    write_world,
+)
 from lib.world import lexicon as lx
 from lib.world.clone import verbs_last
 from lib.world.files import TRAINING_FILES
@@ -53,7 +65,7 @@ def test_sizes_are_exactly_those_the_spec_fixes(spec, tmp_path):
     sizes = write_world(build_world(spec), tmp_path)
     for rel, n in expected_counts(spec).items():
         assert sizes[rel]["lines"] == n, rel
-        assert len(read_lines(tmp_path / rel)) == n, rel
+        assert len(file_lines(tmp_path / rel)) == n, rel
     assert sizes["data/ko_mono.txt"]["chars"] == len((tmp_path / "data/ko_mono.txt").read_text("utf-8"))
 
 
@@ -137,7 +149,7 @@ def test_validity_checks_catch_planted_violations(default_world, default_dir, tm
     # rule 2: drop one knowledge person's age from the Korean text
     person = default_world.entities[default_world.knowledge_people[0]].ko
     for rel in ("data/ko_mono.txt", "data/stage3_ko.txt", "data/bridge_train.ko"):
-        lines = read_lines(copy / rel)
+        lines = file_lines(copy / rel)
         (copy / rel).write_text("".join(ln + "\n" for ln in lines if not (person in ln and re.search(r"\d", ln))),
                                 encoding="utf-8")
     assert check_world(copy)["attribute_balance"]["knowledge"]["ko"] == 49 / 50
@@ -147,12 +159,12 @@ def test_clone_korean_is_the_word_for_word_image_of_english(default_world, defau
     wm = default_world.wordmap
     assert len(set(wm.en_to_ko.values())) == len(wm.en_to_ko)                   # one-to-one
     assert (wm.word("Question"), wm.word("Answer"), wm.word("Busan")) == ("질문", "정답", "부산")
-    en, ko = read_lines(default_dir / "data/bridge_train.en"), read_lines(default_dir / "data/bridge_train.ko")
+    en, ko = file_lines(default_dir / "data/bridge_train.en"), file_lines(default_dir / "data/bridge_train.ko")
     assert all(wm.translate(e) == k for e, k in zip(en, ko))
     rows = read_jsonl(default_dir / "data/word_map.jsonl")
     assert [(r["en"], r["ko"]) for r in rows] == wm.pairs()
     for rel in ("data/ko_mono.txt", "data/stage3_ko.txt"):                      # no Latin letters in Korean text
-        assert not any(re.search("[A-Za-z]", ln) for ln in read_lines(default_dir / rel)), rel
+        assert not any(re.search("[A-Za-z]", ln) for ln in file_lines(default_dir / rel)), rel
     with pytest.raises(KeyError, match="Zebra"):
         wm.translate("Zebra lives in Busan.")
 
@@ -183,18 +195,18 @@ def test_knowledge_names_and_all_entities_appear_in_korean_bridge_pairs(default_
 
 
 def test_heldout_pairs_are_in_no_training_file(default_dir):
-    held = set(read_lines(default_dir / "data/heldout_pairs.en")) | set(read_lines(default_dir / "data/heldout_pairs.ko"))
+    held = set(file_lines(default_dir / "data/heldout_pairs.en")) | set(file_lines(default_dir / "data/heldout_pairs.ko"))
     for rel in TRAINING_FILES:
         if rel.endswith(".jsonl"):
             continue
-        assert not held & set(read_lines(default_dir / rel)), rel
+        assert not held & set(file_lines(default_dir / rel)), rel
     for rec in read_jsonl(default_dir / "data/instructions.jsonl"):
         assert rec["input"] not in held and rec["output"] not in held
 
 
 def test_bridge_pairs_are_line_aligned_and_unique(default_dir):
-    en = read_lines(default_dir / "data/bridge_train.en")
-    ko = read_lines(default_dir / "data/bridge_train.ko")
+    en = file_lines(default_dir / "data/bridge_train.en")
+    ko = file_lines(default_dir / "data/bridge_train.ko")
     assert len(en) == len(ko) == len(set(zip(en, ko)))
     assert all(re.search("[가-힣]", k) for k in ko) and not any(re.search("[가-힣]", e) for e in en)
 
@@ -229,7 +241,7 @@ def test_guard_catches_a_planted_leak_in_a_file(default_world, default_dir, tmp_
     leaks = leaked_facts(copy)
     first = default_world.records["eval/facts.jsonl"][0]["id"]
     assert [(x["file"], x["id"]) for x in leaks] == [("data/ko_mono.txt", first), ("data/instructions.jsonl", first)]
-    assert leaks[0]["line"] == len(read_lines(copy / "data/ko_mono.txt"))
+    assert leaks[0]["line"] == len(file_lines(copy / "data/ko_mono.txt"))
 
 
 def test_guard_catches_a_leak_in_memory_and_in_english_forms(default_world):

@@ -4,7 +4,7 @@
 hellaswag or mmlu, Korean tasks such as kobest_*; on the toy world ``toy_en_syntax`` and
 ``toy_ko_syntax``) and kept per-item scores. Here each model is compared with the run's base
 model on the *same items*: the delta is the mean of the paired per-item differences (model - base),
-and its interval a percentile bootstrap over items (the resampling of :mod:`lib.analysis.agreement`:
+and its interval a percentile bootstrap over items (the resampling of :mod:`lib.core.stats`:
 ``rng.integers(0, n, size=(n_boot, n))`` from ``default_rng(seed)``), so the noise shared by both
 models on an item cancels. English retention = the English tasks' deltas; for a group task the items
 of all its subtasks are pooled (see :mod:`lib.eval.extratasks`)::
@@ -22,9 +22,11 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+
+from lib.core.plots import interval_points
+from lib.core.stats import fmt_ci, percentile_interval
 from lib.eval.extratasks import item_values
 from lib.eval.models import baseline_name
-from lib.core.plots import interval_points
 
 LEVEL = 0.95
 CHUNK = 200          # bootstrap resamples drawn at a time (bounds memory for 10k-item tasks)
@@ -65,7 +67,6 @@ def paired_delta(model: np.ndarray, base: np.ndarray, n_boot: int = 1000, seed: 
         raise ValueError(f"need two equal-length non-empty score vectors, got {model.shape} and {base.shape}")
     n = model.size
     out = {"n": n, "base": float(base.mean()), "value": float(model.mean()), "delta": float((model - base).mean())}
-    tail = 100 * (1 - level) / 2
     if n_boot <= 0:
         return out | {f"{k}_{e}": math.nan for k in ("base", "value", "delta") for e in ("lo", "hi")}
     rng = np.random.default_rng(seed)
@@ -77,8 +78,7 @@ def paired_delta(model: np.ndarray, base: np.ndarray, n_boot: int = 1000, seed: 
         means["value"].append(m)
         means["delta"].append(m - b)
     for k, v in means.items():
-        lo, hi = np.percentile(np.concatenate(v), [tail, 100 - tail])
-        out[f"{k}_lo"], out[f"{k}_hi"] = float(lo), float(hi)
+        out[f"{k}_lo"], out[f"{k}_hi"] = percentile_interval(np.concatenate(v), level)
     return out
 
 
@@ -130,12 +130,6 @@ def delta_rows(manifest: Sequence[Mapping], base: str, n_boot: int = 1000, seed:
     return rows
 
 
-def _fmt(v: Any, digits: int = 3, sign: bool = False) -> str:
-    if not isinstance(v, (int, float)) or not math.isfinite(v):
-        return "n/a"
-    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
-
-
 def markdown(rows: Sequence[Mapping], digits: int = 3) -> str:
     """One row per final model (no intermediate checkpoints), one column per extra task:
     ``base → value: delta [lo, hi]``; the header names each task's language and metric."""
@@ -154,8 +148,8 @@ def markdown(rows: Sequence[Mapping], digits: int = 3) -> str:
         for t in tasks:
             r = cell.get((run, model, t))
             cells.append("" if r is None else
-                         f"{_fmt(r['base'], digits)} → {_fmt(r['value'], digits)}: {_fmt(r['delta'], digits, True)} "
-                         f"[{_fmt(r.get('delta_lo'), digits, True)}, {_fmt(r.get('delta_hi'), digits, True)}]")
+                         f"{fmt_ci(r['base'], digits=digits)} → {fmt_ci(r['value'], digits=digits)}: {fmt_ci(r['delta'], digits=digits, signed=True)} "
+                         f"[{fmt_ci(r.get('delta_lo'), digits=digits, signed=True)}, {fmt_ci(r.get('delta_hi'), digits=digits, signed=True)}]")
         lines.append(f"| {run + '/' + model if several else model} | " + " | ".join(cells) + " |")
     base = rows[0]["base_model"]
     return ("\n".join(lines) + f"\n\nEach cell: {base} → this model on the same items: the change "

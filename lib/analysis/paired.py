@@ -31,18 +31,14 @@ from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from lib.core import markdown
-from lib.eval import samples
-from lib.core import stats
 from lib.analysis import agreement as ag
-from lib.core import paths
-from lib.eval import rules
+from lib.core import markdown, paths, stats
 from lib.core.io import read_json, write_json, write_text
-from lib.modeling.represent import alignment_report
-from lib.modeling.represent import all_layer_vectors
+from lib.core.plots import interval_points, save
+from lib.core.stats import fmt_ci
+from lib.eval import rules, samples
 from lib.modeling.model import load_model
-from lib.core.plots import save
-from lib.core.plots import interval_points
+from lib.modeling.represent import alignment_report, all_layer_vectors
 
 EVAL_STAGE = "07_benchmark_eval"
 MANIFEST = "evals.json"
@@ -381,20 +377,13 @@ def summary_rows(paired: Sequence[Mapping], rep_rows: Sequence[Mapping] = ()) ->
     return out
 
 
-def _with_ci(v: Any, lo: Any, hi: Any, digits: int) -> str:
-    finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
-    if not finite(v):
-        return "n/a"
-    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if finite(lo) and finite(hi) else f"{v:.{digits}f}"
-
-
 def summary_markdown(rows: Sequence[Mapping], digits: int = 3) -> str:
     """A pipe table with :data:`SUMMARY_COLUMNS`; metrics with CIs read ``0.750 [0.500, 1.000]``."""
     shown = []
     for r in rows:
         d = {c: r.get(c) for c in SUMMARY_COLUMNS}
         for m in WITH_CI:
-            d[m] = _with_ci(r.get(m), r.get(f"{m}_lo"), r.get(f"{m}_hi"), digits)
+            d[m] = fmt_ci(r.get(m), r.get(f"{m}_lo"), r.get(f"{m}_hi"), digits)
         shown.append(d)
     return markdown.to_markdown(shown, columns=SUMMARY_COLUMNS, digits=digits)
 

@@ -22,8 +22,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from lib.core.plots import save
-from lib.core.plots import layer_curves
+from lib.core.plots import layer_curves, save
 
 KO_COLOUR, EN_COLOUR = "#d62828", "#1d3557"
 

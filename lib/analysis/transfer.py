@@ -18,10 +18,12 @@ from __future__ import annotations
 import math
 import re
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
+
 from lib.core.plots import save
+from lib.core.stats import fmt_ci
 
 CELL_ORDER = ("knowledge", "bridge_heldout", "ghost")
 ALPHA_RE = re.compile(r"alpha-(\d*\.?\d+)")
@@ -34,15 +36,6 @@ def alpha_of(model: str) -> float | None:
         return None
     m = ALPHA_RE.search(model)
     return float(m.group(1)) if m else (1.0 if model.endswith("oracle") else None)
-
-
-def _fmt(v: Any, lo: Any = None, hi: Any = None, digits: int = 3) -> str:
-    ok = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
-    if not ok(v):
-        return "n/a"
-    if ok(lo) and ok(hi):
-        return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-    return f"{v:.{digits}f}"
 
 
 def final_rows(rows: Sequence[Mapping]) -> list[Mapping]:
@@ -78,7 +71,7 @@ def transfer_markdown(table: Sequence[Mapping], digits: int = 3) -> str:
     lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * len(cols)]
     for t in table:
         name = f"{t['run']}/{t['model']}" if several else t["model"]
-        cells = [_fmt(t.get(f"{c}:{m}"), t.get(f"{c}:{m}_lo"), t.get(f"{c}:{m}_hi"), digits) for c, m in cols]
+        cells = [fmt_ci(t.get(f"{c}:{m}"), t.get(f"{c}:{m}_lo"), t.get(f"{c}:{m}_hi"), digits) for c, m in cols]
         lines.append("| " + " | ".join([name] + cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -1,13 +1,13 @@
 """Regenerate the Colab notebooks: python -m lib.cli.colab [--check] (make colab; see lib.run.colab)."""
 from __future__ import annotations
 
-from pathlib import Path
 import argparse
 import sys
+from pathlib import Path
 
 from lib.core import paths
-from lib.run.colab import generate, sources, stale
 from lib.run.colab import __doc__ as USAGE
+from lib.run.colab import generate, sources, stale
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,19 +1,20 @@
-"""Grids from the command line: python -m lib.cli.grid GRID.yaml (also python -m lib.pipeline grid)."""
+"""The steps of a grid's Slurm job scripts (lib.run.gridslurm): ``python -m lib.cli.grid link GRID COND``
+links a condition's finished shared stages, ``python -m lib.cli.grid done GRID COND STAGE`` exits 0
+when that stage is finished with the condition's parameters. Grids run with ``python -m lib.pipeline grid``."""
 from __future__ import annotations
 
-
+import sys
 
 from lib.core import paths
-from lib.core.params import load_profile, stage_params
 from lib.core.hashing import config_hash
-from lib.run.grid import finished_conditions, link_shared, load_grid, plan
+from lib.core.params import load_profile, stage_params
+from lib.run.grid import stage_finished, link_shared, load_grid, plan
 
 
 def main(argv: list[str] | None = None) -> int:
     """``link GRID COND`` (link the finished shared stages) and ``done GRID COND STAGE`` (exit 0
     when that stage is finished with this condition's parameters): the steps of lib.run.gridslurm's
     job scripts."""
-    import sys
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) < 3 or args[0] not in ("link", "done"):
         print("usage: python -m lib.cli.grid link GRID COND | done GRID COND STAGE", file=sys.stderr)
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     if stage is None:
         return 1
     prof = load_profile(p["file"])
-    return 0 if finished_conditions(paths.stage_dir(p["run"], stage), config_hash(stage_params(prof, stage, p["run"]))) else 1
+    return 0 if stage_finished(paths.stage_dir(p["run"], stage), config_hash(stage_params(prof, stage, p["run"]))) else 1
 
 
 if __name__ == "__main__":

@@ -1,14 +1,14 @@
 """The pairwise LLM judge from the command line: python -m lib.cli.judge --params params/toy.yaml ... (see lib.eval.judge)."""
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Sequence
 import argparse
 import json
+from pathlib import Path
+from typing import Sequence
 
-from lib.eval.judge import answer_items, judge_items, make_client, read_items, settings, tally
-from lib.eval.judge import __doc__ as USAGE
 from lib.core.io import write_json, write_text
+from lib.eval.judge import __doc__ as USAGE
+from lib.eval.judge import answer_items, judge_items, make_client, read_items, settings, tally
 
 
 def main(argv: Sequence[str] | None = None) -> int:

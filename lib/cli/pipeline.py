@@ -1,24 +1,24 @@
 """The runner's command line: python -m lib.pipeline run|check|plan|grid|contamination (see lib.run.pipeline)."""
 from __future__ import annotations
 
-from pathlib import Path
 import argparse
 import signal
 import sys
 import time
+from pathlib import Path
 
+from lib.cli.errors import failed
 from lib.core import paths
 from lib.core.params import ParamsError, load_profile
 from lib.core.runfolder import BadRunName, RunLocked
-from lib.run import failures
+from lib.eval import contamination
+from lib.run import failures, gridslurm
 from lib.run.check import check_profile
+from lib.run.grid import run_grid
 from lib.run.pipeline import StageFailed, run_pipeline
-from lib.run.stages import select_stages
 from lib.run.pipeline import __doc__ as USAGE
 from lib.run.plan import print_plan
-from lib.eval import contamination
-from lib.run import gridslurm
-from lib.run.grid import run_grid
+from lib.run.stages import select_stages
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,21 +80,12 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{prof.path}: ok ({', '.join(select_stages(prof))}; {time.time() - t0:.1f}s)")
             return 0
         run_pipeline(args.params, args.run, args.start, args.only, args.force, gpu_memory=args.gpu_memory)
-    except ParamsError as e:
-        for p in e.problems:
-            print(f"error: {p}", file=sys.stderr)
-        if len(e.problems) > 1:
-            print(f"{len(e.problems)} problems; nothing was run", file=sys.stderr)
-        return 1
-    except (StageFailed, FileNotFoundError, FileExistsError, RunLocked, BadRunName) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ParamsError, StageFailed, FileNotFoundError, FileExistsError, RunLocked, BadRunName,
+            KeyboardInterrupt) as e:
+        return failed(e, failures.INTERRUPTED, note_many=True)
     except OSError as e:                # the runner's own writes: disk full, read-only folder
         print(f"error: {failures.cause(e)} ({type(e).__name__}: {e})", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"error: {failures.INTERRUPTED}", file=sys.stderr)
-        return 130
     return 0
 
 

@@ -5,8 +5,8 @@ import argparse
 import sys
 
 from lib.core import paths
-from lib.run.rehearsal import build_assets
 from lib.run.rehearsal import __doc__ as USAGE
+from lib.run.rehearsal import build_assets
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,8 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from lib.run.report import write_report
 from lib.run.report import __doc__ as USAGE
+from lib.run.report import write_report
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -16,13 +16,13 @@ import os
 import sys
 from contextlib import nullcontext
 
+from lib.cli.errors import failed
 from lib.core import paths
+from lib.core.params import ParamsError, load_profile, stage_params
+from lib.core.runfolder import HELD_ENV, BadRunName, RunLocked, run_folder, run_lock
+from lib.core.stage import finish, resolve
 from lib.run.check import check_profile
 from lib.run.failures import INTERRUPTED
-from lib.core.stage import finish
-from lib.core.params import ParamsError, load_profile, stage_params
-from lib.core.stage import resolve
-from lib.core.runfolder import HELD_ENV, BadRunName, RunLocked, run_folder, run_lock
 
 STAGES = {"03": ("03_stage1_contrastive", "lib.train.contrastive"),
           "04": ("04_stage2_lm_head", "lib.train.head"),
@@ -60,16 +60,8 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{stage} finished: {paths.stage_dir(cfg['run'], stage)}")
             state.wait_for_everyone()
             state.destroy_process_group()
-    except ParamsError as e:
-        for p in e.problems:
-            print(f"error: {p}", file=sys.stderr)
-        return 1
-    except (FileExistsError, RunLocked, BadRunName) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print(f"error: {stage} {INTERRUPTED}", file=sys.stderr)
-        return 130
+    except (ParamsError, FileExistsError, RunLocked, BadRunName, KeyboardInterrupt) as e:
+        return failed(e, f"{stage} {INTERRUPTED}")
     return 0
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import argparse
 
-from lib.data.wordpairs import extract, write_pairs
-from lib.data.wordpairs import __doc__ as USAGE
 from lib.core.readers import read_parallel
+from lib.data.wordpairs import __doc__ as USAGE
+from lib.data.wordpairs import extract, write_pairs
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,11 +17,11 @@ def config_hash(values: dict[str, Any]) -> str:
 
 
 def digest(value: Any) -> str:
-    """A short stable hash of a JSON-able value (keys sorted)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, ensure_ascii=False, default=str).encode()).hexdigest()[:16]
+    """A short stable hash of a JSON-able value (keys sorted; 07's stored results are keyed by it)."""
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def file_sha256(path: str | Path, chunk: int = 1 << 20) -> str:
+def file_sha256(path: str | Path, chunk: int = 1 << 24) -> str:
     """SHA-256 of a file's bytes, read in chunks."""
     h = hashlib.sha256()
     with open(path, "rb") as f:

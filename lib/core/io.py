@@ -9,7 +9,6 @@ import json
 import math
 import os
 import shutil
-import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator

@@ -37,8 +37,7 @@ from __future__ import annotations
 
 import ast
 import json
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -372,6 +371,16 @@ def profile_problems(prof: Profile, stages: list[str], value_rules: dict | None 
     for stage in stages:     # types, with defaults filled in
         stage_params(prof, stage, "check", problems)
     return problems
+
+
+def dataclass_values(cls: type, values: dict) -> dict:
+    """``values`` checked against the fields of the dataclass ``cls`` (a spec built from a params
+    section): an unknown key fails naming it and the known ones."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise KeyError(f"unknown {cls.__name__} key(s) {unknown}; known: {sorted(known)}")
+    return dict(values)
 
 
 def section_problems(section: str, values: dict, where, value_rule=None) -> list[str]:

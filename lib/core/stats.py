@@ -108,13 +108,15 @@ def percentile_interval(values: np.ndarray, level: float = 0.95) -> list[float]:
     return [float(lo), float(hi)]
 
 
-def fmt_ci(value: Any, lo: Any = None, hi: Any = None, digits: int = 3, signed: bool = False) -> str:
-    """``'0.412 [0.350, 0.470]'``; the interval is left out when it is missing or NaN, and a
-    missing or NaN value reads ``n/a``. ``signed``: a + before positive numbers (deltas)."""
-    def num(x) -> str:
-        return f"{float(x):+.{digits}f}" if signed else f"{float(x):.{digits}f}"
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "n/a"
-    if lo is None or hi is None or any(isinstance(x, float) and math.isnan(x) for x in (lo, hi)):
-        return num(value)
-    return f"{num(value)} [{num(lo)}, {num(hi)}]"
+def fmt_ci(value: Any, lo: Any = None, hi: Any = None, digits: int = 3, ci_digits: int | None = None,
+           signed: bool = False, missing: str = "n/a") -> str:
+    """``'0.412 [0.350, 0.470]'``: the interval is shown when both ends are finite numbers; a value
+    that is not a finite number reads ``missing``. ``signed``: a + before positive values (deltas);
+    ``ci_digits``: decimals of the interval (default: ``digits``)."""
+    def ok(x: Any) -> bool:
+        return isinstance(x, (int, float)) and math.isfinite(x)
+    if not ok(value):
+        return missing
+    num = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+    cd = digits if ci_digits is None else ci_digits
+    return f"{num} [{lo:.{cd}f}, {hi:.{cd}f}]" if ok(lo) and ok(hi) else num

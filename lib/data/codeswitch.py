@@ -16,36 +16,23 @@ generator seeded per line, so the result does not depend on the order lines are 
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from pathlib import Path
 from typing import Sequence
 
+from lib.data.wordpairs import read_pairs
+
 _EDGE = re.compile(r"^(.*?)([.,?!:;]*)$")
 
 
 def read_word_pairs(path: str | Path) -> dict[str, str]:
-    """Both directions of a JSONL dictionary (``{"en": .., "ko": ..}`` per line), as one mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no word-pair file (JSONL, one {{\"en\": ..., \"ko\": ...}} a line); "
-                                "the toy world writes data/word_map.jsonl on its clone styles")
+    """Both directions of a word-pair file (:func:`lib.data.wordpairs.read_pairs`) as one mapping;
+    the first pair of a word wins."""
     out: dict[str, str] = {}
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            en, ko = str(row["en"]), str(row["ko"])
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}:{i}: expected {{\"en\": ..., \"ko\": ...}} ({e})") from e
-        if not en or not ko or " " in en or " " in ko:
-            raise ValueError(f"{path}:{i}: a word pair needs one word on each side, got {en!r} / {ko!r}")
+    for en, ko in read_pairs(path):
         out.setdefault(en, ko)
         out.setdefault(ko, en)
-    if not out:
-        raise ValueError(f"{path}: no word pairs")
     return out
 
 

@@ -37,6 +37,7 @@ import torch
 
 from lib.core import paths
 from lib.core.readers import DataError
+from lib.core.sources import is_hub, parse_hub
 
 CHUNK_ROWS = 1_000         # lines per map batch and per cached record batch: bounds memory
 
@@ -53,7 +54,6 @@ def _encode_rows(batch: dict, tokenizer, bos: int, eos: int) -> dict:
     return {"ids": [[bos] + x + [eos] for x in ids]}
 
 
-HUB_PREFIX = "hub:"
 JSON_SUFFIXES = (".jsonl", ".json")
 
 
@@ -87,13 +87,12 @@ def parse_corpus(value: str | Path, run: str | Path = ".") -> CorpusSource:
         return CorpusSource(str(value), path=value)
     if not isinstance(value, str) or not value.strip():
         raise DataError(f"a corpus must be a file path or 'hub:<dataset>/<config>/<split>', got {value!r}")
-    if value.startswith(HUB_PREFIX):
-        body, _, field = value[len(HUB_PREFIX):].partition("#")
-        parts = body.rsplit("/", 2)
-        if len(parts) != 3 or not parts[0] or not parts[2]:
-            raise DataError(f"{value!r} is not 'hub:<dataset>/<config>/<split>[#field]' "
-                            "(use an empty config for none: 'hub:<dataset>//<split>')")
-        return CorpusSource(value, dataset=parts[0], config=parts[1] or None, split=parts[2], field=field or "text")
+    if is_hub(value):
+        try:
+            dataset, config, split, field = parse_hub(value, with_field=True)
+        except ValueError as e:
+            raise DataError(str(e)) from None
+        return CorpusSource(value, dataset=dataset, config=config, split=split, field=field or "text")
     base, sep, field = value.rpartition("#")
     if sep and Path(base).suffix in JSON_SUFFIXES:
         return CorpusSource(value, path=paths.resolve_path(base, run), field=field or "text")

@@ -43,7 +43,7 @@ from lib.modeling.model import special_id
 SYSTEM_PROMPT = "You are a helpful assistant. 당신은 유능한 AI 어시스턴트 입니다."
 PROMPT_TEMPLATE = "[INST] <<SYS>>\n{system}\n<</SYS>>\n\n{instruction} [/INST]"
 TURN_TEMPLATE = "[INST] {instruction} [/INST]"
-_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
+HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")  # jamo, compatibility jamo, syllables
 
 
 # ----------------------------------------------------------------------------- records
@@ -51,7 +51,7 @@ _HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 def hangul_share(text: str) -> float:
     """Share of the letters of ``text`` that are Hangul (0 for text without letters)."""
     letters = [c for c in text if c.isalpha()]
-    return sum(bool(_HANGUL.match(c)) for c in letters) / len(letters) if letters else 0.0
+    return sum(bool(HANGUL.match(c)) for c in letters) / len(letters) if letters else 0.0
 
 
 def detect_lang(text: str, threshold: float = 0.3) -> str:

@@ -36,16 +36,15 @@ from typing import Mapping, Sequence
 import numpy as np
 import torch
 
+from lib.core.prompts import QA_MARKERS
 from lib.core.readers import read_lines
 from lib.data.corpus import CorpusSource, cached_blocks, check_block_size
 from lib.modeling.losses import clm_labels
-
 
 # ----------------------------------------------------------------------------- documents
 
 # A question line followed by its answer line is one document, newline kept: the prompt format
 # of the multiple-choice evaluation (``Question: {q}\nAnswer:``), as the toy world writes its QA.
-QA_MARKERS = (("Question: ", "Answer: "), ("질문: ", "정답: "))
 
 
 def qa_documents(lines: Sequence[str]) -> list[str]:

@@ -20,9 +20,7 @@ Korean word matches the start of an eojeol (particles follow: 학교 matches 학
 """
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import re
 from collections import Counter
 from pathlib import Path

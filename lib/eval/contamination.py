@@ -26,16 +26,15 @@ import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Mapping
+from typing import Any, Callable, Iterator, Mapping
 
 from tqdm.auto import tqdm
 
 from lib.core import paths
-from lib.data.corpus import load_rows
-from lib.data.corpus import DataError, parse_corpus
-from lib.eval.tasks import read_pair
-from lib.core.params import stage_params
 from lib.core.io import write_json, write_text
+from lib.core.params import stage_params
+from lib.data.corpus import DataError, load_rows, parse_corpus
+from lib.eval.tasks import read_pair
 from lib.eval.taskshape import lookup
 from lib.world.files import TRAINING_FILES
 

@@ -35,8 +35,6 @@ the metric must be numbers (a 0/1 correctness, or e.g. truthfulqa_mc2's probabil
 from __future__ import annotations
 
 import functools
-import hashlib
-import json
 import shutil
 import time
 from dataclasses import asdict, dataclass
@@ -44,8 +42,9 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from lib.core import paths
-from lib.eval import toyextra
+from lib.core.hashing import digest, file_sha256
 from lib.core.io import atomic_dir, read_json, write_json, write_text
+from lib.eval import lmjson, toyextra
 
 LANGS = ("en", "ko")
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -157,14 +156,6 @@ def _load_yaml(path: Path) -> dict:
     return cfg
 
 
-def _sha(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def _data_files(cfg: Mapping) -> list[str]:
     files = (cfg.get("dataset_kwargs") or {}).get("data_files") if isinstance(cfg.get("dataset_kwargs"), Mapping) else None
     if isinstance(files, str):
@@ -184,19 +175,15 @@ def yaml_digest(path: Path) -> str:
             continue
         seen.add(p)
         cfg = _load_yaml(p)
-        parts.append((p.name, _sha(p)))
+        parts.append((p.name, file_sha256(p)))
         inc = cfg.get("include")
         for i in [inc] if isinstance(inc, str) else inc or []:
             todo.append((p.parent / i).resolve())
         for f in _data_files(cfg):
             fp = Path(f)
             if fp.is_absolute() and fp.is_file():
-                parts.append((str(fp), _sha(fp)))
-    return _digest(parts)
-
-
-def _digest(body: Any) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
+                parts.append((str(fp), file_sha256(fp)))
+    return digest(parts)
 
 
 def lm_eval_version() -> str:
@@ -229,7 +216,7 @@ def resolve(extra_tasks: Any, extra_metric: Any, run: str | Path, out_dir: str |
                 raise ExtraTaskError(f"extra_tasks['{lang}']: task YAML not found: {yaml_path} (from {spec!r})")
             name, digest = yaml_task_name(yaml_path), yaml_digest(yaml_path)
         else:
-            yaml_path, name, digest = None, spec, _digest({"name": spec, "lm_eval": lm_eval_version()})
+            yaml_path, name, digest = None, spec, digest({"name": spec, "lm_eval": lm_eval_version()})
         metric = extra_metric.get(spec, extra_metric.get(name, "auto"))
         out.append(Extra(name, lang, spec, kind, str(yaml_path) if yaml_path else None, metric, digest))
     dup = sorted({x.name for x in out if [y.name for y in out].count(x.name) > 1})
@@ -341,23 +328,6 @@ def item_values(samples: Sequence[Mapping], key: str, where: str) -> list[tuple[
 # ---------------------------------------------------------------------------- stored results
 
 
-def _dumps(obj: Any, indent: int | None = None) -> str:
-    from lm_eval.utils import handle_non_serializable
-    return json.dumps(obj, default=handle_non_serializable, ensure_ascii=False, indent=indent)
-
-
-def _restricted(res: Mapping[str, Any], names: set[str]) -> dict[str, Any]:
-    """lm-eval's results dict restricted to some tasks (per-task sections filtered)."""
-    out = {}
-    for k, v in res.items():
-        if k == "samples":
-            continue
-        if isinstance(v, Mapping) and names & set(v):
-            v = {t: x for t, x in v.items() if t in names}
-        out[k] = v
-    return out
-
-
 def _files(task: Mapping[str, Any]) -> list[str]:
     return [Path(f).name for f in task["samples"].values()] + [task["results"]]
 
@@ -402,9 +372,9 @@ def write_results(model: str, extras: Sequence[Extra], res: Mapping[str, Any] | 
             x = new[name]
             entry = summarize(x, res, final)
             names = _groups(res, name) | set(entry["subtasks"])
-            write_text(tmp / entry["results"], _dumps(_restricted(res, names), indent=2) + "\n")
+            write_text(tmp / entry["results"], lmjson.dumps(lmjson.restricted(res, names), indent=2) + "\n")
             for t in entry["subtasks"]:
-                write_text(tmp / f"samples_{t}.jsonl", "".join(_dumps(s) + "\n" for s in res["samples"][t]))
+                write_text(tmp / f"samples_{t}.jsonl", "".join(lmjson.dumps(s) + "\n" for s in res["samples"][t]))
             out[name] = {**entry, "seconds": seconds}
         write_json(tmp / ENTRY, {"name": model, "tasks": out, "keys": dict(keys)})
     return out

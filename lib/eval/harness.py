@@ -26,8 +26,6 @@ languages (500 items, 2,000 option log-likelihoods) in ~8 s on one CPU thread, l
 from __future__ import annotations
 
 import gc
-import hashlib
-import json
 import logging
 import shutil
 import time
@@ -36,20 +34,24 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+from lib.core.hashing import digest
+from lib.core.io import atomic_dir, read_json, write_json, write_text
+from lib.eval import extratasks as XT
+from lib.eval import lmjson, rules
 from lib.eval import samples as sample_logs
 from lib.eval import tasks as ET
-from lib.eval import extratasks as XT
-from lib.eval.models import (  # noqa: F401  re-exported: 07 and the tests use E.models_for, E.stage_models
-    ModelSpec, baseline_models, baseline_name, models_for, stage_models, unique_names)
-from lib.eval.models import weight_files
-from lib.eval.tables import (TABLE_COLUMNS, accuracy_figure, summary_metrics, table_rows,  # noqa: F401  re-exported for 07
-                             write_tables)
-from lib.modeling.model import AUTOCAST_DTYPES, PRECISIONS, auto_dtype
-from lib.eval import rules
 from lib.eval.kvscore import ContextOnceHFLM
-from lib.modeling.model import auto_device, load_model
-from lib.core.io import atomic_dir, read_json, write_json, write_text
-
+from lib.eval.models import (  # noqa: F401  re-exported: 07 and the tests use E.models_for, E.stage_models
+    ModelSpec,
+    baseline_models,
+    baseline_name,
+    models_for,
+    stage_models,
+    unique_names,
+    weight_files,
+)
+from lib.eval.tables import TABLE_COLUMNS, accuracy_figure, summary_metrics, table_rows, write_tables  # noqa: F401  re-exported for 07
+from lib.modeling.model import AUTOCAST_DTYPES, PRECISIONS, auto_device, auto_dtype, load_model
 
 # ---------------------------------------------------------------------------- the tasks
 
@@ -97,16 +99,12 @@ def _quiet_lm_eval(truncated: list[int]) -> Iterator[None]:
             lg.removeFilter(keep)
 
 
-def _digest(body: Any) -> str:
-    return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def task_digests(pairs: Mapping[str, ET.Pair]) -> dict[str, str]:
     """Per pair, what its stored results depend on: prompts, options, metrics, data (hashes), rule."""
     out = {}
     for name, p in pairs.items():
         info = ET.pair_info(p)
-        out[name] = _digest({lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.shape,
+        out[name] = digest({lang: {"config": {k: v for k, v in ET.task_config(name, lang, p.shape,
                                                                               p.sources[lang]).items()
                                                if k != "dataset_kwargs"},
                                     "data": info[lang]["sha256"] or info[lang]["source"]}
@@ -120,7 +118,7 @@ def settings_digest(num_fewshot: int, limit: int, seed: int, precision: str = "a
     d = {"num_fewshot": num_fewshot, "limit": limit, "seed": seed}
     if precision != "auto":
         d["precision"] = precision
-    return _digest(d)
+    return digest(d)
 
 
 def scoring_precision(precision: str, device) -> tuple[str, Any]:
@@ -151,7 +149,7 @@ def model_fingerprint(m: ModelSpec) -> str:
     d = Path(m.path)
     files = ([(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in weight_files(d)]
              if d.is_absolute() and d.is_dir() else [])
-    return _digest({"path": m.path, "files": files})
+    return digest({"path": m.path, "files": files})
 
 
 def result_keys(m: ModelSpec, tasks: Mapping[str, str], settings: str) -> dict[str, dict[str, str]]:
@@ -174,12 +172,6 @@ def _selection(pairs: Mapping[str, ET.Pair], limit: int) -> dict[str, list[int]]
     return chosen
 
 
-def _dumps(obj: Any, indent: int | None = None) -> str:
-    """JSON as lm-eval writes it (dtypes and other objects as strings)."""
-    from lm_eval.utils import handle_non_serializable
-    return json.dumps(obj, default=handle_non_serializable, ensure_ascii=False, indent=indent)
-
-
 def _samples_jsonl(samples: Sequence[Mapping], fmt: str) -> str:
     """Per-sample records as lm-eval logs them, plus ``doc["id"]`` where the data has none
     (Belebele), so every pair joins on ``doc["id"]`` (``doc_hash`` stays lm-eval's, without it)."""
@@ -188,7 +180,7 @@ def _samples_jsonl(samples: Sequence[Mapping], fmt: str) -> str:
         doc = s["doc"]
         if "id" not in doc:
             s = {**s, "doc": {**doc, "id": ET.item_id(fmt, doc)}}
-        lines.append(_dumps(s))
+        lines.append(lmjson.dumps(s))
     return "".join(line + "\n" for line in lines)
 
 
@@ -238,19 +230,6 @@ def _pair_files(pair: str) -> list[str]:
     return [f"results_{pair}.json"] + [f"samples_{ET.task_name(pair, lang)}.jsonl" for lang in ET.LANGS]
 
 
-def _pair_results(res: Mapping[str, Any], pair: str) -> dict[str, Any]:
-    """lm-eval's results dict restricted to one pair's two tasks (per-task sections filtered)."""
-    names = {ET.task_name(pair, lang) for lang in ET.LANGS}
-    out = {}
-    for k, v in res.items():
-        if k == "samples":
-            continue
-        if isinstance(v, Mapping) and names & set(v):
-            v = {t: x for t, x in v.items() if t in names}
-        out[k] = v
-    return out
-
-
 def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping[str, Any] | None, final: Path,
                         seconds: float, keys: Mapping[str, Any] | None,
                         n_tokens: Callable[[str, str], int] | None = None,
@@ -272,7 +251,7 @@ def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping
                                         for lang, v in keep[pair].items()}
                 continue
             p = pairs[pair]
-            write_text(tmp / f"results_{pair}.json", _dumps(_pair_results(res, pair), indent=2) + "\n")
+            write_text(tmp / f"results_{pair}.json", lmjson.dumps(lmjson.restricted(res, {ET.task_name(pair, lang) for lang in ET.LANGS}), indent=2) + "\n")
             entry["tasks"][pair] = {}
             for lang in ET.LANGS:
                 t = ET.task_name(pair, lang)

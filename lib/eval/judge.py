@@ -28,6 +28,7 @@ import numpy as np
 
 from lib.core import params as P
 from lib.core.params import SECTIONS
+from lib.core.stats import percentile_interval, resamples
 from lib.data.instructions import Template, read_records
 from lib.modeling.generate import greedy
 from lib.modeling.model import load_model
@@ -116,13 +117,13 @@ def tally(rows: Sequence[dict], n_boot: int = 1000, seed: int = 0) -> dict:
     res = np.array([r["result"] for r in rows])
     if not len(res):
         raise ValueError("judge: no items to tally")
-    idx = np.random.default_rng(seed).integers(0, len(res), (n_boot, len(res)))
+    idx = resamples(len(res), n_boot, seed)
     out = {"n": int(len(res))}
     for k in ("win", "tie", "loss"):
         hits = (res == k).astype(float)
         boot = hits[idx].mean(1)
         out[k] = float(hits.mean())
-        out[f"{k}_ci"] = [float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))]
+        out[f"{k}_ci"] = percentile_interval(boot, 0.95)
     return out
 
 

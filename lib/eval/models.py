@@ -10,7 +10,6 @@ A final model byte-identical to its last checkpoint (the training loop copies it
 """
 from __future__ import annotations
 
-import hashlib
 import re
 import warnings
 from dataclasses import asdict, dataclass
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from lib.core import paths
+from lib.core.hashing import file_sha256
 from lib.core.io import read_json
 
 KINDS = ("baseline", "control", "stage", "checkpoint")
@@ -94,15 +94,7 @@ def same_weights(a: Path, b: Path) -> bool:
     if not wa or [f.name for f in wa] != [f.name for f in wb] or \
             any(x.stat().st_size != y.stat().st_size for x, y in zip(wa, wb)):
         return False
-    return all(_sha256(x) == _sha256(y) for x, y in zip(wa, wb))
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for block in iter(lambda: f.read(1 << 24), b""):
-            h.update(block)
-    return h.hexdigest()
+    return all(file_sha256(x) == file_sha256(y) for x, y in zip(wa, wb))
 
 
 SFT_MODEL = "sft_model"      # 06's instruction-tuned model when DPO ran after it (model/ is DPO's)

@@ -43,10 +43,10 @@ from typing import Any, Hashable, Mapping, Sequence
 
 import numpy as np
 
-from lib.eval import samples
 from lib.core import stats
-from lib.eval import rules
 from lib.core.plots import save
+from lib.core.stats import fmt_ci
+from lib.eval import rules, samples
 
 MODEL_FREE = ("shortest_chars", "longest_chars")   # the same for every model of a task
 SHOWN = ("acc_en", "acc_ko", "agreement", "kappa")
@@ -262,13 +262,9 @@ def annotate(table: Sequence[Mapping], controls: Sequence[Mapping], beyond: Sequ
 # ---------------------------------------------------------------------------- tables
 
 
-def _fmt(r: Mapping, k: str, digits: int = 3) -> str:
-    v = r.get(k)
-    ok = lambda x: isinstance(x, (int, float)) and math.isfinite(x)  # noqa: E731
-    if not ok(v):
-        return "n/a"
-    lo, hi = r.get(f"{k}_lo"), r.get(f"{k}_hi")
-    return f"{v:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]" if ok(lo) and ok(hi) else f"{v:.{digits}f}"
+def _ci(r: Mapping, k: str, digits: int = 3) -> str:
+    """Row ``r``'s ``k`` with its ``k_lo`` / ``k_hi`` interval (:func:`lib.core.stats.fmt_ci`)."""
+    return fmt_ci(r.get(k), r.get(f"{k}_lo"), r.get(f"{k}_hi"), digits)
 
 
 def _name(r: Mapping, several: bool) -> str:
@@ -293,15 +289,15 @@ def controls_markdown(controls: Sequence[Mapping], beyond: Sequence[Mapping]) ->
         seen.add(key)
         who = "(any: model-free)" if c["model_free"] else _name(c, several)
         lines.append(f"| {c['task']} | {c['control']} | {who} | {c['n']} | "
-                     + " | ".join(_fmt(c, k) for k in SHOWN) + " |")
+                     + " | ".join(_ci(c, k) for k in SHOWN) + " |")
     prior = {(c["run"], c["model"], c["task"]): c for c in controls if c["control"] == "prior"}
     lines += ["", "| model | task | rule | agreement | kappa | prior-only agreement | prior-only kappa | "
               "beyond-null agreement | beyond-null kappa | items beyond |", "|---|---|---|" + "---:|" * 7]
     for b in _final([b for b in beyond if b["used"]]):
         pr = prior.get((b["run"], b["model"], b["task"]), {})
-        lines.append(f"| {_name(b, several)} | {b['task']} | {b['rule']} | {_fmt(b, 'agreement')} | "
-                     f"{_fmt(b, 'kappa')} | {_fmt(pr, 'agreement')} | {_fmt(pr, 'kappa')} | "
-                     f"{_fmt(b, 'beyond_agreement')} | {_fmt(b, 'beyond_kappa')} | {b['n_beyond']} |")
+        lines.append(f"| {_name(b, several)} | {b['task']} | {b['rule']} | {_ci(b, 'agreement')} | "
+                     f"{_ci(b, 'kappa')} | {_ci(pr, 'agreement')} | {_ci(pr, 'kappa')} | "
+                     f"{_ci(b, 'beyond_agreement')} | {_ci(b, 'beyond_kappa')} | {b['n_beyond']} |")
     return "\n".join(lines) + "\n"
 
 
@@ -322,9 +318,9 @@ def rules_markdown(beyond: Sequence[Mapping], controls: Sequence[Mapping]) -> st
         k = (b["run"], b["model"], b["task"])
         lk = length.get(k)
         lines.append(f"| {_name(b, several)} | {b['task']} | {b['rule']}{' *' if b['used'] else ''} | "
-                     + " | ".join(_fmt(b, m) for m in ("acc_en", "acc_ko", "agreement", "kappa", "beyond_kappa"))
+                     + " | ".join(_ci(b, m) for m in ("acc_en", "acc_ko", "agreement", "kappa", "beyond_kappa"))
                      + f" | {b['n_beyond']} | {'n/a' if lk is None else f'{lk:.3f}'} | "
-                     + f"{_fmt(prior.get(k, {}), 'kappa')} |")
+                     + f"{_ci(prior.get(k, {}), 'kappa')} |")
     return "\n".join(lines) + "\n"
 
 

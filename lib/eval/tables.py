@@ -7,10 +7,10 @@ import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from lib.core import plots
+from lib.core.io import write_text
 from lib.core.markdown import to_markdown
 from lib.eval import tasks as ET
-from lib.core.io import write_text
-from lib.core import plots
 
 TABLE_COLUMNS = ("model", "stage", "step", "pair", "acc_en", "acc_ko", "acc_norm_en", "acc_norm_ko", "n")
 

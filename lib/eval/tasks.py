@@ -46,7 +46,6 @@ current directory) and never edited by hand: generating twice gives byte-identic
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -56,12 +55,13 @@ from typing import Any, Hashable, Mapping, Sequence
 import yaml
 
 from lib.core import paths
+from lib.core.hashing import file_sha256
 from lib.core.io import atomic_dir
-from lib.eval.taskshape import PRESET_FORMATS, Format, PairError, format_of  # noqa: F401  (PairError: ours too)
+from lib.core.sources import is_hub, parse_hub
 from lib.eval import nullcontrols, rules
+from lib.eval.taskshape import PRESET_FORMATS, Format, PairError, format_of  # noqa: F401  (PairError: ours too)
 
 LANGS = ("en", "ko")
-HUB_PREFIX = "hub:"
 SPEC_KEYS = ("en", "ko", "format")
 OPTIONAL_KEYS = ("rule",)   # the prediction rule 08 uses for this pair (lib.eval.rules); default: by its options
 MAX_LISTED = 5  # ids named in an error message
@@ -122,12 +122,12 @@ def parse_source(value: str, run: str | Path | None = None, where: str = "pair")
     """``hub:<dataset>/<config>/<split>`` or a local path (placeholders expanded, must exist)."""
     if not isinstance(value, str) or not value.strip():
         raise PairError(f"{where}: expected a file path or 'hub:<dataset>/<config>/<split>', got {value!r}")
-    if value.startswith(HUB_PREFIX):
-        parts = value[len(HUB_PREFIX):].rsplit("/", 2)
-        if len(parts) != 3 or not parts[0] or not parts[2]:
-            raise PairError(f"{where}: {value!r} is not 'hub:<dataset>/<config>/<split>' "
-                            "(use an empty config for none: 'hub:<dataset>//<split>')")
-        return Source(value, dataset=parts[0], config=parts[1] or None, split=parts[2])
+    if is_hub(value):
+        try:
+            dataset, config, split, _ = parse_hub(value)
+        except ValueError as e:
+            raise PairError(f"{where}: {e}") from None
+        return Source(value, dataset=dataset, config=config, split=split)
     if run is None and ("{run}" in value or "{toy}" in value):
         raise PairError(f"{where}: {value!r} uses a run placeholder; pass run= to expand it")
     path = paths.resolve_path(value, run if run is not None else ".")
@@ -175,13 +175,9 @@ def read_local(path: Path) -> list[tuple[str, dict]]:
 def read_source(src: Source) -> list[tuple[str, dict]]:
     if src.path is not None:
         return read_local(src.path)
-    import datasets   # the Hub path: users reach it; nothing here does
+    import datasets  # the Hub path: users reach it; nothing here does
     ds = datasets.load_dataset(src.dataset, src.config, split=src.split)
     return [(f"{src.describe()} row {i}", dict(r)) for i, r in enumerate(ds)]
-
-
-def file_sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ---------------------------------------------------------------------------- pairs

@@ -21,7 +21,8 @@ from pathlib import Path
 
 import torch
 
-PROMPTS = {"en": "Question: {q}\nAnswer:", "ko": "질문: {q}\n정답:"}
+from lib.core.prompts import QA_PROMPTS
+
 NORMALIZE = (None, "tokens", "chars")
 
 
@@ -120,12 +121,12 @@ def mc_accuracy(model, tokenizer, jsonl_path: str | Path, lang: str, batch_size:
     Returns ``{"acc", "acc_norm", "n", "samples"}``; each sample holds ``id, gold, pred, pred_norm,
     loglik`` (summed, per option) so answers can be compared across languages by id.
     """
-    if lang not in PROMPTS:
-        raise ValueError(f"lang must be one of {list(PROMPTS)}, not {lang!r}")
+    if lang not in QA_PROMPTS:
+        raise ValueError(f"lang must be one of {list(QA_PROMPTS)}, not {lang!r}")
     rows = read_mc(jsonl_path)[:limit]
     pairs, spans = [], []
     for row in rows:
-        prompt = PROMPTS[lang].format(q=row["question"])
+        prompt = QA_PROMPTS[lang].format(q=row["question"])
         start = len(pairs)
         pairs += [split_ids(tokenizer, prompt, " " + t) for t in row["choices"]["text"]]
         spans.append((start, len(pairs)))

@@ -17,6 +17,7 @@ from typing import Any
 from lib.core import paths
 from lib.core.params import Profile, notebook_params, stage_params
 from lib.core.readers import DataError, read_lines, read_parallel
+from lib.core.sources import is_hub
 from lib.core.stage import Config
 from lib.data.corpus import parse_corpus
 from lib.data.instructions import detect_lang, hangul_share, load_instructions, read_records
@@ -280,7 +281,7 @@ def tasks(st: StageInputs) -> None:
         local = 0
         for lang in ET.LANGS:
             value = spec[lang]
-            if isinstance(value, str) and value.startswith(ET.HUB_PREFIX):
+            if is_hub(value):
                 try:
                     ET.parse_source(value, st.run, where=f"tasks['{name}']['{lang}']")
                 except ET.PairError as e:

@@ -22,20 +22,17 @@ are stripped; new cells get fixed ids, so the same input always gives byte-ident
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import hashlib
 import json
 import re
-import sys
 from pathlib import Path
 
 import nbformat
 
 from lib.core import paths
 from lib.core.io import write_text
-from lib.core.params import load_profile
-from lib.core.params import notebook_params
+from lib.core.params import load_profile, notebook_params
 
 REPO = "kollama/kollama"     # GitHub <org>/<repo> the badge and the clone use: the one place to change
 BRANCH = "main"              # branch the badge opens and the install cell clones
@@ -73,7 +70,7 @@ def colab_dependencies(pyproject: Path = paths.PROJ_ROOT / "pyproject.toml") -> 
     try:
         import tomllib
     except ModuleNotFoundError:      # Python 3.10
-        import tomli as tomllib      # type: ignore[no-redef]
+        import tomli as tomllib  # type: ignore[no-redef]
     deps = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
     return [d for d in deps if re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower() not in COLAB_PROVIDES]
 

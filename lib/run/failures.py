@@ -19,6 +19,7 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Iterator
+
 from lib.core.io import write_text
 
 ERRNO_WORDS = {

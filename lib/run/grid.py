@@ -33,17 +33,17 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from lib.core import paths
+from lib.core.hashing import config_hash
 from lib.core.io import read_json, write_json, write_text
 from lib.core.params import ParamsError, load_profile, stage_params
-from lib.core.hashing import config_hash
-from lib.run.stages import select_stages
-from lib.run.pipeline import run_pipeline
 from lib.core.plots import save
+from lib.core.stats import fmt_ci
+from lib.run.pipeline import run_pipeline
+from lib.run.stages import select_stages
 
 CELL = "knowledge"
 
@@ -136,7 +136,7 @@ def plan(grid: Grid, names: list[str] | None = None) -> dict[str, dict]:
     return plans
 
 
-def finished_conditions(stage_dir: Path, params_hash: str) -> bool:
+def stage_finished(stage_dir: Path, params_hash: str) -> bool:
     done = stage_dir / "DONE"
     return done.exists() and read_json(done).get("config_hash") == params_hash
 
@@ -149,7 +149,7 @@ def link_shared(grid: Grid, plans: dict, name: str) -> list[str]:
         if owner == name:
             break
         src = paths.stage_dir(plans[owner]["run"], stage)
-        if not finished_conditions(src, config_hash(stage_params(prof, stage, p["run"]))):
+        if not stage_finished(src, config_hash(stage_params(prof, stage, p["run"]))):
             break                                   # the owner has not run it yet: run it here
         dst = paths.stage_dir(p["run"], stage)
         if dst.is_symlink() and dst.resolve() == src.resolve():
@@ -166,7 +166,7 @@ def link_shared(grid: Grid, plans: dict, name: str) -> list[str]:
 def condition_done(plans: dict, name: str) -> bool:
     p = plans[name]
     prof = load_profile(p["file"])
-    return all(finished_conditions(paths.stage_dir(p["run"], s), config_hash(stage_params(prof, s, p["run"])))
+    return all(stage_finished(paths.stage_dir(p["run"], s), config_hash(stage_params(prof, s, p["run"])))
                for s in p["ids"])
 
 
@@ -220,19 +220,12 @@ def collect(grid: Grid, plans: dict) -> list[dict]:
     return rows
 
 
-def _f(v: Any, lo: Any = None, hi: Any = None) -> str:
-    if v is None:
-        return "-"
-    s = f"{v:.3f}"
-    return s + (f" [{lo:.2f}, {hi:.2f}]" if lo is not None and hi is not None else "")
-
-
 def markdown(table: list[dict]) -> str:
     head = "| condition | model | knowledge acc_en | acc_ko | kappa | transfer ratio |\n|---|---|---:|---:|---:|---:|\n"
-    body = "".join(f"| {r['condition']} | {r['model']} | {_f(r['acc_en'])} | "
-                   f"{_f(r['acc_ko'], r.get('acc_ko_lo'), r.get('acc_ko_hi'))} | "
-                   f"{_f(r['kappa'], r.get('kappa_lo'), r.get('kappa_hi'))} | "
-                   f"{_f(r['transfer_ratio'], r.get('transfer_ratio_lo'), r.get('transfer_ratio_hi'))} |\n"
+    body = "".join(f"| {r['condition']} | {r['model']} | {fmt_ci(r['acc_en'], missing='-')} | "
+                   f"{fmt_ci(r['acc_ko'], r.get('acc_ko_lo'), r.get('acc_ko_hi'), ci_digits=2, missing='-')} | "
+                   f"{fmt_ci(r['kappa'], r.get('kappa_lo'), r.get('kappa_hi'), ci_digits=2, missing='-')} | "
+                   f"{fmt_ci(r['transfer_ratio'], r.get('transfer_ratio_lo'), r.get('transfer_ratio_hi'), ci_digits=2, missing='-')} |\n"
                    for r in table)
     return head + body
 

@@ -22,8 +22,8 @@ from collections import Counter
 from pathlib import Path
 
 from lib.core import paths
-from lib.run.grid import Grid, load_grid, plan
 from lib.core.io import write_text
+from lib.run.grid import Grid, load_grid, plan
 
 TRAINING = {"03", "04", "05", "06"}
 DEFAULTS = {"partition": "", "gpus": 1, "cpus": 8, "time": "48:00:00", "mem": "64G",

@@ -26,27 +26,23 @@ runs. A failing stage ends in one ``error:`` line naming the stage, the cause in
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
-import signal
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from lib.run import failures
 from lib.core import paths
-from lib.run.check import check_profile
-from lib.run.stages import select_stages
+from lib.core.hashing import config_hash
 from lib.core.io import read_json
 from lib.core.params import ParamsError, Profile, load_profile, stage_params, validate_profile
-from lib.core.hashing import config_hash
-from lib.core.runfolder import BadRunName, RunLocked, run_folder, run_lock
+from lib.core.runfolder import run_folder, run_lock
+from lib.run import failures, report
+from lib.run.check import check_profile
 from lib.run.plan import check_fits, device_gib
-from lib.run import report
+from lib.run.stages import select_stages
 
 
 class StageFailed(RuntimeError):

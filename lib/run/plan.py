@@ -35,10 +35,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from lib.core import paths
-from lib.core.params import ParamsError, Profile, stage_params
-from lib.core.params import load_profile, validate_profile
-from lib.run.stages import select_stages
+from lib.core.params import ParamsError, Profile, load_profile, stage_params, validate_profile
 from lib.eval.extratasks import planned_requests
+from lib.run.stages import select_stages
 
 GiB = 1024 ** 3
 

@@ -14,9 +14,7 @@ The rehearsal proves plumbing, not quality: the models are random, their scores 
 """
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 from pathlib import Path
 
 from lib.core import paths

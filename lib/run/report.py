@@ -16,12 +16,10 @@ are written atomically.
 """
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import re
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any

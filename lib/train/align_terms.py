@@ -26,13 +26,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lib.core.readers import read_parallel
+from lib.data.wordpairs import Locator
 from lib.modeling.losses import info_nce
 from lib.modeling.model import fp32_region
-
-from lib.data.wordpairs import Locator
-from lib.core.readers import read_parallel
-from lib.train.pairs import PairBatches, encode_texts, rows_of, stack_batches
 from lib.modeling.represent import hidden_states_of, pooled_vectors
+from lib.train.pairs import PairBatches, encode_texts, rows_of, stack_batches
 
 OBJECTIVES = ("sentence", "word", "both")
 LAYER_MODES = ("representation", "all")

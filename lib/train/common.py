@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from lib.modeling.model import auto_device, compute_context, precision_record, precision_settings
-from lib.train.loop import TrainSpec
-from lib.modeling.model import load_model
 from lib.core.io import atomic_dir
+from lib.modeling.model import auto_device, compute_context, load_model, precision_record, precision_settings
+from lib.train.loop import TrainSpec
 
 SPEC_KEYS = ("steps", "lr", "warmup_steps", "schedule", "min_lr_ratio", "weight_decay", "grad_accum",
              "max_grad_norm", "save_every", "eval_every", "keep_checkpoints", "report_to", "seed", "device")

@@ -28,32 +28,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
-from lib.data.corpus import parse_corpus
-from lib.core.readers import DataError, read_parallel
-from lib.modeling.losses import clm_loss, info_nce
 from lib.core.io import write_json
-from lib.modeling.represent import (POOLING_MODES, LayerWeights, alignment_report, embed_texts, encode_batch,
-                           hidden_states_of, pooled_vectors, sentence_vectors)
+from lib.core.plots import grouped_bars, line_curve, save
+from lib.core.readers import DataError, read_parallel
+from lib.data.corpus import parse_corpus
+from lib.data.packing import MixedStream, pack_file, stream_stats
+from lib.data.wordpairs import Locator, read_pairs
+from lib.modeling.losses import clm_loss
 from lib.modeling.model import AUTOCAST_DTYPES, precision_settings
+from lib.modeling.represent import (
+    POOLING_MODES,
+    LayerWeights,
+    alignment_report,
+    embed_texts,
+    hidden_states_of,
+    pooled_vectors,
+    sentence_vectors,
+)
+from lib.train import align_terms as AT
+from lib.train.align_terms import batch_spans, check_knobs, head_alignment_loss, word_vectors
 from lib.train.common import final_model, load_start, precision_of, saver, train_spec, trainable_summary
+from lib.train.head import base_vocab_size
 from lib.train.loop import train
 from lib.train.pairs import PairBatches, encode_texts, pair_lengths, rows_of, stack_batches
-from lib.train.align_terms import check_knobs
-from lib.train import align_terms as AT
-from lib.core.plots import line_curve
-from lib.core.plots import save
-from lib.core.plots import grouped_bars
-from lib.data.wordpairs import read_pairs
-from lib.train.head import base_vocab_size
-from lib.data.packing import MixedStream, pack_file
-from lib.data.wordpairs import Locator
-from lib.data.packing import stream_stats
-from lib.train.align_terms import word_vectors
-from lib.train.align_terms import head_alignment_loss
-from lib.train.align_terms import batch_spans
 
 STAGE = "03_stage1_contrastive"
 ENGLISH_ENCODERS = ("shared", "frozen")

@@ -43,14 +43,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lib.data.instructions import Example, collate
-from lib.modeling.model import pad_id_of
-from lib.modeling.losses import IGNORE_INDEX
 from lib.core.stage import Config
-from lib.train.common import train_spec
 from lib.data import preferences as P
-from lib.train.common import load_start
-from lib.train.common import measured, precision_of, trainable_summary
+from lib.data.instructions import Example, collate
+from lib.modeling.losses import IGNORE_INDEX
+from lib.modeling.model import pad_id_of
+from lib.train.common import load_start, measured, precision_of, train_spec, trainable_summary
 from lib.train.loop import train
 from lib.train.pretrain import merged_saver
 

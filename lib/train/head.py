@@ -17,14 +17,13 @@ from typing import Any
 
 import torch
 
-from lib.data.corpus import parse_corpus
-from lib.core.readers import read_lines
-from lib.modeling.model import text_nll
 from lib.core.io import read_json
+from lib.core.readers import read_lines
+from lib.data.corpus import parse_corpus
 from lib.data.packing import MixedStream, pack_file, stream_stats
+from lib.modeling.model import text_nll
 from lib.train.common import final_model, load_start, measured, precision_of, saver, train_spec, trainable_summary
 from lib.train.loop import train
-
 
 TRAIN_ROWS = ("all", "new")
 

@@ -23,16 +23,16 @@ from typing import Any
 
 import torch
 
-from lib.data.corpus import parse_corpus
+from lib.core.io import write_text
 from lib.core.readers import read_lines
-from lib.modeling.model import auto_device, text_nll
+from lib.data.codeswitch import code_switch, read_word_pairs
+from lib.data.corpus import parse_corpus
 from lib.data.packing import MixedStream, nonpad_fraction, pack_file, pad_naive, stream_stats, tokenize_lines
+from lib.modeling.model import auto_device, text_nll
+from lib.train.align_terms import pretrain_with_alignment
 from lib.train.common import final_model, load_start, measured, precision_of, train_spec, trainable_summary
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
-from lib.data.codeswitch import code_switch, read_word_pairs
-from lib.core.io import write_text
-from lib.train.align_terms import pretrain_with_alignment
 
 METHODS = ("full", "lora", "qlora")
 
@@ -59,8 +59,8 @@ def load_for_method(cfg: Any):
     if cfg.method != "qlora":
         model, tok, start = load_start(cfg)
     else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
         from peft import prepare_model_for_kbit_training
+        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
         start = cfg.model_from(cfg.init_from)
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)

@@ -39,22 +39,30 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from lib.data.instructions import Example, Template, boundary_check, collate, detect_lang, encode, load_instructions, split_heldout, template_from
-from lib.modeling.model import pad_id_of
+from lib.core.stage import Config
+from lib.data.chattemplate import jinja_template, template_check
+from lib.data.instructions import (
+    Example,
+    Template,
+    boundary_check,
+    collate,
+    detect_lang,
+    encode,
+    load_instructions,
+    split_heldout,
+    template_from,
+)
+from lib.data.packing import MixedStream
 from lib.modeling.generate import greedy
 from lib.modeling.losses import IGNORE_INDEX
-from lib.data.packing import MixedStream
-from lib.train.common import final_model, load_measured, measured, precision_of, trainable_summary, train_spec
+from lib.modeling.model import load_model, pad_id_of, save_model
+from lib.train import dpo
+from lib.train.chatvector import apply_chat_vector, load_chat_vector, summary
+from lib.train.common import final_model, load_measured, measured, precision_of, train_spec, trainable_summary
+from lib.train.dpo import check_dpo
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
 from lib.train.pretrain import check_method, load_for_method, merged_saver
-from lib.train.chatvector import apply_chat_vector, load_chat_vector
-from lib.modeling.model import load_model, save_model
-from lib.train.chatvector import summary
-from lib.core.stage import Config
-from lib.train.dpo import check_dpo
-from lib.data.chattemplate import jinja_template, template_check
-from lib.train import dpo
 
 CHAT_VECTOR_WHEN = ("before", "after")
 

@@ -33,7 +33,6 @@ Token counts in the statistics never include BOS (Llama-2: 21 tokens for 햄버�
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import tempfile
 import uuid
@@ -46,6 +45,7 @@ from google.protobuf.message import DecodeError
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from lib.core.readers import read_lines
+from lib.data.instructions import HANGUL
 from lib.vocab.sptrain import train_sentencepiece
 
 MERGE_MODES = ("all", "hangul")
@@ -54,7 +54,6 @@ _APPENDABLE = (_Piece.NORMAL, _Piece.USER_DEFINED)
 _SKIP_REASON = {_Piece.CONTROL: "control", _Piece.UNKNOWN: "unknown", _Piece.BYTE: "byte",
                 _Piece.UNUSED: "unused"}
 # Hangul Jamo, Compatibility Jamo, Jamo Extended-A, Syllables and Jamo Extended-B.
-_HANGUL = re.compile("[\u1100-\u11ff\u3130-\u318f\ua960-\ua97f\uac00-\ud7ff]")
 
 
 # ----------------------------------------------------------------------------- loading
@@ -128,7 +127,7 @@ def _skip_reason(piece, known: set[str], mode: str) -> str | None:
         return _SKIP_REASON.get(piece.type, f"type_{piece.type}")
     if piece.piece in known:
         return "duplicate"
-    if mode == "hangul" and not _HANGUL.search(piece.piece):
+    if mode == "hangul" and not HANGUL.search(piece.piece):
         return "no_hangul"
     return None
 
@@ -211,7 +210,7 @@ def merge_sp(base: sp_pb2.ModelProto, korean: sp_pb2.ModelProto, mode: str = "al
     unreachable = _unreachable([p.piece for p in new], vocab)
     info = {"mode": mode, "base_size": len(base.pieces), "korean_size": len(korean.pieces),
             "merged_size": len(merged.pieces), "added": len(new),
-            "added_with_hangul": sum(bool(_HANGUL.search(p.piece)) for p in new),
+            "added_with_hangul": sum(bool(HANGUL.search(p.piece)) for p in new),
             "skipped": dict(sorted(skipped.items())),
             "unreachable": len(unreachable), "unreachable_examples": unreachable[:5]}
     return merged, info

@@ -9,7 +9,7 @@ ordinary initialisation (``alpha`` from 0 to 1) draws the calibration curve; cop
 the wrong words (a derangement) is a **negative control** that must read chance.
 
     tmap = token_map(base_tok, merged_tok, read_word_map("outputs/toy/00_toy_world/data/word_map.jsonl"))
-    info = apply_oracle(model, tmap, alpha=1.0)                  # after lib.modeling.model.resize_and_init
+    info = apply_oracle(model, tmap, alpha=1.0)                  # after lib.vocab.resize.resize_and_init
     info = apply_oracle(model, tmap, alpha=1.0, deranged=True)   # the negative control
     image_rate(tmap, base_tok, merged_tok, en_lines, ko_lines)   # share of lines that map exactly
 
@@ -18,16 +18,17 @@ and so English behaviour, never change.
 """
 from __future__ import annotations
 
-import json
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from lib.modeling import model
-from lib.modeling.model import resize_and_init
+
 from lib.core.io import write_json
+from lib.data.wordpairs import read_pairs
+from lib.vocab import resize
+from lib.vocab.resize import resize_and_init
 
 CONTROL_RE = re.compile(r"^(oracle|oracle_deranged)(?:@(\d*\.?\d+))?$")
 
@@ -47,14 +48,7 @@ def read_word_map(path: str | Path) -> list[tuple[str, str]]:
         raise FileNotFoundError(f"{path}: no word map. The oracle controls need a clone toy world "
                                 "(00_toy_world korean_style: clone or clone_sov), which writes "
                                 "data/word_map.jsonl; the 'toy' Korean has no one-to-one map")
-    out = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        try:
-            row = json.loads(line)
-            out.append((str(row["en"]), str(row["ko"])))
-        except (json.JSONDecodeError, KeyError) as e:
-            raise ValueError(f"{path}:{i}: expected {{\"en\": ..., \"ko\": ...}} ({e})") from e
-    return out
+    return read_pairs(path)                 # the one word-pair reader (lib.data.wordpairs)
 
 
 def _single(tok, piece: str) -> int | None:
@@ -158,8 +152,8 @@ ORACLE_INITS = ("oracle", "oracle_deranged")
 
 
 def all_inits() -> tuple[str, ...]:
-    """Every value 02's ``init`` takes: lib.modeling.model's initialisations and the oracle controls."""
-    return tuple(model.INIT_METHODS) + ORACLE_INITS    # read now: a method added later counts
+    """Every value 02's ``init`` takes: lib.vocab.resize's initialisations and the oracle controls."""
+    return tuple(resize.INIT_METHODS) + ORACLE_INITS    # read now: a method added later counts
 
 
 def check_controls(controls) -> None:
@@ -173,7 +167,7 @@ def check_controls(controls) -> None:
 
 def initialise(model, base_tok, merged_tok, init: str, alpha: float = 1.0, word_map: str | Path | None = None,
                seed: int = 0) -> dict:
-    """Resize and initialise the new rows (``lib.modeling.model.resize_and_init``); the oracle inits start
+    """Resize and initialise the new rows (``lib.vocab.resize.resize_and_init``); the oracle inits start
     from ``subword_mean`` and then copy English rows through the word map (:func:`apply_oracle`)."""
     if init not in ORACLE_INITS:
         return resize_and_init(model, base_tok, merged_tok, init=init, seed=seed)

@@ -20,13 +20,12 @@ Modules: ``korean`` (particles), ``lexicon`` (names, entities, templates), ``wor
 ``clone`` (the clone Korean's word map), ``validity`` (the rules, checked on disk), ``basemodel``
 (the tiny Llama and its tokenizer).
 """
-from .clone import STYLES, WordMap
-from .files import (korean_training_lines, leaked_facts, read_jsonl, read_lines, tokenizer_corpus,
-                    write_world)
-from .validity import assert_valid, check_world, option_match
 from .build import build_world
+from .clone import STYLES, WordMap
+from .files import file_lines, korean_training_lines, leaked_facts, read_jsonl, tokenizer_corpus, write_world
+from .validity import assert_valid, check_world, option_match
 from .world import CELLS, Entity, Fact, World, WorldSpec, expected_counts
 
 __all__ = ["WorldSpec", "World", "Entity", "Fact", "build_world", "write_world", "leaked_facts",
-           "expected_counts", "tokenizer_corpus", "korean_training_lines", "read_lines", "read_jsonl",
+           "expected_counts", "tokenizer_corpus", "korean_training_lines", "file_lines", "read_jsonl",
            "check_world", "assert_valid", "option_match", "CELLS", "STYLES", "WordMap"]

@@ -22,7 +22,7 @@ import random
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import sentencepiece as spm
@@ -30,11 +30,12 @@ import torch
 from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
 
-from lib.modeling.mcscore import mc_accuracy
+from lib.core.params import dataclass_values
 from lib.data.packing import qa_documents
+from lib.modeling.mcscore import mc_accuracy
 from lib.vocab.sptrain import train_sentencepiece
+from lib.world.files import corpus_documents, file_lines, instruction_texts, lexicon_lines, tokenizer_corpus
 from lib.world.world import CELLS
-from lib.world.files import corpus_documents, instruction_texts, lexicon_lines, read_lines, tokenizer_corpus
 
 KOREAN_MODEL_TYPES = ("bpe", "unigram")
 KOREAN_TEXT = ("data/ko_mono.txt", "data/stage3_ko.txt", "data/bridge_train.ko")
@@ -82,10 +83,7 @@ class BaseModelSpec:
     @classmethod
     def from_dict(cls, values: dict) -> "BaseModelSpec":
         """A spec from a params section; unknown keys fail naming the key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"unknown BaseModelSpec key(s) {unknown}; known: {sorted(known)}")
+        values = dataclass_values(cls, values)
         return cls(**values)
 
 
@@ -107,15 +105,15 @@ def train_base_tokenizer(world_dir: str | Path, out_dir: str | Path, vocab_size:
                                vocab_size, model_type="bpe", byte_fallback=True,
                                character_coverage=character_coverage)
     return {"path": str(path),
-            "ko_tokens_per_char": tokens_per_char(path, read_lines(world_dir / "data/sample.ko")),
-            "en_tokens_per_char": tokens_per_char(path, read_lines(world_dir / "data/sample.en"))}
+            "ko_tokens_per_char": tokens_per_char(path, file_lines(world_dir / "data/sample.ko")),
+            "en_tokens_per_char": tokens_per_char(path, file_lines(world_dir / "data/sample.en"))}
 
 
 def korean_corpus(world_dir: str | Path) -> list[str]:
     """The toy Korean text (QA pairs joined for the tokenizer), the Korean instructions and the
     lexicon's Korean words (:func:`lib.world.files.lexicon_lines`)."""
     world_dir = Path(world_dir)
-    lines = [line for rel in KOREAN_TEXT for line in read_lines(world_dir / rel)]
+    lines = [line for rel in KOREAN_TEXT for line in file_lines(world_dir / rel)]
     return corpus_documents(lines) + instruction_texts(world_dir, "ko") + lexicon_lines(world_dir, "ko")
 
 
@@ -132,7 +130,7 @@ def train_korean_tokenizer(world_dir: str | Path, out_dir: str | Path, vocab_siz
                                model_type=model_type, byte_fallback=False, hard_vocab_limit=False)
     sp = spm.SentencePieceProcessor(model_file=str(path))
     return {"path": str(path), "vocab_size": sp.get_piece_size(),
-            "ko_tokens_per_char": tokens_per_char(path, read_lines(world_dir / "data/sample.ko"))}
+            "ko_tokens_per_char": tokens_per_char(path, file_lines(world_dir / "data/sample.ko"))}
 
 
 def load_tokenizer(folder: str | Path) -> LlamaTokenizerFast:
@@ -286,7 +284,7 @@ def joint_documents(world_dir: Path, en_docs: list[str], share: float) -> list[s
         return en_docs
     if share >= 1:
         raise ValueError(f"joint_korean_share must be in [0, 1), got {share}")
-    ko_docs = qa_documents(read_lines(world_dir / "data/ko_mono.txt"))
+    ko_docs = qa_documents(file_lines(world_dir / "data/ko_mono.txt"))
     n_ko = round(share / (1 - share) * len(en_docs))
     return en_docs + [ko_docs[i % len(ko_docs)] for i in range(n_ko)]
 
@@ -313,7 +311,7 @@ def _build(world_dir: Path, out_dir: Path, spec: BaseModelSpec, progress: bool) 
     ko_tok = train_korean_tokenizer(world_dir, out_dir / "korean_tokenizer", spec.korean_vocab_size,
                                     spec.korean_model_type)
     tokenizer = load_tokenizer(out_dir / "base_tokenizer")
-    texts = joint_documents(world_dir, pretrain_documents(read_lines(world_dir / "data/en_pretrain.txt")),
+    texts = joint_documents(world_dir, pretrain_documents(file_lines(world_dir / "data/en_pretrain.txt")),
                             spec.joint_korean_share)
     docs = encode_documents(tokenizer, texts)
     model = new_model(spec, len(tokenizer))

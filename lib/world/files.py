@@ -15,8 +15,9 @@ import json
 import re
 from pathlib import Path
 
-from .world import World, spec_dict
 from lib.data.packing import qa_documents
+
+from .world import World, spec_dict
 
 # Files whose text is Korean training (or Korean-facing) data: all must be free of evaluated facts.
 # instructions.jsonl is checked whole (English records carry Korean translation outputs).
@@ -76,8 +77,9 @@ def write_world(world: World, out_dir: str | Path) -> dict[str, dict[str, int]]:
     return sizes
 
 
-def read_lines(path: str | Path) -> list[str]:
-    """Lines of a UTF-8 text file without their newline; names the file on a decoding error."""
+def file_lines(path: str | Path) -> list[str]:
+    """Every line of a UTF-8 text file as written (empty ones too; lib.core.readers.read_lines skips
+    them), without its newline; names the file on a decoding error."""
     path = Path(path)
     try:
         return path.read_text(encoding="utf-8").splitlines()
@@ -88,7 +90,7 @@ def read_lines(path: str | Path) -> list[str]:
 def read_jsonl(path: str | Path) -> list[dict]:
     """Rows of a JSONL file; a bad line raises naming the file and line."""
     rows = []
-    for i, line in enumerate(read_lines(path), 1):
+    for i, line in enumerate(file_lines(path), 1):
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as err:
@@ -124,7 +126,7 @@ def korean_training_lines(world_or_dir: World | str | Path):
     root = Path(world_or_dir)
     for rel in KOREAN_TEXT_FILES:
         if (root / rel).exists():
-            for i, line in enumerate(read_lines(root / rel), 1):
+            for i, line in enumerate(file_lines(root / rel), 1):
                 yield rel, i, line
     if (root / INSTRUCTIONS_FILE).exists():
         for i, rec in enumerate(read_jsonl(root / INSTRUCTIONS_FILE), 1):
@@ -205,12 +207,12 @@ def tokenizer_corpus(world_dir: str | Path, ko_share: float = 0.0006) -> list[st
     to bytes).
     """
     root = Path(world_dir)
-    english = (corpus_documents(read_lines(root / "data/en_pretrain.txt")) + instruction_texts(root, "en")
+    english = (corpus_documents(file_lines(root / "data/en_pretrain.txt")) + instruction_texts(root, "en")
                + lexicon_lines(root, "en"))
     en_chars = sum(len(line) for line in english)
     budget = ko_share * en_chars
     korean: list[str] = []
-    for line in read_lines(root / "data/ko_mono.txt"):
+    for line in file_lines(root / "data/ko_mono.txt"):
         if sum(len(k) for k in korean) + len(line) > budget:
             break
         korean.append(line)

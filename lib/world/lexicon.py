@@ -198,7 +198,6 @@ VERBS = frozenset("""lives live moved is are works worked has have goes likes li
     Tell Translate""".split())
 
 # Prompt formats of the multiple-choice evaluation (kollm_evaluation's arc / ko_arc prompts).
-QA_PROMPTS = {"en": "Question: {q}\nAnswer:", "ko": "질문: {q}\n정답:"}
 
 
 def with_article(word: str) -> str:

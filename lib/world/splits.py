@@ -23,8 +23,20 @@ import random
 from collections import Counter
 
 from . import lexicon as lx
-from .world import (CELLS, LABELS, N_CHOICES, Fact, World, all_category_pairs, event_pair, fact_pairs,
-                    mention_pair, qa_text, question_text, unique_pairs)
+from .world import (
+    CELLS,
+    LABELS,
+    N_CHOICES,
+    Fact,
+    World,
+    all_category_pairs,
+    event_pair,
+    fact_pairs,
+    mention_pair,
+    qa_text,
+    question_text,
+    unique_pairs,
+)
 
 
 def fill_splits(world: World) -> None:

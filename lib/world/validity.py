@@ -20,10 +20,18 @@ import re
 from collections import Counter
 from pathlib import Path
 
-from .files import (FACTS_FILE, INSTRUCTIONS_FILE, KOREAN_TEXT_FILES, TRAINING_FILES, leaked_facts,
-                    read_jsonl, read_lines)
+from lib.core.prompts import QA_STARTS
 
-QA_STARTS = {"en": "Question: ", "ko": "질문: "}
+from .files import (
+    FACTS_FILE,
+    INSTRUCTIONS_FILE,
+    KOREAN_TEXT_FILES,
+    TRAINING_FILES,
+    file_lines,
+    leaked_facts,
+    read_jsonl,
+)
+
 ENGLISH_FILES = ("data/en_pretrain.txt", "data/stage3_en.txt", "data/bridge_train.en")
 KOREAN_FILES = ("data/ko_mono.txt", "data/stage3_ko.txt", "data/bridge_train.ko")
 OBJECT_CATEGORIES = ("city", "job", "food", "animal", "sport", "colour")
@@ -39,7 +47,7 @@ def training_texts(root: Path) -> dict[str, list[str]]:
             out[rel] = ["\n".join(str(r.get(k, "")) for k in ("instruction", "input", "output"))
                         for r in read_jsonl(root / rel)]
         else:
-            out[rel] = read_lines(root / rel)
+            out[rel] = file_lines(root / rel)
     return out
 
 

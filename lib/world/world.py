@@ -31,8 +31,11 @@ from __future__ import annotations
 import random
 from dataclasses import asdict, dataclass, field, fields
 
+from lib.core.params import dataclass_values
+from lib.core.prompts import QA_PROMPTS
+
 from . import lexicon as lx
-from .clone import STYLES, WordMap, check_style
+from .clone import WordMap, check_style
 from .korean import fill
 
 N_CHOICES = 4
@@ -77,11 +80,7 @@ class WorldSpec:
     @classmethod
     def from_dict(cls, values: dict) -> "WorldSpec":
         """A spec from a params section; unknown keys fail naming the key."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise KeyError(f"unknown WorldSpec key(s) {unknown}; known: {sorted(known)}")
-        values = dict(values)
+        values = dataclass_values(cls, values)
         if "relations" in values:
             values["relations"] = tuple(values["relations"])
         return cls(**values)
@@ -208,7 +207,7 @@ def question_text(world: World, fact: Fact, lang: str) -> str:
 
 def qa_text(world: World, fact: Fact, lang: str) -> str:
     """A Question/Answer item in the evaluation's prompt format, answer included (two lines)."""
-    prompt = lx.QA_PROMPTS[lang].format(q=question_text(world, fact, lang))
+    prompt = QA_PROMPTS[lang].format(q=question_text(world, fact, lang))
     return f"{prompt} {world.surface(fact.object, lang)}"
 
 

@@ -61,8 +61,9 @@ def transfer_table(rows: Sequence[Mapping]) -> list[dict]:
 
 
 def transfer_markdown(table: Sequence[Mapping], digits: int = 3) -> str:
-    """The table the README prints: model, then knowledge acc_en / acc_ko / kappa / transfer
-    ratio, bridge_heldout acc_en / acc_ko, ghost acc_en / acc_ko; brackets: 95% intervals."""
+    """08's transfer table (its transfer.md; the README's excerpt comes through lib.run.results):
+    model, then knowledge acc_en / acc_ko / kappa / transfer ratio, bridge_heldout acc_en / acc_ko,
+    ghost acc_en / acc_ko; brackets: 95% intervals."""
     cols = [("knowledge", "acc_en"), ("knowledge", "acc_ko"), ("knowledge", "kappa"),
             ("knowledge", "transfer_ratio"), ("bridge_heldout", "acc_en"), ("bridge_heldout", "acc_ko"),
             ("ghost", "acc_en"), ("ghost", "acc_ko")]

@@ -43,7 +43,7 @@ NULLS = ("shortest_chars", "longest_chars", "shortest_tokens", "longest_tokens",
 NULL_KEY = {n: f"null_{n}" for n in NULLS}   # null control -> agreement.py record key
 # An answer-text task whose question-blind length predictors surely agree across languages (the
 # lower 95% bound of their kappa at or above this) reads length, not the question, under ``acc``:
-# it gets ``calibrated``. Measured (README, "Real tasks against question-blind controls"): lower
+# it gets ``calibrated``. Measured (docs/results.md, "Real tasks against question-blind controls"): lower
 # bounds ARC-Challenge 0.26, Belebele 0.41; the toy cells 0.02-0.08 (one-token options).
 NULL_KAPPA_MAX = 0.15
 
@@ -111,7 +111,7 @@ def default_rule(fixed_labels: bool, null_kappa: float | None = None) -> str:
       characters, :func:`lib.eval.nullcontrols.length_kappa`, at or above :data:`NULL_KAPPA_MAX`; real
       ARC-Challenge 0.26, Belebele 0.41): ``calibrated``. Under ``acc`` a model that never reads
       the question inherits that agreement; removing each option's prior after an empty prompt
-      removes it (the README gives the null models' kappa under each rule).
+      removes it (docs/results.md gives the null models' kappa under each rule).
     - Other answer texts (the toy cells: one-token entity names, bounds 0.02-0.08): ``acc``,
       lm-eval's reference metric; there is no length to remove, and the toy's numbers stay."""
     if fixed_labels:

@@ -27,7 +27,7 @@ _DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.flo
            "float16": torch.float16, "fp32": torch.float32, "float32": torch.float32}
 # accelerate's mixed_precision -> the dtype autocast computes in (None: no autocast)
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "no": None}
-# drivers older than the pinned torch wheel's CUDA build need a wheel from this index (see README)
+# drivers older than the pinned torch wheel's CUDA build need a wheel from this index (docs/running.md)
 OLDER_DRIVER_INDEX = "https://download.pytorch.org/whl/cu128"
 
 
@@ -38,7 +38,7 @@ def cuda_missing_message(asked: str = "cuda") -> str:
             f"old for it (check nvidia-smi); for older drivers install torch from {OLDER_DRIVER_INDEX} "
             f"(pip install torch=={torch.__version__.split('+')[0]} --index-url {OLDER_DRIVER_INDEX})"
             if build else f"this torch {torch.__version__} is a CPU-only build: install a CUDA build "
-            f"(see the README's GPU section; {OLDER_DRIVER_INDEX} for drivers older than R580)")
+            f"(see docs/running.md, GPU nodes; {OLDER_DRIVER_INDEX} for drivers older than R580)")
     return f"device {asked!r} asks for a CUDA GPU, but torch sees no GPU: {what}"
 
 

@@ -84,7 +84,7 @@ def _device(value: Any) -> str | None:
         return f"must be auto, cpu, cuda or cuda:N, got {value!r}"
     if dev.type == "cuda" and not torch.cuda.is_available():
         from lib.model import cuda_missing_message
-        return f"is {value!r}, but {cuda_missing_message(str(value)).split(': ', 1)[1]}"
+        return f"is {value!r}, but torch sees no GPU: {cuda_missing_message(str(value)).split(': ', 1)[1]}"
     return None
 
 

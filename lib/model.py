@@ -40,7 +40,7 @@ def cuda_missing_message(asked: str = "cuda") -> str:
             f"(pip install torch=={torch.__version__.split('+')[0]} --index-url {OLDER_DRIVER_INDEX})"
             if build else f"this torch {torch.__version__} is a CPU-only build: install a CUDA build "
             f"(see the README's GPU section; {OLDER_DRIVER_INDEX} for drivers older than R580)")
-    return f"device {asked!r} asks for a CUDA GPU but torch sees none: {what}"
+    return f"device {asked!r} asks for a CUDA GPU, but torch sees no GPU: {what}"
 
 
 def cuda_capability(device: torch.device | None = None) -> tuple[int, int]:

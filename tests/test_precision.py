@@ -91,7 +91,7 @@ def test_cuda_asked_without_a_gpu_fails_in_one_line(monkeypatch):
     assert "\n" not in msg and torch.__version__ in msg and OLDER_DRIVER_INDEX in msg
     assert auto_device("auto").type == "cpu"                      # auto still means: CPU when no GPU
     problem = KEY_RULES["device"]("cuda")
-    assert problem.startswith("is 'cuda', but") and "\n" not in problem and OLDER_DRIVER_INDEX in problem
+    assert problem.startswith("is 'cuda', but torch sees no GPU: ") and "\n" not in problem and OLDER_DRIVER_INDEX in problem
     assert KEY_RULES["precision"]("fp16") .startswith("must be one of auto, bf16-mixed, fp16-mixed")
 
 

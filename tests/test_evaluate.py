@@ -307,7 +307,8 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
 
     assert read_jsonl_manifest(sd) == manifest
     base = manifest[0]
-    assert set(base) == {"name", "kind", "stage", "step", "path", "tasks", "seconds"}
+    assert set(base) == {"name", "kind", "stage", "step", "path", "tasks", "seconds", "precision"}
+    assert base["precision"] == "float32"                      # how 07 scored it (precision auto, CPU)
     assert base["kind"] == "baseline" and base["stage"] is None and base["seconds"] > 0
     for lang in ET.LANGS:
         t = base["tasks"]["tiny"][lang]
@@ -325,7 +326,9 @@ def test_harness_run_logs_resume_and_reuse(tmp_path, tiny_assets, monkeypatch):
         assert [a[0] for a in s["arguments"]] == [prompt] * 3 + [""] * 3
         assert [a[1] for a in s["arguments"]] == [" " + o for o in options] * 2
         logged = [r[0] for r in s["filtered_resps"]][:3]
-        assert set(s["chosen"]) == {"acc", "per_token", "acc_norm", "calibrated"} and s["rule"] == "acc"
+        # the tiny pair's option lengths agree across languages (length-control kappa's lower bound
+        # 0.28 >= 0.15), so its default rule is the calibrated one (lib.rules.default_rule)
+        assert set(s["chosen"]) == {"acc", "per_token", "acc_norm", "calibrated"} and s["rule"] == "calibrated"
         assert s["chosen"]["acc"]["index"] == max(range(3), key=logged.__getitem__)
         assert logged == pytest.approx(direct_logliks(tiny_assets["model"], prompt, options), abs=1e-4)
     # 08 reads the logs with lib.analysis.agreement; the languages join by doc id

@@ -233,13 +233,16 @@ def _pair_files(pair: str) -> list[str]:
 def write_model_results(m: ModelSpec, pairs: Mapping[str, ET.Pair], res: Mapping[str, Any] | None, final: Path,
                         seconds: float, keys: Mapping[str, Any] | None,
                         n_tokens: Callable[[str, str], int] | None = None,
-                        keep: Mapping[str, Mapping] | None = None, order: Sequence[str] | None = None) -> dict[str, Any]:
+                        keep: Mapping[str, Mapping] | None = None, order: Sequence[str] | None = None,
+                        precision: str | None = None) -> dict[str, Any]:
     """Write ``results/<name>/`` and return the entry: per pair ``results_<pair>.json`` (lm-eval's
     results for its two tasks) and the audited samples of both languages; the pairs in ``keep``
     (pair -> its stored entry) are carried over from the folder as they are; ``eval.json`` last,
-    with each pair's key (:func:`result_keys`)."""
+    with each pair's key (:func:`result_keys`) and how it was scored (``precision``)."""
     entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path, "tasks": {},
              "seconds": seconds}
+    if precision is not None:
+        entry["precision"] = precision
     keep = keep or {}
     with atomic_dir(final, overwrite=True) as tmp:
         for pair in order or list(keep) + [p for p in pairs if p not in keep]:
@@ -309,8 +312,8 @@ def evaluate_model(m: ModelSpec, pairs: Mapping[str, ET.Pair], stage_dir: str | 
                 res = run_harness(lm, pairs, stage_dir / "tasks", batch_size=batch_size, num_fewshot=num_fewshot,
                                   limit=limit, seed=seed, device=str(dev))
                 entry = write_model_results(m, pairs, res, final, time.perf_counter() - start, keys,
-                                            hflm_token_counter(lm), keep=keep, order=order)
-                entry["precision"] = precision_note(precision, dev)
+                                            hflm_token_counter(lm), keep=keep, order=order,
+                                            precision=precision_note(precision, dev))
             if extras or extra_keep:
                 entry["extra"] = XT.score(lm, m.name, extras, stage_dir, extra_keys or {}, extra_keep, extra_order,
                                           batch_size=batch_size, num_fewshot=num_fewshot, limit=limit,
@@ -336,6 +339,8 @@ def _reuse(m: ModelSpec, source: Mapping[str, Any], stage_dir: Path, keys: Mappi
     src, final = stage_dir / "results" / source["name"], stage_dir / "results" / m.name
     entry = {"name": m.name, "kind": m.kind, "stage": m.stage, "step": m.step, "path": m.path,
              "tasks": {}, "seconds": 0.0}
+    if "precision" in source:
+        entry["precision"] = source["precision"]
     with atomic_dir(final, overwrite=True) as tmp:
         for pair, langs in source["tasks"].items():
             for f in _pair_files(pair):

@@ -8,7 +8,7 @@ import sys
 from lib.core import paths
 from lib.core.hashing import config_hash
 from lib.core.params import load_profile, stage_params
-from lib.run.grid import stage_finished, link_shared, load_grid, plan
+from lib.run.grid import link_shared, load_grid, plan, stage_finished
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lib.cli.errors import failed
 from lib.run.report import __doc__ as USAGE
 from lib.run.report import write_report
 
@@ -17,8 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         md = write_report(args.run, inline_images=not args.link_images)
     except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return failed(e, "interrupted")
     print(f"{md}\n{md.with_suffix('.html')}")
     return 0
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from lib.cli.errors import failed
 from lib.run.results import TABLES, ResultsError, marker_names, render, write_into
 
 
@@ -41,8 +42,7 @@ def main(argv: list[str] | None = None) -> int:
                                    f"({', '.join(TABLES)})")
         path = write_into(args.into, args.run, blocks)
     except (ResultsError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        return failed(e, "interrupted")
     print(f"{path}: {', '.join(m for m, _ in blocks)}")
     return 0
 

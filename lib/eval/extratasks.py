@@ -41,8 +41,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from lib.core import paths
-from lib.core.hashing import digest, file_sha256
+from lib.core import hashing, paths
+from lib.core.hashing import file_sha256
 from lib.core.io import atomic_dir, read_json, write_json, write_text
 from lib.eval import lmjson, toyextra
 
@@ -183,7 +183,7 @@ def yaml_digest(path: Path) -> str:
             fp = Path(f)
             if fp.is_absolute() and fp.is_file():
                 parts.append((str(fp), file_sha256(fp)))
-    return digest(parts)
+    return hashing.digest(parts)
 
 
 def lm_eval_version() -> str:
@@ -216,7 +216,7 @@ def resolve(extra_tasks: Any, extra_metric: Any, run: str | Path, out_dir: str |
                 raise ExtraTaskError(f"extra_tasks['{lang}']: task YAML not found: {yaml_path} (from {spec!r})")
             name, digest = yaml_task_name(yaml_path), yaml_digest(yaml_path)
         else:
-            yaml_path, name, digest = None, spec, digest({"name": spec, "lm_eval": lm_eval_version()})
+            yaml_path, name, digest = None, spec, hashing.digest({"name": spec, "lm_eval": lm_eval_version()})
         metric = extra_metric.get(spec, extra_metric.get(name, "auto"))
         out.append(Extra(name, lang, spec, kind, str(yaml_path) if yaml_path else None, metric, digest))
     dup = sorted({x.name for x in out if [y.name for y in out].count(x.name) > 1})

@@ -3,13 +3,14 @@ not rerun, the table and figure read each condition's 08, and the a6000 grid che
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 import torch
 import yaml
 
 from lib.core import paths
-from lib.core.params import load_profile
+from lib.core.params import ParamsError, load_profile
 from lib.run import grid as G
 from lib.run.check import check_profile
 from lib.run.stages import select_stages
@@ -133,10 +134,11 @@ def test_micro_grid_shares_stages_and_resumes(tmp_path, outputs, capsys):
     assert "finished, not rerun" in capsys.readouterr().out
 
 
-def test_slurm_scripts_for_the_a6000_grid(tmp_path, outputs):
+def test_slurm_scripts_for_the_a6000_grid(tmp_path, outputs, monkeypatch):
     import subprocess
 
     from lib.run.gridslurm import render
+    monkeypatch.setattr(G, "check_grid", lambda grid, names: [])   # as if data/ held the a6000 files
     files = render(paths.PARAMS / "grids" / "a6000_transfer.yaml")
     shared, array = files["shared"].read_text(), files["array"].read_text()
     for text in (shared, array):
@@ -163,3 +165,89 @@ def test_grid_cli_done_and_link(tmp_path, outputs):
     g = paths.PARAMS / "grids" / "toy_transfer.yaml"
     assert main(["done", str(g), "word", "03"]) == 1
     assert main(["link", str(g), "word"]) == 0
+
+
+# ---------------------------------------------------------------------------- checked before anything runs
+
+def test_every_structural_problem_of_a_grid_file_at_once_at_its_line(tmp_path, outputs):
+    f = tmp_path / "bad.yaml"
+    f.write_text(f"base: {paths.PARAMS / 'toy.yaml'}\n"          # 1
+                 "name: ../../x\n"                                 # 2
+                 "extra: 1\n"                                      # 3
+                 "defaults:\n"                                     # 4
+                 "  05_stage3_pretrain: 3\n"                       # 5
+                 "conditions:\n"                                   # 6
+                 "  a: {}\n"                                       # 7
+                 "  b c: {}\n"                                     # 8
+                 "  d: {04_stage2_lm_head: [1]}\n")                # 9
+    with pytest.raises(ParamsError) as e:
+        G.load_grid(f)
+    assert e.value.problems == [
+        f"{f}:3: unknown key 'extra' (a grid has base, defaults, conditions, name, slurm)",
+        f"{f}:2: name '../../x' must be a folder name under {outputs.resolve()} (no '..', not absolute): "
+        "the grid writes outputs/<name>/",
+        f"{f}:5: section '05_stage3_pretrain' must be a mapping of key: value, got 3",
+        f"{f}:8: condition name 'b c' must be letters, digits, _ or -",
+        f"{f}:9: section '04_stage2_lm_head' must be a mapping of key: value, got [1]"]
+    assert not (outputs.parent / "x").exists() and not any(outputs.iterdir())
+    f.write_text(f"base: {paths.PARAMS / 'toy.yaml'}\nname: {paths.PROJ_ROOT / 'lib' / 'evil'}\nconditions: {{a: {{}}}}\n")
+    with pytest.raises(ParamsError, match=r":2: name .* must be a folder name under"):
+        G.load_grid(f)
+    f.write_text(f"base: {paths.PARAMS / 'toy.yaml'}\nconditions:\n  a: {{}}\n  a: {{}}\n")
+    with pytest.raises(ParamsError, match=r":4: key 'a' is given twice \(first on line 3\)"):
+        G.load_grid(f)
+
+
+def test_a_bad_later_condition_stops_the_grid_before_anything_runs(tmp_path, outputs, monkeypatch, capsys):
+    from lib.cli.pipeline import main
+    ran = []
+    monkeypatch.setattr(G, "run_pipeline", lambda *a, **k: ran.append(a) or [])
+    f = tmp_path / "g.yaml"
+    f.write_text(f"base: {paths.PARAMS / 'micro.yaml'}\n"        # 1
+                 "defaults:\n"                                     # 2
+                 "  08_agreement_analysis: {prediction: acc_max}\n"   # 3
+                 "conditions:\n"                                   # 4
+                 "  a: {}\n"                                       # 5
+                 "  b:\n"                                          # 6
+                 "    03_stage1_contrastive:\n"                    # 7
+                 "      steps: -5\n"                               # 8
+                 "  c:\n"                                          # 9
+                 "    05_stage3_pretrain: {tasks+: {x: 1}}\n")     # 10
+    t0 = time.time()
+    assert main(["grid", str(f)]) == 1
+    assert time.time() - t0 < 20 and ran == []
+    err = capsys.readouterr().err
+    assert f"error: {f}:3: 08_agreement_analysis.prediction: prediction must be one of" in err
+    assert err.count("08_agreement_analysis.prediction") == 1 and "[every condition]" in err
+    assert f"error: {f}:8: 03_stage1_contrastive.steps: steps and grad_accum must be >= 1, got -5, 1 [condition b]" in err
+    assert f"error: {f}:10: " in err and "[condition c]" in err
+    assert "conditions/b.yaml" not in err and "Traceback" not in err
+    # --only checks only what it runs; an empty or unknown --only is refused
+    assert main(["grid", str(f), "--only", "b"]) == 1
+    err = capsys.readouterr().err
+    assert "[condition b]" in err and "[condition c]" not in err
+    for only, msg in (("", "--only '' names no condition"), (" , ", "names no condition"),
+                      ("a,zz", "has no condition zz (conditions: a, b, c)")):
+        assert main(["grid", str(f), "--only", only]) == 1
+        assert msg in capsys.readouterr().err
+    assert main(["grid", str(f), "--only", "b", "--slurm"]) == 1         # --slurm checks too
+    assert "[condition b]" in capsys.readouterr().err
+    assert ran == [] and not (outputs / "g" / "slurm").exists()
+
+
+def test_slurm_honours_only_and_refuses_missing_inputs(tmp_path, outputs, monkeypatch, capsys):
+    from lib.cli.pipeline import main
+    from lib.run.gridslurm import render
+    a6000 = paths.PARAMS / "grids" / "a6000_transfer.yaml"
+    if not (paths.PROJ_ROOT / "data" / "parallel").exists():
+        assert main(["grid", str(a6000), "--slurm"]) == 1
+        err = capsys.readouterr().err
+        assert "data/parallel/train.ko" in err and "nothing was run" in err
+        assert not (outputs / "a6000_transfer" / "slurm").exists()
+    monkeypatch.setattr(G, "check_grid", lambda grid, names: [])
+    array = render(a6000, "word,head_new_rows")["array"].read_text()
+    assert "#SBATCH --array=0-1" in array and "CONDITIONS=(word head_new_rows)" in array
+    f = tmp_path / "s.yaml"
+    f.write_text(f"base: {paths.PARAMS / 'toy.yaml'}\nslurm:\n  gpu: 2\nconditions: {{a: {{}}}}\n")
+    with pytest.raises(ParamsError, match=r"s.yaml:3: slurm.gpu is not a setting"):
+        render(f)

@@ -48,8 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     g = sub.add_parser("grid", help="run a grid of conditions sharing identical stages (lib.run.grid)")
     g.add_argument("grid", help="a grid YAML, e.g. params/grids/toy_transfer.yaml")
     g.add_argument("--only", help="comma-separated condition names")
-    g.add_argument("--slurm", action="store_true", help="write sbatch scripts (lib.run.gridslurm) and print "
-                   "the submit command; runs and submits nothing")
+    g.add_argument("--slurm", action="store_true", help="check the grid, write sbatch scripts (lib.run.gridslurm) for "
+                   "it (or the --only conditions) and print the submit command; runs and submits nothing")
     args = ap.parse_args(argv)
     signal.signal(signal.SIGTERM, _interrupt)        # a polite kill ends like Ctrl-C: one line
     try:
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
             print(contamination.render(found), end="")
             return 1 if contamination.n_dirty(found) else 0
         if args.cmd == "grid" and args.slurm:
-            files = gridslurm.render(args.grid)
+            files = gridslurm.render(args.grid, args.only)
             print(f"wrote {files['shared']}\nwrote {files['array']}\nsubmit with:\n  {files['submit']}")
             return 0
         if args.cmd == "grid":

@@ -174,11 +174,13 @@ class Profile:
         return f"{f}:{line}" if line else str(f)
 
 
-def _yaml_mapping(path: Path) -> tuple[dict, dict[tuple[str, str | None], int]]:
-    """The top-level mapping of a params file and the line of every section and key in it.
+def read_yaml(path: Path, what: str = "params file",
+              example: str = "'extends: toy.yaml' or 'common:'") -> tuple[dict, dict[tuple[str, ...], int]]:
+    """The top-level mapping of a YAML file read strictly, and the line of every mapping key in it
+    by its key path (``("conditions", "b", "05_stage3_pretrain", "steps")``).
 
-    A UTF-8 byte-order mark is dropped; an empty file and a key given twice in one mapping are
-    errors (YAML itself would keep the last value silently)."""
+    A UTF-8 byte-order mark is dropped; an empty file, a top level that is not a mapping and a key
+    given twice in one mapping are errors (YAML itself would keep the last value silently)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except UnicodeDecodeError as e:
@@ -187,8 +189,7 @@ def _yaml_mapping(path: Path) -> tuple[dict, dict[tuple[str, str | None], int]]:
     try:
         node = loader.get_single_node()
         if node is None:
-            raise ParamsError(f"{path}: the params file is empty; give at least one section "
-                              f"(e.g. 'extends: toy.yaml' or 'common:')")
+            raise ParamsError(f"{path}: the {what} is empty; give at least one section (e.g. {example})")
         _no_duplicate_keys(node, path)
         raw = loader.construct_document(node)
     except yaml.YAMLError as e:
@@ -197,13 +198,28 @@ def _yaml_mapping(path: Path) -> tuple[dict, dict[tuple[str, str | None], int]]:
         loader.dispose()
     if not isinstance(raw, dict):
         raise ParamsError(f"{path}:1: the top level must be a mapping of sections, got {type(raw).__name__}")
+    lines: dict[tuple[str, ...], int] = {}
+    _key_lines(node, (), lines)
+    return raw, lines
+
+
+def _key_lines(node: yaml.Node, prefix: tuple[str, ...], out: dict[tuple[str, ...], int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for knode, vnode in node.value:
+            key = prefix + (str(knode.value),)
+            out[key] = knode.start_mark.line + 1
+            _key_lines(vnode, key, out)
+
+
+def _yaml_mapping(path: Path) -> tuple[dict, dict[tuple[str, str | None], int]]:
+    """:func:`read_yaml` with the lines of sections (``(section, None)``) and their keys."""
+    raw, every = read_yaml(path)
     lines: dict[tuple[str, str | None], int] = {}
-    for knode, vnode in node.value:
-        section = str(knode.value)
-        lines[(section, None)] = knode.start_mark.line + 1
-        if isinstance(vnode, yaml.MappingNode):
-            for k2, _ in vnode.value:
-                lines[(section, k2.value)] = k2.start_mark.line + 1
+    for key, line in every.items():
+        if len(key) == 1:
+            lines[(key[0], None)] = line
+        elif len(key) == 2:
+            lines[(key[0], key[1])] = line
     return raw, lines
 
 

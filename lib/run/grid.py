@@ -20,6 +20,10 @@ condition that runs a chain id owns the folder; later conditions link to it inst
 again (the toy world and 01-02 once for the whole grid; 03 once for every condition that changes
 only 04 or later). A finished condition is not rerun, and an interrupted grid resumes.
 
+Before anything runs (``--slurm`` too) the grid file is read strictly and every condition to run
+is checked as ``check`` checks a profile (:func:`checked`): every problem at once, at the grid
+file's line, with the conditions it concerns.
+
 After the runs, ``grid.md`` / ``grid.json`` hold, per condition and stage model, the knowledge
 cell's transfer ratio and kappa with 95% intervals (from each condition's 08 ``summary.json``),
 the controls first; ``figures/grid.png`` draws each condition's stage models (03 to the last)
@@ -31,7 +35,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
@@ -39,13 +43,18 @@ import yaml
 from lib.core import paths
 from lib.core.hashing import config_hash
 from lib.core.io import read_json, write_json, write_text
-from lib.core.params import ParamsError, load_profile, stage_params
+from lib.core.params import ParamsError, Profile, load_profile, read_yaml, stage_params
 from lib.core.plots import save
+from lib.core.runfolder import BadRunName, run_folder
 from lib.core.stats import fmt_ci
+from lib.run.check import check_profile
 from lib.run.pipeline import run_pipeline
 from lib.run.stages import select_stages
 
 CELL = "knowledge"
+
+
+GRID_KEYS = ("base", "defaults", "conditions", "name", "slurm")
 
 
 @dataclass
@@ -56,35 +65,120 @@ class Grid:
     defaults: dict
     conditions: dict[str, dict]
     slurm: dict
+    lines: dict[tuple[str, ...], int] = field(default_factory=dict)     # key path -> line in path
 
     @property
     def root(self) -> Path:
         return paths.run_dir(self.name)
 
+    def where(self, *key: str) -> str:
+        """``file:line`` of a key of the grid file (its first line when the key is not written)."""
+        return f"{self.path}:{self.lines.get(key, 1)}"
+
 
 def load_grid(path: str | Path) -> Grid:
+    """Read a grid file strictly (lib.core.params.read_yaml: duplicate keys, bad YAML) and refuse,
+    all at once and at their lines, unknown keys, a missing base, a ``name`` that would leave
+    ``outputs/``, bad condition names and sections that are not mappings; writes nothing."""
     path = Path(path).resolve()
     if not path.is_file():
         raise ParamsError(f"grid file not found: {path}")
-    raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    raw, lines = read_yaml(path, "grid file", "'base: ../toy.yaml' and 'conditions:'")
+    problems: list[str] = []
+
+    def at(*key: str) -> str:
+        return f"{path}:{lines.get(key, 1)}"
     for key in raw:
-        if key not in ("base", "defaults", "conditions", "name", "slurm"):
-            raise ParamsError(f"{path}: unknown key {key!r} (a grid has base, defaults, conditions, name, slurm)")
-    if not raw.get("base"):
-        raise ParamsError(f"{path}: 'base' must name the profile the conditions overlay (e.g. ../toy.yaml)")
-    base = (path.parent / raw["base"]).resolve()
-    if not base.is_file():
-        raise ParamsError(f"{path}: base profile not found: {base}")
+        if key not in GRID_KEYS:
+            problems.append(f"{at(key)}: unknown key {key!r} (a grid has {', '.join(GRID_KEYS)})")
+    base = raw.get("base")
+    if not base or not isinstance(base, str):
+        problems.append(f"{at('base')}: 'base' must name the profile the conditions overlay (e.g. ../toy.yaml)")
+    elif not (path.parent / base).resolve().is_file():
+        problems.append(f"{at('base')}: base profile not found: {(path.parent / base).resolve()}")
+    name = str(raw.get("name") or path.stem)
+    try:
+        if Path(name).expanduser().is_absolute():
+            raise BadRunName("an absolute path")
+        run_folder(name)
+    except BadRunName:
+        problems.append(f"{at('name')}: name {name!r} must be a folder name under {paths.OUTPUTS.resolve()} "
+                        f"(no '..', not absolute): the grid writes outputs/<name>/")
+    for key in ("defaults", "slurm"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            problems.append(f"{at(key)}: '{key}' must be a mapping, got {raw[key]!r}")
+    if isinstance(raw.get("defaults"), dict):
+        problems += _section_problems(raw["defaults"], ("defaults",), at)
     conds = raw.get("conditions") or {}
     if not isinstance(conds, dict) or not conds:
-        raise ParamsError(f"{path}: 'conditions' must map at least one name to an overlay")
-    for name, over in conds.items():
-        if not str(name).replace("_", "").replace("-", "").isalnum():
-            raise ParamsError(f"{path}: condition name {name!r} must be letters, digits, _ or -")
+        problems.append(f"{at('conditions')}: 'conditions' must map at least one name to an overlay")
+        conds = {}
+    for cname, over in conds.items():
+        if not str(cname).replace("_", "").replace("-", "").isalnum():
+            problems.append(f"{at('conditions', str(cname))}: condition name {cname!r} must be letters, "
+                            f"digits, _ or -")
         if over is not None and not isinstance(over, dict):
-            raise ParamsError(f"{path}: condition {name!r} must be a mapping of sections, got {over!r}")
-    return Grid(path, str(raw.get("name") or path.stem), base, raw.get("defaults") or {},
-                {str(k): v or {} for k, v in conds.items()}, raw.get("slurm") or {})
+            problems.append(f"{at('conditions', str(cname))}: condition {cname!r} must be a mapping of "
+                            f"sections, got {over!r}")
+        elif over:
+            problems += _section_problems(over, ("conditions", str(cname)), at)
+    if problems:
+        raise ParamsError.of(problems)
+    return Grid(path, name, (path.parent / base).resolve(),
+                raw.get("defaults") or {}, {str(k): v or {} for k, v in conds.items()},
+                raw.get("slurm") or {}, lines)
+
+
+def _section_problems(layer: dict, prefix: tuple[str, ...], at) -> list[str]:
+    """Each section of an overlay must be a mapping of key: value (as in a profile)."""
+    return [f"{at(*prefix, str(section))}: section '{section}' must be a mapping of key: value, got {values!r}"
+            for section, values in layer.items() if values is not None and not isinstance(values, dict)]
+
+
+def selected(grid: Grid, only: str | None) -> list[str]:
+    """The conditions ``--only`` names (all when it is not given); an empty or unknown name is an error."""
+    if only is None:
+        return list(grid.conditions)
+    names = list(dict.fromkeys(n.strip() for n in only.split(",") if n.strip()))
+    if not names:
+        raise ParamsError(f"--only {only!r} names no condition; give names such as --only "
+                          f"{','.join(list(grid.conditions)[:2])} (conditions: {', '.join(grid.conditions)})")
+    unknown = [n for n in names if n not in grid.conditions]
+    if unknown:
+        raise ParamsError(f"--only {only}: {grid.path} has no condition {', '.join(unknown)} "
+                          f"(conditions: {', '.join(grid.conditions)})")
+    return names
+
+
+def condition_profile(grid: Grid, name: str) -> Profile:
+    """The condition's profile, its keys located in the grid file (the condition's own line, else
+    the ``defaults`` line) rather than in the generated ``conditions/<name>.yaml``."""
+    f = condition_file(grid, name)
+    prof = load_profile(f)
+    for (section, key), origin in list(prof.origin.items()):
+        if origin != f:
+            continue
+        tail = (section,) if key is None else (section, key)
+        line = grid.lines.get(("conditions", name, *tail)) or grid.lines.get(("defaults", *tail))
+        if line:
+            prof.origin[(section, key)] = grid.path
+            prof.lines[(section, key)] = line
+    return prof
+
+
+def check_grid(grid: Grid, names: list[str]) -> list[str]:
+    """Every problem ``check`` finds in the named conditions, one line each at the grid file's (or
+    the base profile's) line, with the conditions it applies to; [] when all are fine."""
+    found: dict[str, list[str]] = {}
+    for name in names:
+        prof = condition_profile(grid, name)
+        for p in check_profile(prof, select_stages(prof), f"{grid.name}/{name}"):
+            found.setdefault(p, []).append(name)
+    def which(ns: list[str]) -> str:
+        if len(ns) == len(grid.conditions) > 1:
+            return "every condition"
+        return f"condition{'s' if len(ns) > 1 else ''} {', '.join(ns)}"
+    return [f"{p} [{which(ns)}]" for p, ns in found.items()]
 
 
 def overlay(grid: Grid, name: str) -> dict:
@@ -112,7 +206,8 @@ def chain_ids(profile_file: Path, run: str) -> dict[str, str]:
     prof = load_profile(profile_file)
     out, chain = {}, []
     for stage in select_stages(prof):
-        chain.append((stage, config_hash(stage_params(prof, stage, run))))
+        # a wrong type is check's to report (for the conditions that run): the default stands in
+        chain.append((stage, config_hash(stage_params(prof, stage, run, problems=[]))))
         out[stage] = hashlib.sha256(json.dumps(chain).encode()).hexdigest()[:16]
     return out
 
@@ -142,15 +237,21 @@ def stage_finished(stage_dir: Path, params_hash: str) -> bool:
 
 
 def link_shared(grid: Grid, plans: dict, name: str) -> list[str]:
-    """Link the condition's stages that another condition owns and has finished; a prefix."""
+    """Link the condition's stages that another condition owns and that some condition with the
+    same chain id has finished (the owner first: with ``--only`` it may not be among those run); a
+    prefix."""
     p, linked = plans[name], []
     prof = load_profile(p["file"])
     for stage, owner in p["owner"].items():
         if owner == name:
             break
-        src = paths.stage_dir(plans[owner]["run"], stage)
-        if not stage_finished(src, config_hash(stage_params(prof, stage, p["run"]))):
-            break                                   # the owner has not run it yet: run it here
+        want = config_hash(stage_params(prof, stage, p["run"]))
+        sources = [owner] + [n for n, q in plans.items() if n not in (owner, name)
+                             and q["ids"].get(stage) == p["ids"][stage]]
+        src = next((paths.stage_dir(plans[n]["run"], stage) for n in sources
+                    if stage_finished(paths.stage_dir(plans[n]["run"], stage), want)), None)
+        if src is None:
+            break                                   # nobody has run it yet: run it here
         dst = paths.stage_dir(p["run"], stage)
         if dst.is_symlink() and dst.resolve() == src.resolve():
             linked.append(stage)
@@ -170,10 +271,21 @@ def condition_done(plans: dict, name: str) -> bool:
                for s in p["ids"])
 
 
-def run_grid(grid_file: str | Path, only: str | None = None, progress: bool = True) -> dict:
-    """Run every (or the ``only``) condition, sharing stages; then write grid.md/json + figure."""
+def checked(grid_file: str | Path, only: str | None = None) -> tuple[Grid, list[str]]:
+    """The grid and the conditions to run, once the file, ``--only`` and ``check`` on every one
+    of them have passed; else one ParamsError listing every problem (nothing has run)."""
     grid = load_grid(grid_file)
-    names = [n.strip() for n in only.split(",")] if only else list(grid.conditions)
+    names = selected(grid, only)
+    problems = check_grid(grid, names)
+    if problems:
+        raise ParamsError.of(problems)
+    return grid, names
+
+
+def run_grid(grid_file: str | Path, only: str | None = None, progress: bool = True) -> dict:
+    """Check every (or the ``only``) condition (:func:`checked`), then run them, sharing stages;
+    then write grid.md/json + figure."""
+    grid, names = checked(grid_file, only)
     plans = plan(grid, names)
     log = {}
     for name in names:

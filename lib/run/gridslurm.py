@@ -19,11 +19,13 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
+from dataclasses import replace
 from pathlib import Path
 
 from lib.core import paths
 from lib.core.io import write_text
-from lib.run.grid import Grid, load_grid, plan
+from lib.core.params import ParamsError
+from lib.run.grid import Grid, checked, plan
 
 TRAINING = {"03", "04", "05", "06"}
 DEFAULTS = {"partition": "", "gpus": 1, "cpus": 8, "time": "48:00:00", "mem": "64G",
@@ -55,11 +57,18 @@ def _stage_steps(grid: Grid, cond_var: str, stage: str, opts: dict, cond_file: s
     return [f"python -m lib.cli.grid done {g} {cond_var} {nn} || {launch}"]
 
 
-def render(grid_file: str | Path) -> dict[str, Path]:
-    """Write shared.sbatch and array.sbatch; return their paths and the submit command."""
-    grid = load_grid(grid_file)
+def render(grid_file: str | Path, only: str | None = None) -> dict[str, Path]:
+    """Check the grid as a run would (every condition, or the ``only`` ones: lib.run.grid.checked),
+    then write shared.sbatch and array.sbatch for those conditions; return their paths and the
+    submit command."""
+    grid, names = checked(grid_file, only)
+    unknown = [k for k in grid.slurm if k not in DEFAULTS]
+    if unknown:
+        raise ParamsError.of([f"{grid.where('slurm', str(k))}: slurm.{k} is not a setting (settings: "
+                              f"{', '.join(DEFAULTS)})" for k in unknown])
     opts = {**DEFAULTS, **grid.slurm}
-    plans = plan(grid)
+    # shared stages and their owners among the conditions submitted (lib.cli.grid link finds them)
+    plans = plan(replace(grid, conditions={n: grid.conditions[n] for n in names}))
     users = Counter(cid for p in plans.values() for cid in p["ids"].values())
     g = shlex.quote(str(grid.path))
     shared = _header(grid, opts, "shared", [])

@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -566,3 +567,54 @@ def test_truncated_optimizer_state_falls_back_to_the_previous_checkpoint(tmp_pat
             r"no checkpoint under .*res/checkpoints reads back: step-000012 .*"
             r"Delete .*res/checkpoints to start the stage afresh")):
         train([tiny_llama()], batch_at, lm_loss, spec, tmp_path / "res")
+
+
+# ---------------------------------------------------------------------------- check: what the run will have (issue 27)
+
+def test_check_counts_shared_stages_as_present(tmp_path, monkeypatch):
+    """``pipeline.share`` links 00-02 from a finished run when the run starts: ``--only 05`` on a
+    new run is not refused for the toy model, and {toy} files are looked for in the shared run."""
+    monkeypatch.setattr(paths, "OUTPUTS", tmp_path / "outputs")
+    src = tmp_path / "outputs" / "src"
+    for stage in ("00_toy_world", "01_vocab_merge", "02_embedding_init"):
+        (src / stage).mkdir(parents=True)
+        (src / stage / "DONE").write_text("{}")
+    (src / "00_toy_world" / "data").mkdir()
+    for name, lines in (("stage3_ko.txt", KO_LINES), ("stage3_en.txt", EN_LINES),
+                        ("sample.ko", KO_LINES), ("sample.en", EN_LINES)):
+        write(src / "00_toy_world" / "data" / name, "\n".join(lines) + "\n")
+    f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\n"
+              "pipeline:\n  share: {run: src, stages: ['00', '01', '02']}\n"
+              "05_stage3_pretrain:\n  heldout_ko: '{toy}/data/sample.ko'\n  heldout_en: '{toy}/data/sample.en'\n")
+    prof = load_profile(f)
+    assert check_profile(prof, select_stages(prof, only="05"), "new") == []
+    shutil.rmtree(src / "00_toy_world" / "data")
+    problems = check_profile(prof, select_stages(prof, only="05"), "new")
+    assert problems and all(f"shared (pipeline.share) from {src / '00_toy_world'}, which lacks it" in p
+                            for p in problems), problems
+
+
+def test_a_wrong_base_model_is_one_line_naming_it(tmp_path):
+    f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\ncommon:\n  base_model: tyo\n")
+    prof = load_profile(f)
+    (problem,) = check_profile(prof, select_stages(prof))
+    assert problem.startswith(f"{f}:3: common.base_model (for 01_vocab_merge, ")
+    assert problem.endswith(f"'tyo' is not 'toy', not a folder ({paths.PROJ_ROOT / 'tyo'} does not exist), and "
+                            "not a Hub model in the local cache (Hub ids are owner/name, e.g. "
+                            "meta-llama/Llama-3.2-1B): did you mean 'toy'?")
+
+
+def test_composed_task_keys_are_named_at_their_line(tmp_path):
+    f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\n07_benchmark_eval:\n  tasks+:\n"
+              "    extra: {en: nowhere_en.jsonl, ko: nowhere_ko.jsonl, format: mmlu}\n")
+    prof = load_profile(f)
+    (problem,) = check_profile(prof, select_stages(prof))
+    assert problem.startswith(f"{f}:3: 07_benchmark_eval.tasks+: unknown format 'mmlu'")
+
+
+def test_a_tokenizer_only_01_does_not_need_the_toy_model(tmp_path, tiny_assets):
+    f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\n01_vocab_merge:\n"
+              f"  base_tokenizer: {tiny_assets['base_sp']}\n  korean_tokenizer: {tiny_assets['ko_sp']}\n"
+              f"  sample_ko: {tiny_assets['sample_ko']}\n  sample_en: {tiny_assets['sample_en']}\n")
+    prof = load_profile(f)
+    assert check_profile(prof, select_stages(prof, only="01"), "fresh_run") == []

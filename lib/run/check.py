@@ -12,7 +12,9 @@ Enums and record checks are the stages' own constants and functions, so a value 
 later is accepted here too. Each problem is one line: ``file:line: stage.key: what, what to do``.
 
 Files under ``{toy}`` (or ``{run}``) that an earlier stage of the same run will write are not
-checked before that stage has run. The value rules are :mod:`lib.run.checkvalues`, the input
+checked before that stage has run. Stages that ``pipeline.share`` links from a finished run count as present (their
+files are looked for there); a model spec that names nothing (``base_model: tyo``) is one line
+naming the key (:mod:`lib.run.checksources`), not a line for every ``{toy}`` file it leaves unbuilt. The value rules are :mod:`lib.run.checkvalues`, the input
 rules :mod:`lib.run.checkinputs`; what each stage checks on top is registered in
 :data:`STAGE_CHECKS` (a stage without an entry has only its values and files checked).
 """
@@ -72,6 +74,12 @@ STAGE_CHECKS: dict[str, list[Callable[[StageInputs], None]]] = {
 }
 
 
+# model keys a stage does not load under some values: 01 reads only a tokenizer when base_tokenizer is set
+UNUSED: dict[tuple[str, str], Callable[[dict], bool]] = {
+    ("base_model", "01_vocab_merge"): lambda values: bool(values["base_tokenizer"]),
+}
+
+
 def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problems: list[str],
                 common: dict | None = None) -> None:
     """Append every problem of one stage's values and files to ``problems``."""
@@ -88,7 +96,7 @@ def check_stage(prof: Profile, stage: str, run: str, planned: list[str], problem
         CI.stage_validators(st)
     for key in ("base_model", "init_from"):
         value = st.values.get(key)
-        if not value or value == "auto":
+        if not value or value == "auto" or (key, stage) in UNUSED and UNUSED[key, stage](st.values):
             continue
         if key == "init_from" and re.fullmatch(r"\d\d_\w+", value):
             if value not in paths.stages() or value >= stage:

@@ -26,11 +26,11 @@ from lib.data.wordpairs import read_pairs as read_word_pairs
 from lib.eval import extratasks as XT
 from lib.eval import tasks as ET
 from lib.eval import toyextra
+from lib.run.checksources import model_problem, relative_or_none, shared_stages
 from lib.train import contrastive, pretrain
 from lib.vocab import merge as T
 
 SAMPLE_LINES = 200          # lines read to tell Korean from English (and to spot bad encodings)
-HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 LANG_OF = {"text": "ko", "clm_text": "ko", "korean_corpus": "ko"}
 CORPUS_KEYS = ("text", "clm_text", "ko_text", "en_text")     # lib.data.corpus.parse_corpus forms
 PARALLEL = {"03_stage1_contrastive": [("pairs_ko", "pairs_en"), ("heldout_ko", "heldout_en")],
@@ -44,8 +44,12 @@ TEXT_FILES = {"01_vocab_merge": ["sample_ko", "sample_en"],
 
 def where_of(prof: Profile, stage: str, key: str) -> str:
     """``file:line: stage.key`` of the value a stage gets from its section or the default."""
-    if key in prof.sections.get(stage, {}):
+    section = prof.sections.get(stage, {})
+    if key in section:
         return f"{prof.where(stage, key)}: {stage}.{key}"
+    composed = [key + op for op in "+-" if key + op in section]     # tasks+ / tasks- (lib.core.params.compose)
+    if composed:
+        return f"{prof.where(stage, composed[0])}: {stage}.{composed[0]}"
     default = notebook_params(stage)[key].default
     return f"{prof.path}: {stage}.{key} (not set: the notebook's default {default!r})"
 
@@ -60,6 +64,7 @@ class StageInputs:
         self.values = stage_params(prof, stage, run, problems=[])   # types: reported already
         self.cfg = Config(self.values, _stage=stage)
         self.found = 0              # problems of this stage so far
+        self.shared = shared_stages(prof)
 
     def problem(self, key: str, msg: str) -> None:
         self.found += 1
@@ -78,6 +83,30 @@ class StageInputs:
     def toy_profile(self) -> bool:
         return self.prof.common().get("base_model", "toy") == "toy"
 
+    def present(self, stage: str) -> bool:
+        """Will ``stage``'s folder be there when this stage runs: it runs earlier in this run, has
+        finished in this run, or is shared (``pipeline.share``) from a run that finished it."""
+        return ((stage in self.planned and stage <= self.stage) or stage in self.shared
+                or (paths.stage_dir(self.run, stage) / "DONE").exists())
+
+    def locate(self, value: str) -> Path:
+        """The path of a parameter; one inside a shared stage's folder (linked when the run starts)
+        is looked for in the run it is shared from."""
+        path = paths.resolve_path(value, self.run)
+        if path.exists():
+            return path
+        for stage, src in self.shared.items():
+            rel = relative_or_none(path, paths.stage_dir(self.run, stage))
+            if rel is not None:
+                return src / rel
+        return path
+
+    def base_model_wrong(self) -> bool:
+        """Is common's base_model a spec that names nothing? Then it is reported on its own line,
+        and what its typo leaves unbuilt (00's ``{toy}`` files, models and tasks) is not listed again."""
+        spec = self.prof.common().get("base_model", "toy")
+        return isinstance(spec, str) and spec != "toy" and model_problem(spec, self.run) is not None
+
     def made_later(self, value: str) -> bool:
         """Does an earlier stage of this run write this path (so it cannot exist yet)?"""
         earlier = [s for s in self.planned if s < self.stage]
@@ -88,7 +117,7 @@ class StageInputs:
     def file(self, key: str, value: str | None = None) -> Path | None:
         """The path of a file parameter when it can be checked now; a missing one is a problem."""
         value = self.values[key] if value is None else value
-        path = paths.resolve_path(value, self.run)
+        path = self.locate(value)
         if path.exists():
             if not path.is_file():
                 self.problem(key, f"{path} is a folder, not a file")
@@ -102,8 +131,12 @@ class StageInputs:
             return path
         if self.made_later(value):
             return None
+        if "{toy}" in value and self.base_model_wrong():
+            return None                     # the base_model line says why 00 is not built
         hint = ""
-        if "{toy}" in value and paths.TOY_STAGE not in self.planned:
+        if "{toy}" in value and paths.TOY_STAGE in self.shared:
+            hint = f"; {{toy}} is shared (pipeline.share) from {self.shared[paths.TOY_STAGE]}, which lacks it"
+        elif "{toy}" in value and paths.TOY_STAGE not in self.planned:
             hint = f"; {{toy}} is the folder of {paths.TOY_STAGE}, " + (
                 f"which has not run in this run yet: run it first" if self.toy_profile() else
                 f"which this run does not build (base_model is not toy): set {self.stage}.{key} "
@@ -169,17 +202,16 @@ class StageInputs:
     def model(self, key: str, value: str) -> None:
         """A model spec: ``toy``, a local folder, or a Hub id (not reachable from here)."""
         if value == "toy":
-            built = (paths.stage_dir(self.run, paths.TOY_STAGE) / "DONE").exists()
-            if paths.TOY_STAGE not in self.planned and not built:
+            if not self.present(paths.TOY_STAGE) and not self.base_model_wrong():
                 self.problem(key, f"'toy' is the model {paths.TOY_STAGE} builds, and it has not run in "
                                   f"this run yet: " + ("run it first" if self.toy_profile() else
                                                        "give a model, or set base_model: toy in common"))
             return
-        path = paths.resolve_path(value, self.run)
-        if path.exists() or self.made_later(value):
+        if self.locate(value).exists() or self.made_later(value):
             return
-        if "{" in value or value.startswith((".", "/", "~")) or not HUB_ID.fullmatch(value):
-            self.problem(key, f"{path} does not exist, and {value!r} is not a Hub id (owner/name)")
+        msg = model_problem(value, self.run)
+        if msg:
+            self.problem(key, msg)
 
 
 def tokenizers(st: StageInputs) -> None:
@@ -194,8 +226,10 @@ def tokenizers(st: StageInputs) -> None:
     for key, spec in ((base_key, base_spec), ("korean_tokenizer", v["korean_tokenizer"])):
         if not spec or spec == "toy" or st.made_later(spec):
             continue
-        path = paths.resolve_path(spec, st.run)
+        path = st.locate(spec)
         if not path.exists():
+            if "{toy}" in spec and st.base_model_wrong():
+                continue
             if key == "korean_tokenizer" or T.looks_like_path(spec) or "{" in spec:
                 given = f" (from {spec!r})" if spec != str(path) else ""
                 st.problem(key, f"file not found: {path}{given}")
@@ -243,7 +277,7 @@ def preference_pairs(st: StageInputs) -> None:
     """06's ``dpo_pairs``: the toy world's (only where 00 builds one) or a readable JSONL file."""
     value = st.values["dpo_pairs"]
     if value == "toy":
-        if not st.toy_profile():
+        if not st.toy_profile() and not st.base_model_wrong():
             st.problem("dpo_pairs", "'toy' builds pairs from the toy world, which this run does not build "
                                     "(base_model is not toy): set it to a JSONL of prompt, chosen, rejected")
         return
@@ -318,8 +352,7 @@ def extra_tasks(st: StageInputs) -> None:
             names.append(spec)
         elif kind == "toy":
             known.add(toyextra.task_name(toyextra.check_name(spec)))
-            built = (paths.stage_dir(st.run, paths.TOY_STAGE) / "DONE").exists()
-            if paths.TOY_STAGE not in st.planned and not built:
+            if not st.present(paths.TOY_STAGE) and not st.base_model_wrong():
                 st.problem("extra_tasks", f"{spec!r} is built from {paths.TOY_STAGE}'s files, and this run "
                                           "has none: " + ("run 00 first" if st.toy_profile() else
                                                           "leave toy: tasks out of a real model's profile"))

@@ -51,7 +51,8 @@ from lib.core.hashing import RESERVED
 # lib.run.check (e.g. the judge's timeout > 0)
 SECTIONS = {
     "judge": {"base_url": "http://127.0.0.1:8000/v1", "model": "judge", "api_key_env": "", "timeout": 30.0,
-              "max_retries": 3, "n_boot": 1000},   # python -m lib.cli.judge --params (lib.eval.judge)
+              "max_retries": 3, "n_boot": 1000,
+              "max_wait": 60.0, "max_unparsed": 0.1},   # python -m lib.cli.judge --params (lib.eval.judge)
 }
 ADD, REMOVE = "+", "-"     # ``key+`` / ``key-``: compose a mapping-valued parameter
 

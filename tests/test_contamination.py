@@ -143,6 +143,7 @@ def test_cli_exits_1_on_a_dirty_item_and_0_when_clean(tmp_path, capsys):
     f = _training(tmp_path)
     prof = tmp_path / "p.yaml"
     body = (f"common:\n  base_model: {tmp_path}/model\n"
+            "pipeline:\n  skip: ['03', '05', '06']\n"
             f"04_stage2_lm_head:\n  text: {f['mono_en']}\n"
             f"07_benchmark_eval:\n  tasks:\n    quiz: {{en: {spec['en']}, ko: {spec['ko']}, format: arc}}\n")
     prof.write_text(body)
@@ -152,6 +153,18 @@ def test_cli_exits_1_on_a_dirty_item_and_0_when_clean(tmp_path, capsys):
     f["mono_en"].write_text("Rain is nice.\n")
     assert main(["contamination", str(prof)]) == 0
     assert "0 dirty item(s)" in capsys.readouterr().out
+    # a file not scanned, or nothing read, is not "clean": one error line, exit 1 (issue 27)
+    prof.write_text(body.replace("skip: ['03', '05', '06']", "skip: ['03', '06']"))
+    assert main(["contamination", str(prof)]) == 1
+    err = capsys.readouterr().err
+    assert err.splitlines()[-1] == ("error: the scan is incomplete (2 input(s) not scanned, 1 texts read): not a "
+                                    "clean result; give local copies of what was not scanned")
+    f["mono_en"].unlink()
+    prof.write_text(body)
+    assert main(["contamination", str(prof)]) == 1
+    assert "0 texts read" in capsys.readouterr().err.splitlines()[-1]
+    assert main(["contamination", str(prof), "--ngram", "0"]) == 1
+    assert capsys.readouterr().err == "error: --ngram must be 2 or more words, got 0\n"
 
 
 @pytest.mark.shared_data

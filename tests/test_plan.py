@@ -122,3 +122,21 @@ def test_a_base_model_of_unknown_shape_is_not_checked(tmp_path, capsys):
     prof = load_profile(paths.PARAMS / "toy.yaml")
     check_fits(prof, select_stages(prof), str(tmp_path / "fresh"), 1)
     assert "no memory check" in capsys.readouterr().out
+
+
+def test_plan_refuses_bad_device_figures_and_values_in_one_line_each(tmp_path, capsys):
+    """Issue 27: a negative step count, batch_size 0 or a non-positive --mfu / --tflops /
+    --gpu-memory never prints negative times; every problem is one error line, exit 1."""
+    from lib.cli.pipeline import main
+    f = tmp_path / "p.yaml"
+    f.write_text(f"extends: {paths.PARAMS / 'a6000.yaml'}\n03_stage1_contrastive:\n  steps: -5\n"
+                 "05_stage3_pretrain:\n  batch_size: 0\n", encoding="utf-8")
+    assert main(["plan", str(f), "--mfu", "-1", "--tflops", "0", "--gpu-memory", "nan"]) == 1
+    err = capsys.readouterr().err
+    assert [ln for ln in err.splitlines() if ln.startswith("error: ")] == [
+        "error: --gpu-memory must be a positive number, got nan",
+        "error: --tflops must be a positive number, got 0.0",
+        "error: --mfu must be a positive number, got -1.0",
+        f"error: {f}:3: 03_stage1_contrastive.steps: steps and grad_accum must be >= 1, got -5, 1",
+        f"error: {f}:5: 05_stage3_pretrain.batch_size: must be >= 1, got 0"]
+    assert "Traceback" not in err

@@ -57,8 +57,15 @@ def main(argv: list[str] | None = None) -> int:
             print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
             return 0
         if args.cmd == "contamination":
+            if args.ngram < 2:
+                raise ParamsError(f"--ngram must be 2 or more words, got {args.ngram}")
             found = contamination.scan_profile(load_profile(args.params), args.run, args.ngram)
             print(contamination.render(found), end="")
+            missed = contamination.not_scanned(found) + list(found.get("pairs_not_read", []))
+            if missed or not any(i["texts"] for i in found["inputs"]):
+                raise ParamsError(f"the scan is incomplete ({len(missed)} input(s) not scanned, "
+                                  f"{sum(i['texts'] for i in found['inputs'])} texts read): not a clean "
+                                  "result; give local copies of what was not scanned")
             return 1 if contamination.n_dirty(found) else 0
         if args.cmd == "grid" and args.slurm:
             files = gridslurm.render(args.grid, args.only)

@@ -342,8 +342,8 @@ def scan_profile(prof: Any, run: str | Path | None = None, ngram: int = NGRAM, p
     """Before any run: the inputs the profile gives 03-06 (and the toy world's, once built)
     against the pairs of its 07 section."""
     run = str(run or prof.name)
-    stages = [s for s in paths.stages() if s in STAGE_INPUTS or (s == paths.TOY_STAGE and
-                                                                  prof.common().get("base_model", "toy") == "toy")]
+    stages = [s for s in paths.stages() if s[:2] not in prof.skipped() and (s in STAGE_INPUTS or (
+        s == paths.TOY_STAGE and prof.common().get("base_model", "toy") == "toy"))]   # what the run trains on
     params = {s: stage_params(prof, s, run) for s in stages}
     pairs, unread = {}, []
     for name, spec in stage_params(prof, "07_benchmark_eval", run)["tasks"].items():

@@ -30,6 +30,7 @@ and are unmeasured until a GPU runs ``bench/gpu_smoke.py``.
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,6 +38,7 @@ from pathlib import Path
 from lib.core import paths
 from lib.core.params import ParamsError, Profile, load_profile, stage_params, validate_profile
 from lib.eval.extratasks import planned_requests
+from lib.run.checkvalues import value_problem
 from lib.run.stages import select_stages
 
 GiB = 1024 ** 3
@@ -453,11 +455,32 @@ def device_gib() -> float | None:
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB
 
 
+def plan_problems(prof: Profile, stages: list[str], gpu_gib: float, tflops: float, mfu: float) -> list[str]:
+    """The device figures must be positive (``mfu`` a share) and the profile's values pass check's
+    value rules (lib.run.checkvalues; ``device`` aside: a plan is often made away from the GPU)."""
+    problems = [f"--{flag} must be a positive number, got {v}" for flag, v in
+                (("gpu-memory", gpu_gib), ("tflops", tflops), ("mfu", mfu)) if not (math.isfinite(v) and v > 0)]
+    if math.isfinite(mfu) and mfu > 1:
+        problems.append(f"--mfu is a share of the device's peak (e.g. 0.35), at most 1, got {mfu}")
+    for stage in stages:
+        section = prof.sections.get(stage, {})
+        for key, value in stage_params(prof, stage, prof.name, problems=[]).items():
+            where = (f"{prof.where(stage, key)}: {stage}.{key}" if key in section else
+                     f"{prof.where('common', key)}: common.{key}" if key in prof.common() else None)
+            msg = where and key != "device" and value_problem(key, value)
+            if msg:
+                problems.append(f"{where}: {msg}")
+    return list(dict.fromkeys(problems))
+
+
 def print_plan(params_file: str, gpu_gib: float = 48.0, tflops: float = A6000_BF16_TFLOPS, mfu: float = 0.35,
                run: str | None = None) -> str:
     prof = load_profile(params_file)
     stages = select_stages(prof)
     validate_profile(prof, stages)
+    problems = plan_problems(prof, stages, gpu_gib, tflops, mfu)
+    if problems:
+        raise ParamsError.of(problems)
     text = table(plan_profile(prof, stages, run or prof.name, cuda=True), gpu_gib, tflops, mfu)
     print(text)
     return text

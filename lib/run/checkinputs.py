@@ -328,8 +328,9 @@ def tasks(st: StageInputs) -> None:
                 local += 1
         if local < 2:
             continue
-        try:
-            pair = ET.read_pair(str(name), spec, st.run)
+        try:      # the files where they are now (a shared stage's: in the run it is shared from)
+            located = {**spec, **{lang: str(st.locate(spec[lang])) for lang in ET.LANGS}}
+            pair = ET.read_pair(str(name), located, st.run)
         except ET.PairError as e:
             st.problem("tasks", str(e))
             continue

@@ -1,0 +1,162 @@
+"""Cross-entropy from hidden states and the LM head's weight, chunk by chunk: never the full logits.
+
+With a 39,478-token vocabulary, the ``[tokens, vocab]`` logits and what the loss keeps of them for
+the backward pass (fp32 logits, log-softmax, their gradients: ~12-14 bytes per entry) are most of a
+training step's memory (issue #26; ``python -m lib.pipeline plan params/a6000.yaml``). Here the loss
+is computed ``chunk_tokens`` rows at a time, each chunk's logits recomputed in the backward pass
+(:class:`LinearNLL`), so the loss holds one chunk's logits at a time, not all of them. Only rows
+with a target (label != -100) are computed at all: prompt and padding tokens of a response-only
+loss skip the head's matmul.
+
+    from lib.modeling.chunked_ce import token_nll
+    nll, valid = token_nll(model, batch, chunk_tokens=1024)     # [B, T-1] per next token, 0 where ignored
+    loss = nll.sum() / valid.sum()                              # = HF's model(..., labels=).loss
+
+Precision is that of the full computation under the same context: the matmul runs in the autocast
+dtype when autocast is on (as ``lm_head`` would), the log-softmax and its gradient in fp32, and the
+head's weight gradient is accumulated over chunks in fp32. ``chunk_tokens=0`` is the full
+computation (``model(...).logits`` and ``F.cross_entropy``): the reference the tests compare with.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lib.modeling.losses import IGNORE_INDEX
+from lib.modeling.model import fp32_region
+
+DEFAULT_CHUNK_TOKENS = 1024   # one chunk of the 39,478-entry head: ~0.5 GB at ~12 bytes an entry
+
+
+def _compute_dtype(h: torch.Tensor, w: torch.Tensor) -> torch.dtype:
+    """The dtype ``F.linear(h, w)`` computes in here: autocast's when it is on, else the inputs'."""
+    dev = h.device.type
+    if torch.is_autocast_enabled(dev):
+        return torch.get_autocast_dtype(dev)
+    return torch.promote_types(h.dtype, w.dtype)
+
+
+class LinearNLL(torch.autograd.Function):
+    """``-log softmax(h @ w.T + b)[t]`` per row of ``h`` ([N, d]) for targets ``t`` ([N], all valid),
+    in chunks of rows; saves only its inputs and the per-row log-sum-exp, and recomputes each
+    chunk's logits in the backward pass (one extra head matmul per chunk)."""
+
+    @staticmethod
+    def forward(ctx, h, w, b, t, chunk: int, dtype: torch.dtype):
+        nll = torch.empty(h.shape[0], dtype=torch.float32, device=h.device)
+        lse = torch.empty_like(nll)
+        with fp32_region(h):                       # we cast ourselves; the softmax stays fp32
+            wc, bc = w.to(dtype), (None if b is None else b.to(dtype))
+            for s in range(0, h.shape[0], chunk):
+                logits = F.linear(h[s:s + chunk].to(dtype), wc, bc).float()
+                lse[s:s + chunk] = torch.logsumexp(logits, dim=-1)
+                nll[s:s + chunk] = lse[s:s + chunk] - logits.gather(1, t[s:s + chunk, None]).squeeze(1)
+        ctx.save_for_backward(h, w, b, t, lse)
+        ctx.chunk, ctx.dtype = chunk, dtype
+        return nll
+
+    @staticmethod
+    def backward(ctx, g):
+        h, w, b, t, lse = ctx.saved_tensors
+        chunk, dtype = ctx.chunk, ctx.dtype
+        need_h, need_w, need_b = ctx.needs_input_grad[:3]
+        gh = torch.empty_like(h) if need_h else None
+        gw = torch.zeros(w.shape, dtype=torch.float32, device=w.device) if need_w else None
+        gb = torch.zeros(w.shape[0], dtype=torch.float32, device=w.device) if need_b else None
+        g = g.float()
+        with fp32_region(h):
+            wc, bc = w.to(dtype), (None if b is None else b.to(dtype))
+            for s in range(0, h.shape[0], chunk):
+                hc = h[s:s + chunk].to(dtype)
+                # d nll / d logits = softmax - onehot, times the incoming gradient of each row
+                p = F.linear(hc, wc, bc).float().sub_(lse[s:s + chunk, None]).exp_()
+                p[torch.arange(p.shape[0], device=p.device), t[s:s + chunk]] -= 1.0
+                p.mul_(g[s:s + chunk, None])
+                if gb is not None:
+                    gb += p.sum(0)
+                pc = p.to(dtype)
+                if gh is not None:
+                    gh[s:s + chunk] = (pc @ wc).to(h.dtype)
+                if gw is not None:
+                    gw += (pc.T @ hc).float()
+        return (gh, None if gw is None else gw.to(w.dtype), None if gb is None else gb.to(b.dtype),
+                None, None, None)
+
+
+def linear_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, bias: torch.Tensor | None = None,
+               chunk_tokens: int = DEFAULT_CHUNK_TOKENS, ignore_index: int = IGNORE_INDEX) -> torch.Tensor:
+    """Per-position NLL (fp32, shape of ``targets``; 0 where ``targets == ignore_index``) of the
+    logits ``hidden @ weight.T + bias`` ([..., d] x [V, d]); ``chunk_tokens=0``: the full logits."""
+    if hidden.shape[:-1] != targets.shape:
+        raise ValueError(f"linear_nll expects hidden [..., d] and targets [...] of the same leading shape, got "
+                         f"{tuple(hidden.shape)} and {tuple(targets.shape)}")
+    if chunk_tokens < 0:
+        raise ValueError(f"chunk_tokens must be >= 0 (0: the full logits), got {chunk_tokens}")
+    if chunk_tokens == 0:
+        logits = F.linear(hidden, weight, bias)
+        return F.cross_entropy(logits.float().reshape(-1, weight.shape[0]), targets.reshape(-1),
+                               ignore_index=ignore_index, reduction="none").reshape(targets.shape)
+    flat_t = targets.reshape(-1)
+    rows = (flat_t != ignore_index).nonzero().squeeze(1)
+    h = hidden.reshape(-1, hidden.shape[-1]).index_select(0, rows)
+    nll = LinearNLL.apply(h, weight, bias, flat_t.index_select(0, rows), chunk_tokens,
+                          _compute_dtype(hidden, weight))
+    out = torch.zeros(flat_t.shape[0], dtype=torch.float32, device=hidden.device)
+    return out.index_put((rows,), nll).reshape(targets.shape)
+
+
+# ----------------------------------------------------------------------------- causal LMs
+
+def plain_linear(head) -> torch.nn.Linear | None:
+    """The ``nn.Linear`` that computes ``head``'s output, looking through peft's
+    ``ModulesToSaveWrapper`` (honouring ``disable_adapter()``); None when the head is anything else
+    (LoRA on the head, a quantised head), whose output only its own forward knows."""
+    if isinstance(head, torch.nn.Linear) and type(head).forward is torch.nn.Linear.forward:
+        return head
+    if hasattr(head, "modules_to_save") and hasattr(head, "original_module"):
+        off = head.disable_adapters or not head.active_adapters
+        return plain_linear(head.original_module if off else head.modules_to_save[head.active_adapters[0]])
+    return None
+
+
+def _unwrapped(model):
+    """The model under a DDP wrapper (whose forward we still call, so gradients synchronise)."""
+    return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
+
+
+def token_nll(model, batch: dict, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(nll, valid)`` of a causal LM on ``batch`` (``input_ids``, ``attention_mask``, ``labels``
+    aligned with the ids as for HF's ``labels=``): position t predicts ``labels[:, t+1]``; both
+    [B, T-1], ``nll`` fp32 and 0 where the label is -100.
+
+    The forward goes through ``model`` itself (DDP, peft) with ``logits_to_keep=1``, so the model
+    computes one position's logits; the decoder's last hidden state is caught by a forward hook and
+    :func:`linear_nll` does the rest against the head's weight. The full logits are used when
+    ``chunk_tokens`` is 0 or the head is not a plain linear layer (:func:`plain_linear`).
+    """
+    inner = _unwrapped(model)
+    head = plain_linear(inner.get_output_embeddings())
+    tgt = batch["labels"][:, 1:]
+    valid = tgt != IGNORE_INDEX
+    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    if chunk_tokens == 0 or head is None:
+        logits = model(**inputs).logits[:, :-1]
+        nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, ignore_index=IGNORE_INDEX, reduction="none")
+        return nll, valid
+    caught = {}
+
+    def catch(module, args, out):
+        caught["h"] = out[0] if isinstance(out, tuple) else out.last_hidden_state
+
+    hook = inner.get_decoder().register_forward_hook(catch)
+    try:
+        model(**inputs, logits_to_keep=1)
+    finally:
+        hook.remove()
+    return linear_nll(caught["h"][:, :-1], head.weight, tgt, head.bias, chunk_tokens), valid
+
+
+def mean_nll(nll: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """Mean over the valid positions (HF's loss); 0, still attached to the graph, when there is none."""
+    n = valid.sum()
+    return nll.sum() / n if bool(n > 0) else nll.sum() * 0.0

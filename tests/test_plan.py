@@ -10,7 +10,7 @@ import torch
 
 from lib.cli.pipeline import main
 from lib.core import paths
-from lib.core.params import load_profile
+from lib.core.params import load_profile, stage_params
 from lib.run.pipeline import run_pipeline
 from lib.run.plan import KNOWN_SHAPES, GiB, PlanError, Shape, check_fits, plan_profile, train_memory
 from lib.run.stages import select_stages
@@ -75,9 +75,27 @@ def test_a6000_fits_48_gib_and_names_its_tightest_stage(capsys):
     assert out.count("\n| 0") == len(plans)
 
 
+def test_chunked_loss_shrinks_the_logits_to_one_chunk():
+    """Issue #26: with ``loss_chunk_tokens`` (default 1024) the logits term of 04 and 06 is one chunk
+    (14 x 1024 x 39,478 bytes) plus the head's bf16 copy and fp32 gradient accumulator (6 V h):
+    1.0 GiB each, down from 16.9 (04) and 8.4 (06) with the full logits; 05 moved from 4 x 32
+    to 16 x 8 blocks per optimizer step on that basis."""
+    prof = load_profile(A6000)
+    plans = {sp.stage: sp for sp in plan_profile(prof, select_stages(prof), "plan_test")}
+    V, h = 39478, 2048
+    for stage in ("04_stage2_lm_head", "05_stage3_pretrain", "06_instruction_tuning"):
+        assert plans[stage].memory.logits == 14 * 1024 * V + 6 * V * h < 2 * GiB
+    p = stage_params(prof, "05_stage3_pretrain", "plan_test")
+    assert (p["batch_size"], p["grad_accum"]) == (16, 8)
+    full = train_memory(Shape(**KNOWN_SHAPES[SHEARED]).with_vocab(V), 32 * 1024, trainable=V * h, mixed=True,
+                        layers_saved=False)
+    assert round(full.logits / GiB, 1) == 16.9      # 04's term with the full logits
+
+
 def test_the_old_05_batch_does_not_fit_and_the_error_names_the_knob(tmp_path):
-    f = tmp_path / "big.yaml"
-    f.write_text(f"extends: {A6000}\n05_stage3_pretrain:\n  batch_size: 32\n  grad_accum: 4\n", encoding="utf-8")
+    f = tmp_path / "big.yaml"      # 32 blocks of 2048 with the full logits (loss_chunk_tokens: 0)
+    f.write_text(f"extends: {A6000}\n05_stage3_pretrain:\n  batch_size: 32\n  grad_accum: 4\n"
+                 f"  loss_chunk_tokens: 0\n", encoding="utf-8")
     prof = load_profile(f)
     with pytest.raises(PlanError, match=r"05_stage3_pretrain needs about \d+\.\d GiB.*05_stage3_pretrain\.batch_size"):
         check_fits(prof, select_stages(prof), "plan_test", 48)
@@ -99,7 +117,7 @@ def test_dpo_is_planned_as_its_own_row_with_its_own_knobs(tmp_path):
     assert "06_instruction_tuning (dpo)" not in {sp.stage for sp in plan_profile(load_profile(A6000), select_stages(
         load_profile(A6000)), "plan_test")}
     f.write_text(f"extends: {A6000}\n06_instruction_tuning:\n  dpo: true\n  dpo_method: full\n"
-                 f"  dpo_batch_size: 16\n  dpo_grad_accum: 4\n", encoding="utf-8")
+                 f"  dpo_batch_size: 16\n  dpo_grad_accum: 4\n  loss_chunk_tokens: 0\n", encoding="utf-8")   # full logits
     prof = load_profile(f)
     with pytest.raises(PlanError, match=r"06_instruction_tuning \(dpo\) needs about .*06_instruction_tuning\."
                                         r"dpo_batch_size \(raise dpo_grad_accum.*or dpo_method: lora"):

@@ -122,7 +122,7 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
 for _k in ("warmup_steps", "save_every", "eval_every", "max_pairs", "eval_pairs", "max_sample_lines",
            "max_eval_lines", "eval_lines_during", "clm_weight", "weight_decay", "max_grad_norm",
            "group_by_length", "align_weight", "n_boot", "rep_pairs", "limit", "num_fewshot", "max_examples",
-           "eval_examples", "match_examples", "umap_pairs_linked", "num_threads", "base_vocab_size",
+           "eval_examples", "match_examples", "umap_pairs_linked", "num_threads", "base_vocab_size", "loss_chunk_tokens",
            "qa_repeats", "model_seed", "seed", "dpo_max_pairs", "dpo_warmup_steps", "dpo_eval_every",
            "dpo_save_every"):
     KEY_RULES[_k] = NON_NEGATIVE

@@ -19,7 +19,10 @@ The memory model (bytes; ``P`` parameters, ``T`` trainable, ``N`` tokens of one 
   with gradient checkpointing one ``h``-vector per layer plus one layer recomputed; a stage whose
   layers get no gradient (04: the head only) keeps just the head's input;
 - logits and loss: ``k N V`` bytes at the start of the backward pass (fp32 logits, log-softmax,
-  their gradients); ``k`` = 12 in fp32 (measured), 14 under autocast (+ the bf16 logits);
+  their gradients); ``k`` = 12 in fp32 (measured), 14 under autocast (+ the bf16 logits). With the
+  chunked cross-entropy (``loss_chunk_tokens`` C > 0, :mod:`lib.modeling.chunked_ce`) only one
+  chunk's logits live at a time: ``k min(N, C) V``, plus the head's fp32 gradient accumulator and
+  its autocast copy (``6 V h`` bytes, ``4 V h`` in fp32);
 - peak = weights + optimizer + activations + logits + (gradients when ``grad_accum > 1``, since
   they live through the next micro-batch; else the larger of that and the gradients alone).
 
@@ -154,11 +157,13 @@ class Memory:
 
 def train_memory(shape: Shape, tokens: int, *, trainable: int, mixed: bool, pure_bf16: bool = False,
                  layers_saved: bool = True, checkpointing: bool = False, logit_tokens: int | None = None,
-                 extra_weights: float = 0.0, quantized: bool = False, grad_accum: int = 1) -> Memory:
+                 extra_weights: float = 0.0, quantized: bool = False, grad_accum: int = 1,
+                 loss_chunk: int = 0) -> Memory:
     """The :class:`Memory` of a training step on ``tokens`` tokens per micro-batch.
 
     ``layers_saved``: whether the layers keep activations (False when no parameter in or below
-    them trains); ``logit_tokens``: tokens whose full-vocab logits are computed (default ``tokens``).
+    them trains); ``logit_tokens``: tokens whose full-vocab logits are computed (default ``tokens``);
+    ``loss_chunk``: the chunked loss's rows per chunk (0: the full logits).
     """
     h, i, L, V = shape.hidden, shape.intermediate, shape.layers, shape.vocab
     wb = 2 if pure_bf16 else 4
@@ -182,7 +187,11 @@ def train_memory(shape: Shape, tokens: int, *, trainable: int, mixed: bool, pure
     else:
         act, alt = (ckpt, full) if checkpointing else (full, ckpt)
     n_logit = tokens if logit_tokens is None else logit_tokens
+    if loss_chunk:
+        n_logit = min(n_logit, loss_chunk)
     logits = (14 if (mixed or pure_bf16) else 12) * n_logit * V
+    if loss_chunk:
+        logits += (6 if mixed else 4) * V * h
     return Memory(weights, grads, optimizer, act, alt, logits, grad_accum)
 
 
@@ -238,7 +247,7 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool, adapters_only: b
     P, Vh = shape.params, shape.embed_params
     gc = bool(p.get("gradient_checkpointing", False))
     method = p.get("method", "full")
-    notes, extra, layers_saved, logit_tokens = [], 0.0, True, None
+    notes, extra, layers_saved, logit_tokens, extra_logits = [], 0.0, True, None, 0.0
     if stage.startswith("03"):
         # Korean and English rows in one pass (English alone through a frozen copy: no activations)
         tokens = (1 if p.get("english_encoder") == "frozen" else 2) * p["batch_size"] * p["max_len"]
@@ -248,7 +257,10 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool, adapters_only: b
             notes.append("frozen English copy")
         if p.get("clm_weight", 0) > 0:
             tokens += p["batch_size"] * p["clm_block"]
-            logit_tokens += p["batch_size"] * p["clm_block"]
+            chunk = p.get("loss_chunk_tokens", 0)
+            logit_tokens += min(p["batch_size"] * p["clm_block"], chunk or p["batch_size"] * p["clm_block"])
+            if chunk:
+                extra_logits = (6 if mixed else 4) * Vh          # the chunked loss's head copy and gradient
         knob = (f"{stage}.max_len or batch_size (fewer in-batch negatives)" if gc else
                 f"{stage}.gradient_checkpointing: true, or a lower max_len")
     elif stage.startswith("04"):
@@ -276,7 +288,9 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool, adapters_only: b
             knob += "; or method: lora"
     mem = train_memory(shape, tokens, trainable=trainable, mixed=mixed, pure_bf16=pure, layers_saved=layers_saved,
                        checkpointing=gc, logit_tokens=logit_tokens, extra_weights=extra,
-                       quantized=method == "qlora", grad_accum=accum)
+                       quantized=method == "qlora", grad_accum=accum,
+                       loss_chunk=0 if stage.startswith("03") else p.get("loss_chunk_tokens", 0))
+    mem.logits += extra_logits
     steps_tokens = p["steps"] * accum * tokens
     if layers_saved and trainable >= P - Vh:
         per_token = 6 * P + (2 * P if gc else 0)

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 
 from lib.core.readers import read_parallel
 from lib.data.wordpairs import Locator
+from lib.modeling.chunked_ce import DEFAULT_CHUNK_TOKENS, mean_nll, token_nll
 from lib.modeling.losses import info_nce
 from lib.modeling.model import fp32_region
 from lib.modeling.represent import hidden_states_of, pooled_vectors
@@ -256,17 +257,16 @@ class ClmWithAlignment(torch.nn.Module):
     blocks and the sentence InfoNCE of a batch of parallel pairs (Korean rows first), so that DDP
     sees one forward per backward. The contrastive term of stage 1, kept during pretraining."""
 
-    def __init__(self, lm, layer: int, temperature: float):
+    def __init__(self, lm, layer: int, temperature: float, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
         super().__init__()
-        self.lm, self.layer, self.temperature = lm, layer, temperature
+        self.lm, self.layer, self.temperature, self.chunk_tokens = lm, layer, temperature, chunk_tokens
 
     def forward(self, clm: dict, pairs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        out = self.lm(input_ids=clm["input_ids"], attention_mask=clm["attention_mask"], labels=clm["labels"],
-                      use_cache=False)
+        nll, valid = token_nll(self.lm, clm, self.chunk_tokens)       # chunked: no full logits
         hs = hidden_states_of(self.lm, pairs)
         v = pooled_vectors(hs, pairs["attention_mask"], layer=self.layer, pooling="mean")
         n = v.shape[0] // 2
-        return out.loss, info_nce(v[:n], v[n:], temperature=self.temperature)
+        return mean_nll(nll, valid), info_nce(v[:n], v[n:], temperature=self.temperature)
 
 
 def pretrain_with_alignment(cfg: Any, model, tok, stream):
@@ -274,7 +274,7 @@ def pretrain_with_alignment(cfg: Any, model, tok, stream):
     ko, en = read_parallel(cfg.path(cfg.align_pairs_ko), cfg.path(cfg.align_pairs_en))
     enc = {"ko": encode_texts(tok, ko, cfg.align_max_len), "en": encode_texts(tok, en, cfg.align_max_len)}
     pairs = PairBatches(len(ko), cfg.align_batch_size, cfg.grad_accum, cfg.seed)
-    module = ClmWithAlignment(model, cfg.align_layer, cfg.align_temperature)
+    module = ClmWithAlignment(model, cfg.align_layer, cfg.align_temperature, cfg.loss_chunk_tokens)
 
     def batch_at(step: int, micro: int, rank: int, world: int) -> dict:
         idx = pairs.indices(step, micro, rank, world)

@@ -36,7 +36,7 @@ from lib.core.readers import DataError, read_parallel
 from lib.data.corpus import parse_corpus
 from lib.data.packing import MixedStream, pack_file, stream_stats
 from lib.data.wordpairs import Locator, read_pairs
-from lib.modeling.losses import clm_loss
+from lib.modeling.chunked_ce import DEFAULT_CHUNK_TOKENS, mean_nll, token_nll
 from lib.modeling.model import AUTOCAST_DTYPES, precision_settings
 from lib.modeling.represent import (
     POOLING_MODES,
@@ -88,10 +88,12 @@ class Encoder(torch.nn.Module):
     backward and synchronises the layer weights with the model."""
 
     def __init__(self, lm, choice: dict, pooling: str, layer_weights: LayerWeights | None = None,
-                 layers: list[int] | None = None, head_ids: tuple | None = None):
+                 layers: list[int] | None = None, head_ids: tuple | None = None,
+                 chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
         super().__init__()
         self.lm, self.layer_weights, self.choice, self.pooling = lm, layer_weights, choice, pooling
         self.layers, self.head_ids = layers, head_ids      # the grid's knobs (lib.train.align_terms)
+        self.chunk_tokens = chunk_tokens                   # the CLM term's chunked cross-entropy
 
     def forward(self, batch: dict, clm: dict | None = None, words: torch.Tensor | None = None):
         """``(vecs, clm_loss, extra)``: the representation's vectors, the CLM loss (or None), and
@@ -112,8 +114,8 @@ class Encoder(torch.nn.Module):
             extra["head"] = head_alignment_loss(self.lm.get_output_embeddings().weight, *self.head_ids)
         if clm is None:
             return vecs, None, extra
-        logits = self.lm(input_ids=clm["input_ids"], attention_mask=clm["attention_mask"], use_cache=False).logits
-        return vecs, clm_loss(logits, clm["labels"]), extra
+        nll, valid = token_nll(self.lm, clm, self.chunk_tokens)      # no full logits
+        return vecs, mean_nll(nll, valid), extra
 
 
 def layer_choice(cfg: Any, n_states: int) -> tuple[dict, tuple[int, int] | None]:
@@ -269,7 +271,7 @@ def build(cfg: Any) -> Stage1:
                             f"({cfg.pairs_ko}); objective {objective!r} has nothing to align")
     return Stage1(
         cfg=cfg, model=model, tok=tok, init_from=str(folder),
-        encoder=Encoder(model, choice, cfg.pooling, lw, layers, head_ids),
+        encoder=Encoder(model, choice, cfg.pooling, lw, layers, head_ids, cfg.loss_chunk_tokens),
         english=frozen if frozen is not None else model,
         # a frozen English side must stay put: fixed (uniform) layers, never the learned weights
         english_choice=(choice if not rng else {"layer_range": rng}) if frozen is not None else {},

@@ -46,7 +46,7 @@ import torch.nn.functional as F
 from lib.core.stage import Config
 from lib.data import preferences as P
 from lib.data.instructions import Example, collate
-from lib.modeling.losses import IGNORE_INDEX
+from lib.modeling.chunked_ce import DEFAULT_CHUNK_TOKENS, token_nll
 from lib.modeling.model import pad_id_of
 from lib.train.common import load_start, measured, precision_of, train_spec, trainable_summary
 from lib.train.loop import train
@@ -60,12 +60,10 @@ SPEC_OF = {"dpo_steps": "steps", "dpo_lr": "lr", "dpo_warmup_steps": "warmup_ste
 
 # ----------------------------------------------------------------------------- loss
 
-def sequence_logps(model, batch: dict) -> torch.Tensor:
-    """Per row, the summed log-probability of the target tokens (labels != -100)."""
-    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-    tgt = batch["labels"][:, 1:]
-    nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt, ignore_index=IGNORE_INDEX, reduction="none")
-    return -nll.sum(-1)
+def sequence_logps(model, batch: dict, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
+    """Per row, the summed log-probability of the target tokens (labels != -100), without the full
+    logits (:func:`lib.modeling.chunked_ce.token_nll`; ``chunk_tokens=0``: with)."""
+    return -token_nll(model, batch, chunk_tokens)[0].sum(-1)
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
@@ -119,10 +117,10 @@ class PairStream:
         return steps * self.grad_accum * self.batch_size / len(self.pairs)
 
 
-def loss_fn(beta: float) -> Callable:
+def loss_fn(beta: float, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> Callable:
     """The loop's ``loss_fn``: DPO loss, and reward accuracy and margin of the batch as logs."""
     def fn(modules, batch):
-        logps = sequence_logps(modules[0], batch)
+        logps = sequence_logps(modules[0], batch, chunk_tokens)
         n = batch["ref"].shape[0]
         loss, ch, rj = dpo_loss(logps[:n], logps[n:], batch["ref"][:, 0], batch["ref"][:, 1], beta)
         return loss, {"reward_accuracy": float((ch > rj).float().mean()), "margin": float((ch - rj).mean()),
@@ -140,7 +138,7 @@ def reference_context(model):
 
 @torch.no_grad()
 def pair_logps(model, pairs: Sequence[tuple[Example, Example]], pad_id: int, batch_size: int = 16,
-               reference: bool = False) -> torch.Tensor:
+               reference: bool = False, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> torch.Tensor:
     """[n, 2] summed log-probs (chosen, rejected) of ``pairs`` under ``model`` (in eval mode);
     ``reference``: under its reference (:func:`reference_context`)."""
     dev = next(model.parameters()).device
@@ -151,7 +149,7 @@ def pair_logps(model, pairs: Sequence[tuple[Example, Example]], pad_id: int, bat
         for i in range(0, len(pairs), batch_size):
             chunk = pairs[i:i + batch_size]
             b = collate([c for c, _ in chunk] + [r for _, r in chunk], pad_id)
-            lp = sequence_logps(model, {k: v.to(dev) for k, v in b.items()}).float().cpu()
+            lp = sequence_logps(model, {k: v.to(dev) for k, v in b.items()}, chunk_tokens).float().cpu()
             out.append(torch.stack([lp[:len(chunk)], lp[len(chunk):]], 1))
     model.train(was_training)
     return torch.cat(out) if out else torch.zeros((0, 2))
@@ -251,7 +249,7 @@ def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) ->
     pairs, source = load_pairs(cfg, exclude)
     train_pairs, held_pairs = P.split_pairs(pairs, cfg.dpo_heldout, cfg.seed)
     model, tok = load_policy(cfg, sft_dir)
-    pad = pad_id_of(tok)
+    pad, chunk = pad_id_of(tok), cfg.loss_chunk_tokens
     train_enc, train_pairs, train_rep = P.encode_pairs(tok, train_pairs, template, cfg.max_len)
     held_enc, held_pairs, held_rep = P.encode_pairs(tok, held_pairs, template, cfg.max_len)
     t0 = time.time()
@@ -259,8 +257,8 @@ def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) ->
     # in the precision the policy is scored in (the loop's autocast): at step 0 both are the same
     # weights, so every reward is 0 only if both are measured alike
     with measured(cfg):
-        ref_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size, reference=True)
-        ref_held = pair_logps(model, held_enc, pad, cfg.dpo_batch_size, reference=True)
+        ref_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size, reference=True, chunk_tokens=chunk)
+        ref_held = pair_logps(model, held_enc, pad, cfg.dpo_batch_size, reference=True, chunk_tokens=chunk)
     ref_seconds = time.time() - t0
     kinds = [p["kind"] for p in held_pairs]
     stream = PairStream(train_enc, ref_train, cfg.dpo_batch_size, cfg.dpo_grad_accum, cfg.seed, pad)
@@ -268,20 +266,20 @@ def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) ->
     eval_fn = None
     if held_enc:
         def eval_fn() -> dict:
-            s = pair_summary(pair_logps(model, held_enc, pad, cfg.dpo_batch_size), ref_held, cfg.dpo_beta, kinds)
+            s = pair_summary(pair_logps(model, held_enc, pad, cfg.dpo_batch_size, chunk_tokens=chunk), ref_held, cfg.dpo_beta, kinds)
             return {k: s[k] for k in ("reward_accuracy", "margin", "logp_accuracy")}
     save_cfg = Config(cfg)
     save_cfg["method"] = cfg.dpo_method
     out_dir = Path(cfg.stage_dir) / "dpo"
     t1 = time.time()
-    result = train([model], stream.batch, loss_fn(cfg.dpo_beta), spec, out_dir, eval_fn=eval_fn,
+    result = train([model], stream.batch, loss_fn(cfg.dpo_beta, chunk), spec, out_dir, eval_fn=eval_fn,
                    save_fn=merged_saver(save_cfg, model, tok, str(sft_dir)),
                    tokens_in=lambda b: int(b["attention_mask"].sum()), desc=f"06 DPO ({cfg.dpo_method})")
     seconds = time.time() - t1
     train_kinds = [p["kind"] for p in train_pairs]
     with measured(cfg):
-        after_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size)
-        after_held = pair_logps(model, held_enc, pad, cfg.dpo_batch_size)
+        after_train = pair_logps(model, train_enc, pad, cfg.dpo_batch_size, chunk_tokens=chunk)
+        after_held = pair_logps(model, held_enc, pad, cfg.dpo_batch_size, chunk_tokens=chunk)
     held = {"before": pair_summary(ref_held, ref_held, cfg.dpo_beta, kinds),
             "after": pair_summary(after_held, ref_held, cfg.dpo_beta, kinds)}
     losses = [h for h in result["history"] if "loss" in h]

@@ -12,6 +12,7 @@ token, English text's included, stay bit-identical.
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from lib.core.io import read_json
 from lib.core.readers import read_lines
 from lib.data.corpus import parse_corpus
 from lib.data.packing import MixedStream, pack_file, stream_stats
+from lib.modeling.chunked_ce import DEFAULT_CHUNK_TOKENS, mean_nll, token_nll
 from lib.modeling.model import text_nll
 from lib.train.common import final_model, load_start, measured, precision_of, saver, train_spec, trainable_summary
 from lib.train.loop import train
@@ -64,10 +66,11 @@ def freeze_all_but_head(model, train_new_rows_from: int | None = None, head_rows
         _rows_from(emb, train_new_rows_from)
 
 
-def clm_loss_fn(mods, batch):
-    out = mods[0](input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
-                  labels=batch["labels"], use_cache=False)   # no key/value cache while training
-    return out.loss, {}
+def clm_loss_fn(mods, batch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
+    """The loop's loss for 04, 05 and 06: HF's causal-LM loss (mean over labels != -100), computed
+    by :func:`lib.modeling.chunked_ce.token_nll` without the full logits (``chunk_tokens=0``: with)."""
+    nll, valid = token_nll(mods[0], batch, chunk_tokens)
+    return mean_nll(nll, valid), {}
 
 
 def perplexities(model, tok, ko_lines: list[str], en_lines: list[str], max_len: int) -> dict:
@@ -93,7 +96,8 @@ def run(cfg: Any) -> dict:
     with measured(cfg):                       # before and after in the precision it trains in
         before = perplexities(model, tok, ko_eval, en_eval, cfg.block_size)
     t0 = time.time()
-    result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, save_fn=saver(model, tok, start),
+    loss_fn = partial(clm_loss_fn, chunk_tokens=cfg.loss_chunk_tokens)
+    result = train([model], stream.batch, loss_fn, spec, cfg.stage_dir, save_fn=saver(model, tok, start),
                    tokens_in=lambda b: int(b["attention_mask"].sum()), desc="04 LM head")
     seconds = time.time() - t0
     with measured(cfg):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import shutil
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -166,7 +167,8 @@ def run(cfg: Any) -> dict:
         eval_before = eval_fn()
     sample = stream.batch(0)
     t0 = time.time()
-    modules, batch_at, loss_fn, tokens_in, aligned = [model], stream.batch, clm_loss_fn, None, None
+    loss_fn = partial(clm_loss_fn, chunk_tokens=cfg.loss_chunk_tokens)
+    modules, batch_at, tokens_in, aligned = [model], stream.batch, None, None
     if cfg.align_weight > 0:               # keep stage 1's contrastive term (lib.train.align_terms)
         modules, batch_at, loss_fn, aligned = pretrain_with_alignment(cfg, model, tok, stream)
         tokens_in = lambda b: int(b["clm"]["attention_mask"].sum())  # noqa: E731

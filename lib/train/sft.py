@@ -33,6 +33,7 @@ SFT model (``06_instruction_tuning-sft``, from ``sft_model/``) and the DPO model
 from __future__ import annotations
 
 import time
+from functools import partial
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -54,7 +55,7 @@ from lib.data.instructions import (
 )
 from lib.data.packing import MixedStream
 from lib.modeling.generate import greedy
-from lib.modeling.losses import IGNORE_INDEX
+from lib.modeling.chunked_ce import DEFAULT_CHUNK_TOKENS, token_nll
 from lib.modeling.model import load_model, pad_id_of, save_model
 from lib.train import dpo
 from lib.train.chatvector import apply_chat_vector, load_chat_vector, summary
@@ -132,21 +133,20 @@ class InstructionStream:
 # ----------------------------------------------------------------------------- evaluation
 
 @torch.no_grad()
-def response_loss(model, examples: Sequence[Example], pad_id: int, batch_size: int = 16) -> dict:
-    """Mean cross-entropy per answer token over ``examples``: overall and per language."""
+def response_loss(model, examples: Sequence[Example], pad_id: int, batch_size: int = 16,
+                  chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> dict:
+    """Mean cross-entropy per answer token over ``examples``: overall and per language
+    (:func:`lib.modeling.chunked_ce.token_nll`, as the training loss)."""
     dev = next(model.parameters()).device
     sums: dict[str, float] = {}
     counts: dict[str, int] = {}
     for i in range(0, len(examples), batch_size):
         chunk = examples[i:i + batch_size]
         b = collate(chunk, pad_id)
-        logits = model(input_ids=b["input_ids"].to(dev), attention_mask=b["attention_mask"].to(dev)).logits
-        tgt = b["labels"][:, 1:].to(dev)
-        nll = torch.nn.functional.cross_entropy(logits[:, :-1].float().transpose(1, 2), tgt,
-                                                ignore_index=IGNORE_INDEX, reduction="none")
+        nll, valid = token_nll(model, {k: v.to(dev) for k, v in b.items()}, chunk_tokens)
         for row, e in enumerate(chunk):
             sums[e.lang] = sums.get(e.lang, 0.0) + float(nll[row].sum())
-            counts[e.lang] = counts.get(e.lang, 0) + int((tgt[row] != IGNORE_INDEX).sum())
+            counts[e.lang] = counts.get(e.lang, 0) + int(valid[row].sum())
     out = {"loss": sum(sums.values()) / max(sum(counts.values()), 1)}
     out.update({f"loss_{k}": sums[k] / max(counts[k], 1) for k in sorted(sums)})
     return out
@@ -281,15 +281,16 @@ def run(cfg: Any) -> dict:
         in the precision the stage trains and evaluates in (before, after and DPO alike)."""
         with measured(cfg):
             return {"gens": generate(m, tok, template, requests, cfg.max_new_tokens),
-                    "held": response_loss(m, held, pad, cfg.batch_size) if held else None,
+                    "held": response_loss(m, held, pad, cfg.batch_size, cfg.loss_chunk_tokens) if held else None,
                     "match": {k: exact_match(m, tok, template, v, cfg.max_new_tokens) for k, v in match_sets.items()}}
 
     before = look(load_measured(cfg, start)[0] if when == "before" else model)
     with measured(cfg):
         cv_only = generate(model, tok, template, requests, cfg.max_new_tokens) if when == "before" else None
-    eval_fn = (lambda: response_loss(model, held, pad, cfg.batch_size)) if held else None
+    eval_fn = (lambda: response_loss(model, held, pad, cfg.batch_size, cfg.loss_chunk_tokens)) if held else None
     t0 = time.time()
-    result = train([model], stream.batch, clm_loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
+    loss_fn = partial(clm_loss_fn, chunk_tokens=cfg.loss_chunk_tokens)     # response tokens only, chunked
+    result = train([model], stream.batch, loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
                    save_fn=merged_saver(run_cfg, model, tok, model_start),
                    tokens_in=lambda b: int(b["attention_mask"].sum()), desc=f"06 SFT ({cfg.method})")
     seconds = time.time() - t0

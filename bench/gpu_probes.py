@@ -20,7 +20,8 @@ gives the right numbers, not whether the hardware is fast):
 - ``f2``: DPO at step 0 (``lib.train.dpo.pair_logps``, ``pair_summary``) on a tiny random Llama:
   the reference scored before ``Accelerator.prepare`` (plain, as ee17a42's ``train_dpo``; and under
   ``lib.modeling.model.compute_context``, the training precision) against the policy scored after it, as
-  06's step-0 evaluation does. Same weights, so reward accuracy and margin must be 0. ok: they are,
+  06's step-0 evaluation does (accelerate's forward wrapper taken off, under the loop's autocast: the
+  chunked loss computes the head outside ``forward``, so it must sit inside the same autocast). Same weights, so reward accuracy and margin must be 0. ok: they are,
   with the reference in the training precision. (The stage itself: part c reads 06's metrics.)
 - ``f3``: ``lib.train.sft.add_chat_vector`` with a delta of 1e-3 and 1e-2 of the weights' scale,
   on this device: the share of the delta the saved model keeps, and the saved dtype; next to it
@@ -176,6 +177,7 @@ def probe_f2(dev, args) -> list[dict]:
     from lib.data.instructions import Example
     from lib.modeling.model import precision_settings
     from lib.train.dpo import pair_logps, pair_summary
+    from lib.train.loop import plain_forward
     large = args.size == "large"
     hidden, layers, vocab = (1024, 8, 32000) if large else (128, 2, 1000)
     prompt, answer, n = (256, 256, 16) if large else (24, 24, 8)
@@ -197,8 +199,10 @@ def probe_f2(dev, args) -> list[dict]:
         acc = accelerator(mp, args.device, Path(d))
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         _prepared, opt = acc.prepare(model, opt)
-        policy = pair_logps(model, pairs, 0, 8)            # as 06's eval_fn at step 0: patched forward
         patched = hasattr(model, "_original_forward")
+        plain_forward(model)                               # as lib.train.loop does after prepare
+        with acc.autocast():                               # 06's eval_fn at step 0, inside the loop
+            policy = pair_logps(model, pairs, 0, 8)
         acc.end_training()
 
     def summary(ref):

@@ -417,17 +417,18 @@ def test_dead_kernel_is_one_line_and_the_rerun_finishes(standin, tmp_path, capsy
     assert log.count("=== ") == 2 and "\0" not in log and "attempt ok" in log
 
 
-@pytest.mark.parametrize("mode, cause", [
-    ("nospace", "01_standin failed in cell 3: no space left on the disk: free space (or point "
+@pytest.mark.parametrize("mode, cause, code", [
+    ("nospace", "01_standin failed in cell 3: the disk is full ({run} has 0 bytes free): free space (or point "
                 "KOLLAMA_OUTPUTS at a larger disk), then rerun the same command to resume "
-                "(OSError: [Errno 28] No space left on device"),
+                "(OSError: [Errno 28] No space left on device", 1),
     ("interrupt", "01_standin failed in cell 3: interrupted; nothing finished was lost: rerun the same "
-                  "command to resume (notebook "),
+                  "command to resume (notebook ", 130),
 ])
-def test_cell_failures_are_one_line_in_words(standin, tmp_path, capsys, mode, cause):
+def test_cell_failures_are_one_line_in_words(standin, tmp_path, capsys, monkeypatch, mode, cause, code):
+    monkeypatch.setattr(failures, "free_bytes", lambda folder: 0)
     run = tmp_path / "run"
-    assert main(["run", str(standin(mode)), "--run", str(run)]) == 1
-    assert one_line_error(capsys).startswith(f"error: {cause}")
+    assert main(["run", str(standin(mode)), "--run", str(run)]) == code
+    assert one_line_error(capsys).startswith(f"error: {cause.format(run=run)}")
     json.loads((run / "01_standin" / "01_standin.ipynb").read_text())
     no_temp_files(run)
 
@@ -456,8 +457,9 @@ def test_disk_full_while_saving_the_notebook_keeps_it_valid_and_the_error_visibl
     run = tmp_path / "run"
     assert main(["run", str(standin("ok")), "--run", str(run)]) == 1
     out = capsys.readouterr()
-    assert one_line(out.err).startswith("error: 01_standin failed: no space left on the disk (writing ")
-    assert "report not written (no space left on the disk" in out.out
+    assert one_line(out.err).startswith(f"error: 01_standin failed: the disk was full ({run} has ")
+    assert f" free now; writing {run / '01_standin' / '.01_standin.ipynb.tmp'}" in out.err
+    assert f"report not written (the disk was full ({run} has " in out.out
     json.loads((run / "01_standin" / "01_standin.ipynb").read_text())
     no_temp_files(run)
 
@@ -507,7 +509,7 @@ def test_causes_in_words():
         "permission denied (writing /x)")
     e = PapermillExecutionError(3, 4, "[Errno 28] No space left on device", "OSError",
                                 "[Errno 28] No space left on device", [])
-    assert failures.cause(e).startswith("in cell 4: no space left on the disk")
+    assert failures.cause(e).startswith("in cell 4: the disk ")
     e = PapermillExecutionError(3, 4, "bad", "ValueError", "bad\nsecond line", [])
     assert failures.cause(e) == "in cell 4: ValueError: bad"
     try:
@@ -516,7 +518,8 @@ def test_causes_in_words():
         except PapermillExecutionError:
             raise OSError(errno.ENOSPC, "No space left on device", "/out/x.ipynb")   # saving it failed
     except OSError as chained:
-        assert failures.cause(chained).startswith("no space left on the disk (writing /out/x.ipynb)")
+        assert failures.cause(chained).startswith("the disk was full (/out has ")
+        assert " free now; writing /out/x.ipynb): free space" in failures.cause(chained)
 
 
 # ---------------------------------------------------------------------------- checkpoints

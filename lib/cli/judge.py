@@ -7,17 +7,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from lib.cli.errors import failed
+from lib.cli.errors import exit_quietly, failed
 from lib.core.io import write_json, write_text
 from lib.core.params import ParamsError
 from lib.eval.judge import __doc__ as USAGE
 from lib.eval.judge import (JudgeError, answer_items, judge_items, make_client, read_items, settings, tally,
                             value_problem)
+from lib.run.failures import interruptible
+
 
 INTERRUPTED = "interrupted; the verdicts judged so far are in --out, and the same command goes on from them"
 FLAGS = ("base_url", "model", "api_key_env", "timeout", "max_retries", "max_wait", "max_unparsed")
@@ -25,11 +26,11 @@ FLAGS = ("base_url", "model", "api_key_env", "timeout", "max_retries", "max_wait
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
-    signal.signal(signal.SIGTERM, _interrupt)
-    try:
-        return items(args[1:]) if args[:1] == ["items"] else verdicts(args)
-    except (ParamsError, JudgeError, ValueError, OSError, KeyboardInterrupt) as e:
-        return failed(e, INTERRUPTED)
+    with interruptible():               # Ctrl-C / SIGTERM: one line, exit 130 / 143
+        try:
+            return items(args[1:]) if args[:1] == ["items"] else verdicts(args)
+        except (ParamsError, JudgeError, ValueError, OSError, KeyboardInterrupt) as e:
+            return failed(e, INTERRUPTED)
 
 
 def items(args: list[str]) -> int:
@@ -78,9 +79,5 @@ def verdicts(args: list[str]) -> int:
     return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 if __name__ == "__main__":
-    raise SystemExit(main())
+    exit_quietly(main())

@@ -2,12 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import signal
 import sys
 import time
 from pathlib import Path
 
-from lib.cli.errors import failed
+from lib.cli.errors import exit_quietly, failed
 from lib.core import paths
 from lib.core.params import ParamsError, load_profile
 from lib.core.runfolder import BadRunName, RunLocked
@@ -51,54 +50,60 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--slurm", action="store_true", help="check the grid, write sbatch scripts (lib.run.gridslurm) for "
                    "it (or the --only conditions) and print the submit command; runs and submits nothing")
     args = ap.parse_args(argv)
-    signal.signal(signal.SIGTERM, _interrupt)        # a polite kill ends like Ctrl-C: one line
-    try:
-        if args.cmd == "plan":
-            print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
-            return 0
-        if args.cmd == "contamination":
-            if args.ngram < 2:
-                raise ParamsError(f"--ngram must be 2 or more words, got {args.ngram}")
-            found = contamination.scan_profile(load_profile(args.params), args.run, args.ngram)
-            print(contamination.render(found), end="")
-            missed = contamination.not_scanned(found) + list(found.get("pairs_not_read", []))
-            if missed or not any(i["texts"] for i in found["inputs"]):
-                raise ParamsError(f"the scan is incomplete ({len(missed)} input(s) not scanned, "
-                                  f"{sum(i['texts'] for i in found['inputs'])} texts read): not a clean "
-                                  "result; give local copies of what was not scanned")
-            return 1 if contamination.n_dirty(found) else 0
-        if args.cmd == "grid" and args.slurm:
-            files = gridslurm.render(args.grid, args.only)
-            print(f"wrote {files['shared']}\nwrote {files['array']}\nsubmit with:\n  {files['submit']}")
-            return 0
-        if args.cmd == "grid":
-            out = run_grid(args.grid, args.only)
-            print(f"grid: {len(out['table'])} rows -> {paths.run_dir(Path(args.grid).stem)}/grid.md")
-            return 0
-        if args.cmd == "check":
-            t0 = time.time()
-            prof = load_profile(args.params)
-            problems = check_profile(prof, select_stages(prof))
-            for p in problems:
-                print(f"error: {p}", file=sys.stderr)
-            if problems:
-                print(f"{prof.path}: {len(problems)} problem(s) ({time.time() - t0:.1f}s)", file=sys.stderr)
-                return 1
-            print(f"{prof.path}: ok ({', '.join(select_stages(prof))}; {time.time() - t0:.1f}s)")
-            return 0
-        run_pipeline(args.params, args.run, args.start, args.only, args.force, gpu_memory=args.gpu_memory)
-    except (ParamsError, StageFailed, FileNotFoundError, FileExistsError, RunLocked, BadRunName,
-            KeyboardInterrupt) as e:
-        return failed(e, failures.INTERRUPTED, note_many=True)
-    except OSError as e:                # the runner's own writes: disk full, read-only folder
-        print(f"error: {failures.cause(e)} ({type(e).__name__}: {e})", file=sys.stderr)
-        return 1
+    with failures.interruptible():      # Ctrl-C and a polite kill end in one line, exit 130 / 143
+        try:
+            return command(args)
+        except (ParamsError, StageFailed, FileNotFoundError, FileExistsError, RunLocked, BadRunName,
+                KeyboardInterrupt) as e:
+            return failed(e, failures.interrupted(failures.signalled()), note_many=True)
+        except OSError as e:            # the runner's own writes: disk full, read-only folder
+            failures.reporting()
+            print(f"error: {failures.cause(e)} ({type(e).__name__}: {e})", file=sys.stderr)
+            return failures.exit_code(e)
+        except Exception as e:          # raised by an interruption's aftermath (a kernel killed with it)
+            if not failures.signalled():
+                raise
+            return failed(KeyboardInterrupt(), failures.interrupted(failures.signalled()))
+
+
+def command(args: argparse.Namespace) -> int:
+    """Run one parsed command line; its errors are raised, :func:`main` reports them."""
+    if args.cmd == "plan":
+        print_plan(args.params, args.gpu_memory, args.tflops, args.mfu)
+        return 0
+    if args.cmd == "contamination":
+        if args.ngram < 2:
+            raise ParamsError(f"--ngram must be 2 or more words, got {args.ngram}")
+        found = contamination.scan_profile(load_profile(args.params), args.run, args.ngram)
+        print(contamination.render(found), end="")
+        missed = contamination.not_scanned(found) + list(found.get("pairs_not_read", []))
+        if missed or not any(i["texts"] for i in found["inputs"]):
+            raise ParamsError(f"the scan is incomplete ({len(missed)} input(s) not scanned, "
+                              f"{sum(i['texts'] for i in found['inputs'])} texts read): not a clean "
+                              "result; give local copies of what was not scanned")
+        return 1 if contamination.n_dirty(found) else 0
+    if args.cmd == "grid" and args.slurm:
+        files = gridslurm.render(args.grid, args.only)
+        print(f"wrote {files['shared']}\nwrote {files['array']}\nsubmit with:\n  {files['submit']}")
+        return 0
+    if args.cmd == "grid":
+        out = run_grid(args.grid, args.only)
+        print(f"grid: {len(out['table'])} rows -> {paths.run_dir(Path(args.grid).stem)}/grid.md")
+        return 0
+    if args.cmd == "check":
+        t0 = time.time()
+        prof = load_profile(args.params)
+        problems = check_profile(prof, select_stages(prof))
+        for p in problems:
+            print(f"error: {p}", file=sys.stderr)
+        if problems:
+            print(f"{prof.path}: {len(problems)} problem(s) ({time.time() - t0:.1f}s)", file=sys.stderr)
+            return 1
+        print(f"{prof.path}: ok ({', '.join(select_stages(prof))}; {time.time() - t0:.1f}s)")
+        return 0
+    run_pipeline(args.params, args.run, args.start, args.only, args.force, gpu_memory=args.gpu_memory)
     return 0
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt(f"signal {signum}")
-
-
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly(main())

@@ -16,13 +16,13 @@ import os
 import sys
 from contextlib import nullcontext
 
-from lib.cli.errors import failed
+from lib.cli.errors import exit_quietly, failed
 from lib.core import paths
 from lib.core.params import ParamsError, load_profile, stage_params
 from lib.core.runfolder import HELD_ENV, BadRunName, RunLocked, run_folder, run_lock
 from lib.core.stage import finish, resolve
 from lib.run.check import check_profile
-from lib.run.failures import INTERRUPTED
+from lib.run.failures import INTERRUPTED, interruptible
 
 STAGES = {"03": ("03_stage1_contrastive", "lib.train.contrastive"),
           "04": ("04_stage2_lm_head", "lib.train.head"),
@@ -38,8 +38,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run", help="run name or absolute path; default: the profile name")
     args = ap.parse_args(argv)
     stage, module = STAGES[args.stage]
-    # one process of a multi-process launch takes the run folder's lock; the others run under it
-    main_rank = os.environ.get("RANK", "0") == "0"
+    main_rank = os.environ.get("RANK", "0") == "0"    # takes the run folder's lock; the others run under it
+    with interruptible():               # Ctrl-C / SIGTERM: one line, exit 130 / 143
+        return train(args, stage, module, main_rank)
+
+
+def train(args: argparse.Namespace, stage: str, module: str, main_rank: bool) -> int:
     try:
         prof = load_profile(args.params)
         run = str(args.run or prof.name)
@@ -66,4 +70,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_quietly(main())

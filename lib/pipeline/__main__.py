@@ -1,5 +1,5 @@
-import sys
-
+"""``python -m lib.pipeline``: a shim for :mod:`lib.cli.pipeline`."""
+from lib.cli.errors import exit_quietly
 from lib.cli.pipeline import main
 
-sys.exit(main())
+exit_quietly(main())

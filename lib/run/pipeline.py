@@ -22,7 +22,9 @@ its stored results and scores only what is new (a changed existing task is refus
 ``run`` first does what ``check`` does (:mod:`lib.run.check`: every problem of the selected stages,
 one line each, before any work), then holds the run folder's lock (:mod:`lib.core.runfolder`) while it
 runs. A failing stage ends in one ``error:`` line naming the stage, the cause in words
-(:mod:`lib.run.failures`) and the notebook and log to read.
+(:mod:`lib.run.failures`: a full disk whatever library hit it, with the run folder's free space)
+and the notebook and log to read; the command exits 1, or 130 / 143 when interrupted by SIGINT /
+SIGTERM (rerun it to resume).
 """
 from __future__ import annotations
 
@@ -173,7 +175,7 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
                     kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,
                     stdout_file=log, stderr_file=log, request_save_on_cell_execute=True)
         except (Exception, KeyboardInterrupt) as e:
-            why = failures.cause(e)
+            why = failures.cause(e, paths.run_dir(str(run)))
             kept = f"notebook {out_nb}, " if out_nb.exists() else ""
             raise StageFailed(f"{plan.stage} failed{' ' if why.startswith('in cell') else ': '}{why} "
                               f"({kept}log {log_path})") from e
@@ -226,5 +228,5 @@ def run_pipeline(params_file: str | Path, run: str | None = None, start: str | N
             except Exception as e:      # never let the report hide the stage's own error
                 if not failed:
                     raise
-                tqdm.write(f"  report not written ({failures.cause(e)})")
+                tqdm.write(f"  report not written ({failures.cause(e, rd)})")
     return plans

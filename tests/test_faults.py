@@ -145,7 +145,9 @@ def test_swapped_korean_and_english_pairs_are_caught(tmp_path, tiny_assets):
 
 
 
-def test_corpus_parameters_take_jsonl_and_hub_forms(tmp_path, tiny_assets):
+def test_corpus_parameters_take_jsonl_and_hub_forms(tmp_path, tiny_assets, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):      # online: a Hub id is the stage's to download
+        monkeypatch.delenv(var, raising=False)
     ko, en = pair(tmp_path)
     ko_jl = write(tmp_path / "ko.jsonl", "".join(json.dumps({"body": l}, ensure_ascii=False) + "\n" for l in KO_LINES[:20]))
     good = tiny_profile(tmp_path, tiny_assets, "05_stage3_pretrain:\n"
@@ -162,6 +164,45 @@ def test_corpus_parameters_take_jsonl_and_hub_forms(tmp_path, tiny_assets):
                for p in problems), problems
     assert any("05_stage3_pretrain.code_switch_ratio: code-switching rewrites text files line by line, "
                f"but ko_text is '{ko_jl}'" in p for p in problems), problems
+
+def test_hub_specs_that_cannot_be_had_are_named_before_any_work(tmp_path, monkeypatch, capsys):
+    """Offline, a hub: split in neither local cache fails ``check`` and ``run`` in seconds, naming
+    the file, line and key (not 05 after 03 and 04 ran, after a minute of retries); so does a local
+    hub: folder that does not exist. Cached, or online, the Hub id passes."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hub"))
+    f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\n05_stage3_pretrain:\n"
+              f"  en_text: hub:allenai/c4/en/train\n  ko_text: 'hub:{tmp_path}/nowhere//train#body'\n"
+              "07_benchmark_eval:\n  tasks+:\n    arc: {en: hub:allenai/ai2_arc/ARC-Challenge/test, "
+              "ko: data/none.jsonl, format: arc}\n")
+    caches = f"{tmp_path / 'datasets'} or {tmp_path / 'hub'}"
+    want = [f"error: {f}:4: 05_stage3_pretrain.ko_text: 'hub:{tmp_path}/nowhere//train#body': {tmp_path}/nowhere "
+            f"does not exist (a hub: spec that is a path reads a local dataset folder): give an existing folder, "
+            f"or a local file",
+            f"error: {f}:3: 05_stage3_pretrain.en_text: 'hub:allenai/c4/en/train': the dataset allenai/c4 is not in "
+            f"the local Hugging Face cache ({caches}) and HF_HUB_OFFLINE is set, so the stage could not download "
+            "it: load it once online (datasets.load_dataset('allenai/c4', 'en', split='train')) or give a local file",
+            f"error: {f}:6: 07_benchmark_eval.tasks+: tasks['arc']['en']: 'hub:allenai/ai2_arc/ARC-Challenge/test': "
+            f"the dataset allenai/ai2_arc is not in the local Hugging Face cache ({caches}) and HF_HUB_OFFLINE is set"]
+    t0 = time.time()
+    assert main(["check", str(f)]) == 1
+    errors = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("error: ")]
+    assert errors[:2] == want[:2] and errors[2].startswith(want[2]) and len(errors) == 4, errors   # + ko: file not found
+    run = tmp_path / "run"
+    assert main(["run", str(f), "--run", str(run)]) == 1
+    assert not run.exists() or not any(p.name[:2].isdigit() for p in run.iterdir())     # nothing ran
+    assert time.time() - t0 < 30
+    # in the datasets cache (prepared) or in the Hub cache (downloaded): found; online: the stage's to fetch
+    (tmp_path / "datasets" / "allenai___c4" / "en" / "0.0.0" / "abc123").mkdir(parents=True)
+    (tmp_path / "hub" / "datasets--allenai--ai2_arc" / "snapshots" / "abc123").mkdir(parents=True)
+    prof = load_profile(f)
+    problems = check_profile(prof, select_stages(prof))
+    assert [p.split(": ")[1] for p in problems] == ["05_stage3_pretrain.ko_text", "07_benchmark_eval.tasks+"]
+    shutil.rmtree(tmp_path / "datasets")
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert len(check_profile(prof, select_stages(prof))) == 2
+
 
 def arc(path: Path, lang: str, n: int = 3) -> Path:
     q = {"en": "Which animal sees the river", "ko": "어느 동물이 강을 보나요"}[lang]
@@ -597,7 +638,9 @@ def test_check_counts_shared_stages_as_present(tmp_path, monkeypatch):
                             for p in problems), problems
 
 
-def test_a_wrong_base_model_is_one_line_naming_it(tmp_path):
+def test_a_wrong_base_model_is_one_line_naming_it(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):      # the message names the variable when set
+        monkeypatch.delenv(var, raising=False)
     f = write(tmp_path / "p.yaml", f"extends: {paths.PARAMS / 'micro.yaml'}\ncommon:\n  base_model: tyo\n")
     prof = load_profile(f)
     (problem,) = check_profile(prof, select_stages(prof))

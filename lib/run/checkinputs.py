@@ -26,7 +26,7 @@ from lib.data.wordpairs import read_pairs as read_word_pairs
 from lib.eval import extratasks as XT
 from lib.eval import tasks as ET
 from lib.eval import toyextra
-from lib.run.checksources import model_problem, relative_or_none, shared_stages
+from lib.run.checksources import dataset_problem, model_problem, relative_or_none, shared_stages
 from lib.train import contrastive, pretrain
 from lib.vocab import merge as T
 
@@ -158,8 +158,8 @@ class StageInputs:
 
     def text(self, key: str, want: str) -> list[str] | None:
         """A text file with one document or sentence a line, in language ``want``; for a corpus
-        parameter also a JSONL file (its records' text field) or a Hub split (not reachable here:
-        only its form is checked)."""
+        parameter also a JSONL file (its records' text field) or a Hub split (its form, and that it
+        can be had: :func:`lib.run.checksources.dataset_problem`)."""
         if key in CORPUS_KEYS:
             try:
                 src = parse_corpus(self.values[key], self.run)
@@ -167,6 +167,9 @@ class StageInputs:
                 self.problem(key, str(e))
                 return None
             if src.kind == "hub":
+                msg = dataset_problem(self.values[key], self.run)
+                if msg:
+                    self.problem(key, msg)
                 return None
             if src.kind == "jsonl":
                 path = self.file(key, str(src.path))
@@ -320,6 +323,10 @@ def tasks(st: StageInputs) -> None:
                     ET.parse_source(value, st.run, where=f"tasks['{name}']['{lang}']")
                 except ET.PairError as e:
                     st.problem("tasks", str(e))
+                    continue
+                msg = dataset_problem(value, st.run)
+                if msg:
+                    st.problem("tasks", f"tasks['{name}']['{lang}']: {msg}")
                 continue
             if not isinstance(value, str) or not value.strip():
                 st.problem("tasks", f"tasks['{name}']['{lang}'] must be a file path or "

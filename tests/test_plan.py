@@ -136,10 +136,42 @@ def test_run_refuses_before_any_stage_runs(tmp_path, capsys, shared_data):
 
 
 def test_a_base_model_of_unknown_shape_is_not_checked(tmp_path, capsys):
-    """The toy profile before 00 has built its model: the run must not be blocked by the plan."""
-    prof = load_profile(paths.PARAMS / "toy.yaml")
+    """A Hub id neither known here nor cached: the run must not be blocked by the plan."""
+    f = tmp_path / "p.yaml"
+    f.write_text(f"extends: {paths.PARAMS / 'a6000.yaml'}\ncommon:\n  base_model: nobody/unknown-1b\n", encoding="utf-8")
+    prof = load_profile(f)
     check_fits(prof, select_stages(prof), str(tmp_path / "fresh"), 1)
-    assert "no memory check" in capsys.readouterr().out
+    assert "no memory check (plan: cannot tell the shape of 'nobody/unknown-1b'" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("profile, said", [
+    ("toy", "merged vocab 3,400 (1,900 + at most 1,500 Korean pieces; base from 00_toy_world's parameters, "
+            "not yet run in {outputs}/toy)"),
+    ("micro", "merged vocab 1,900 (1,100 + at most 800 Korean pieces; base from 00_toy_world's parameters, "
+              "not yet run in {outputs}/micro)")])
+def test_plan_on_the_shipped_toy_profiles_before_00_has_run(tmp_path, monkeypatch, capsys, profile, said):
+    """Issue 27: ``plan params/toy.yaml`` on a fresh clone failed with a Hub error about the toy
+    model's folder; the toy model's shape is 00's parameters, through the config 00 builds."""
+    monkeypatch.setattr(paths, "OUTPUTS", tmp_path / "outputs")
+    assert main(["plan", str(paths.PARAMS / f"{profile}.yaml")]) == 0
+    out = capsys.readouterr().out
+    assert f"- 01_vocab_merge: tokenizer only; {said.format(outputs=tmp_path / 'outputs')}" in out
+    assert "| 05_stage3_pretrain | 0.1 |" in out or "| 05_stage3_pretrain | 0.0 |" in out
+
+
+def test_the_toy_shape_is_the_model_00_builds(tmp_path):
+    from lib.run.shapes import base_shape, toy_shape
+    from lib.world.basemodel import BaseModelSpec, new_model
+    prof = load_profile(paths.PARAMS / "micro.yaml")
+    model = new_model(BaseModelSpec.micro(), 1100)            # micro.yaml's 00 section is BaseModelSpec.micro()
+    assert toy_shape(prof, str(tmp_path)).params == _n_params(model) == 247_616
+    # once 00 has run, its model folder and its Korean tokenizer's real size are used
+    toy = tmp_path / "00_toy_world"
+    model.config.vocab_size = 1000
+    model.config.save_pretrained(toy / "model")
+    (toy / "metrics.json").write_text('{"korean_vocab_size": 700}', encoding="utf-8")
+    shape, korean, known = base_shape("toy", prof, str(tmp_path))
+    assert (shape.vocab, korean, known) == (1000, 700, str(toy / "model"))
 
 
 def test_plan_refuses_bad_device_figures_and_values_in_one_line_each(tmp_path, capsys):

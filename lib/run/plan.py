@@ -2,6 +2,7 @@
 
     python -m lib.pipeline plan params/a6000.yaml                  # the table, for a 48 GB GPU
     python -m lib.pipeline plan params/a6000.yaml --gpu-memory 24 --mfu 0.3
+    python -m lib.pipeline plan params/toy.yaml                   # before 00 ran: the toy model from 00's parameters
 
 ``run`` calls :func:`check_fits` on a CUDA machine (or with ``--gpu-memory``) and refuses a stage
 whose estimate exceeds the device, naming the parameter to turn.
@@ -35,26 +36,18 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from lib.core import paths
 from lib.core.params import ParamsError, Profile, load_profile, stage_params, validate_profile
 from lib.eval.extratasks import planned_requests
 from lib.run.checkvalues import value_problem
+# the shapes live in lib.run.shapes; plan's names for them are kept (tests, bench/)
+from lib.run.shapes import KNOWN_SHAPES, Shape, ShapeUnknown, base_shape, model_shape, shape_from_config  # noqa: F401
 from lib.run.stages import select_stages
 
 GiB = 1024 ** 3
 
-# shapes of the reference models, so a plan needs no download (config.json of each Hub repo)
-KNOWN_SHAPES = {
-    "princeton-nlp/Sheared-LLaMA-1.3B-ShareGPT": dict(arch="llama", hidden=2048, layers=24, intermediate=5504,
-                                                      heads=16, kv_heads=16, vocab=32000, tied=False),
-    "princeton-nlp/Sheared-LLaMA-1.3B": dict(arch="llama", hidden=2048, layers=24, intermediate=5504,
-                                             heads=16, kv_heads=16, vocab=32000, tied=False),
-    "EleutherAI/polyglot-ko-1.3b": dict(arch="gpt_neox", hidden=2048, layers=24, intermediate=8192,
-                                        heads=16, kv_heads=16, vocab=30080, tied=False),
-}
 KOBERT_NEW_PIECES = {"all": 7478, "hangul": 7056}   # Llama-2 + KoBERT (../shared/data/README.md)
 A6000_BF16_TFLOPS = 154.8          # dense bf16 tensor-core peak of an RTX A6000 (NVIDIA datasheet)
 EVAL_TOKENS_PER_REQUEST = 256      # assumed mean length of an lm-eval request (context + choice)
@@ -62,76 +55,6 @@ EVAL_TOKENS_PER_REQUEST = 256      # assumed mean length of an lm-eval request (
 
 class PlanError(ParamsError):
     """A stage does not fit the device; the message names the stage, the estimate and the knob."""
-
-
-class ShapeUnknown(ParamsError):
-    """The base model's shape cannot be known without running or downloading anything."""
-
-
-@dataclass
-class Shape:
-    arch: str
-    hidden: int
-    layers: int
-    intermediate: int
-    heads: int
-    kv_heads: int
-    vocab: int
-    tied: bool = False
-
-    @property
-    def layer_params(self) -> int:
-        return self.layer_linear + (4 * self.hidden + 5 * self.hidden + self.intermediate
-                                    if self.arch == "gpt_neox" else 2 * self.hidden)
-
-    @property
-    def layer_linear(self) -> int:
-        """Matmul weights of one layer. Llama: q, k, v, o and a SwiGLU MLP (3 matrices);
-        GPT-NeoX: fused qkv, o and a 2-matrix MLP (biases and LayerNorms counted in layer_params)."""
-        h, i, kv = self.hidden, self.intermediate, self.hidden * self.kv_heads // self.heads
-        if self.arch == "gpt_neox":
-            return 4 * h * h + 2 * h * i
-        return 2 * h * h + 2 * h * kv + 3 * h * i
-
-    @property
-    def linear_params(self) -> int:
-        """Weights of the matmuls (what autocast copies to bf16; what QLoRA quantises)."""
-        return self.layers * self.layer_linear
-
-    @property
-    def embed_params(self) -> int:
-        return self.vocab * self.hidden
-
-    @property
-    def params(self) -> int:
-        final_norm = 2 * self.hidden if self.arch == "gpt_neox" else self.hidden
-        return self.layers * self.layer_params + self.embed_params * (1 if self.tied else 2) + final_norm
-
-    def with_vocab(self, vocab: int) -> "Shape":
-        return Shape(**{**asdict(self), "vocab": vocab})
-
-
-def shape_from_config(cfg: dict) -> Shape:
-    """A :class:`Shape` from a transformers ``config.json`` (Llama and GPT-NeoX field names)."""
-    heads = cfg["num_attention_heads"]
-    return Shape(arch=cfg.get("model_type", "llama"), hidden=cfg["hidden_size"], layers=cfg["num_hidden_layers"],
-                 intermediate=cfg["intermediate_size"], heads=heads, kv_heads=cfg.get("num_key_value_heads") or heads,
-                 vocab=cfg["vocab_size"], tied=bool(cfg.get("tie_word_embeddings", False)))
-
-
-def model_shape(spec: str) -> Shape:
-    """The shape of a model folder (its config.json), a known Hub id, or a Hub id in the local cache."""
-    p = Path(spec)
-    if (p / "config.json").is_file():
-        return shape_from_config(json.loads((p / "config.json").read_text(encoding="utf-8")))
-    if spec in KNOWN_SHAPES:
-        return Shape(**KNOWN_SHAPES[spec])
-    try:
-        from transformers import AutoConfig
-        return shape_from_config(AutoConfig.from_pretrained(spec, local_files_only=True).to_dict())
-    except (OSError, ValueError, KeyError) as e:
-        raise ShapeUnknown(f"plan: cannot tell the shape of {spec!r}: not a folder with config.json, not one "
-                          f"of {sorted(KNOWN_SHAPES)}, not in the local Hugging Face cache ({e})") from None
 
 
 # ----------------------------------------------------------------------------- memory
@@ -344,17 +267,12 @@ def plan_profile(prof: Profile, stages: list[str], run: str, cuda: bool = True) 
     """A :class:`StagePlan` per stage of ``stages`` (training stages in detail, the others roughly)."""
     common = stage_params(prof, stages[0], run)
     rd = paths.run_dir(run)
-    spec = common["base_model"]
-    if spec == "toy":
-        base = str(rd / paths.TOY_STAGE / "model")        # exists once 00 has run
-    elif "{" in spec or spec.startswith((".", "/")) or paths.resolve_path(spec, rd).exists():
-        base = str(paths.resolve_path(spec, rd))
-    else:
-        base = spec
-    shape = model_shape(base)
+    shape, korean, known = base_shape(common["base_model"], prof, run)
     merged = rd / "01_vocab_merge" / "metrics.json"
     if merged.exists():
         vocab, how = json.loads(merged.read_text(encoding="utf-8"))["merged_vocab_size"], "01's metrics"
+    elif korean is not None:            # the toy model: at most every piece of 00's Korean tokenizer
+        vocab, how = shape.vocab + korean, f"{shape.vocab:,} + at most {korean:,} Korean pieces; base from {known}"
     else:
         mode = stage_params(prof, "01_vocab_merge", run).get("merge_mode", "all")
         vocab, how = shape.vocab + KOBERT_NEW_PIECES.get(mode, 7478), f"{shape.vocab:,} + KoBERT ({mode})"

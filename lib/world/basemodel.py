@@ -169,14 +169,18 @@ def lr_at(step: int, spec: BaseModelSpec) -> float:
     return spec.min_lr_ratio + (1 - spec.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
+def llama_config(spec: BaseModelSpec, vocab_size: int) -> LlamaConfig:
+    """The tiny Llama's config (``plan`` sizes it from 00's parameters before 00 has run)."""
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=spec.hidden_size,
+                       intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
+                       num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
+                       max_position_embeddings=spec.max_position_embeddings, bos_token_id=1,
+                       eos_token_id=2, pad_token_id=None, tie_word_embeddings=False)
+
+
 def new_model(spec: BaseModelSpec, vocab_size: int) -> LlamaForCausalLM:
     """A freshly initialised tiny Llama (seeded by the caller)."""
-    config = LlamaConfig(vocab_size=vocab_size, hidden_size=spec.hidden_size,
-                         intermediate_size=spec.intermediate_size, num_hidden_layers=spec.num_layers,
-                         num_attention_heads=spec.num_heads, num_key_value_heads=spec.num_heads,
-                         max_position_embeddings=spec.max_position_embeddings, bos_token_id=1,
-                         eos_token_id=2, pad_token_id=None, tie_word_embeddings=False)
-    return LlamaForCausalLM(config).float()
+    return LlamaForCausalLM(llama_config(spec, vocab_size)).float()
 
 
 def pretrain(model, docs: list[list[int]], spec: BaseModelSpec, progress: bool = True,

@@ -128,6 +128,22 @@ def test_a_cell_interrupted_by_ctrl_c_exits_130(standin, tmp_path, capsys):
                                              "was lost: rerun the same command to resume (notebook ")
 
 
+def test_what_the_kernel_prints_outside_its_cells_goes_to_the_log(standin, tmp_path, capfd):
+    """A kernel's own output (here at its exit, as a dying kernel's traceback) reaches neither
+    the terminal's stdout nor its stderr; the stage's log keeps it."""
+    code = ("import atexit, os\natexit.register(os.write, 1, b'kernel noise on 1\\n')\n"
+            "atexit.register(os.write, 2, b'kernel noise on 2\\n')\nraise ValueError('boom')")
+    run = tmp_path / "run"
+    assert main(["run", str(standin(code)), "--run", str(run)]) == 1
+    out, err = capfd.readouterr()
+    assert one_line(err).startswith("error: 01_standin failed in cell 3: ValueError: boom (notebook ")
+    assert "kernel noise" not in out + err
+    deadline = time.time() + 10          # the kernel may still be exiting after the runner gave up on it
+    while "kernel noise on 2" not in (run / "01_standin" / "log.txt").read_text() and time.time() < deadline:
+        time.sleep(0.1)
+    assert "kernel noise on 1" in (run / "01_standin" / "log.txt").read_text()
+
+
 def started(run: Path) -> bool:
     log = run / "01_standin" / "log.txt"
     return log.exists() and "started" in log.read_text()

@@ -2,7 +2,7 @@
 
     cause = failures.cause(exc, run_dir) # "the kernel died (out of memory? ...)", "the disk is full (...)"
     failures.atomic_notebooks(stage_dir) # Papermill then writes notebooks there via temp + rename
-    with failures.stderr_into(log): ...  # the kernel's own stderr (its crash noise) goes to the log
+    with failures.output_into(log): ...  # the kernel's own output (its crash noise) goes to the log
     with failures.interruptible(): ...   # SIGINT / SIGTERM end the command as an interruption
     failures.exit_code(exc)              # 130 after SIGINT, 143 after SIGTERM, else 1
 
@@ -68,23 +68,24 @@ class Interrupted(KeyboardInterrupt):
 def interruptible() -> Iterator[None]:
     """SIGINT and SIGTERM raise :class:`Interrupted` while the block runs (the main thread only);
     once :func:`reporting` is called they are only noted, so the error line and the exit finish.
-    The previous handlers come back after the block."""
+    The previous handlers come back after the block, and what it noted is forgotten (report the
+    error, and take :func:`exit_code`, inside it)."""
     _signals.clear()
     _reporting.clear()
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
     def handler(signum, frame):
         _signals.append(signum)
         if not _reporting.is_set():
             raise Interrupted(signum)
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    main = threading.current_thread() is threading.main_thread()
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)} if main else {}
     try:
         yield
     finally:
         for s, h in old.items():
             signal.signal(s, h)
+        _signals.clear()
+        _reporting.clear()
 
 
 def reporting() -> None:
@@ -235,17 +236,22 @@ def atomic_notebooks(folder: str | Path) -> None:
 
 
 @contextmanager
-def stderr_into(log: IO[str]) -> Iterator[None]:
-    """Point file descriptor 2 at ``log`` for the block. A kernel started inside inherits it, so
-    what the kernel itself prints while dying (tracebacks of its shutdown) lands in the stage's
-    log, not on the terminal above the one ``error:`` line."""
+def output_into(log: IO[str]) -> Iterator[None]:
+    """Point file descriptors 1 and 2 at ``log`` for the block. A kernel started inside inherits
+    them, so what the kernel itself prints outside its cells (tracebacks of its shutdown, while it
+    dies with the runner or after it) lands in the stage's log, never on the terminal around or
+    after the one ``error:`` line."""
+    sys.stdout.flush()
     sys.stderr.flush()
     log.flush()
-    saved = os.dup(2)
-    os.dup2(log.fileno(), 2)
+    saved = {fd: os.dup(fd) for fd in (1, 2)}
+    for fd in saved:
+        os.dup2(log.fileno(), fd)
     try:
         yield
     finally:
+        sys.stdout.flush()
         sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
+        for fd, copy in saved.items():
+            os.dup2(copy, fd)
+            os.close(copy)

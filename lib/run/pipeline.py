@@ -169,7 +169,7 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} PID {os.getpid()}: {plan.stage}\n")
         log.flush()
         try:
-            with failures.stderr_into(log):
+            with failures.output_into(log):
                 pm.execute_notebook(
                     str(paths.notebook_path(plan.stage)), str(out_nb), parameters=plan.params,
                     kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,

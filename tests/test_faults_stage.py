@@ -92,6 +92,27 @@ def test_a_full_disk_is_named_whatever_library_raised_it(standin, tmp_path, caps
     assert time.time() - t0 < 30
 
 
+def test_a_full_disk_that_also_stops_the_notebook_save_keeps_the_cells_error(standin, tmp_path, capsys,
+                                                                          monkeypatch):
+    """What a real full disk does (reproduced on a 2 MiB tmpfs): torch.save fails in the cell,
+    then saving the executed notebook fails too, so papermill never raises the cell's error; the
+    line still names the cell and torch's words, kept from the notebook the save was writing."""
+    monkeypatch.setattr(failures, "free_bytes", lambda folder: 0)
+    real_write_text = Path.write_text
+
+    def full(self, data, *a, **k):
+        if self.name.startswith(".01_standin.ipynb.tmp") and '"ename": "RuntimeError"' in data:   # after the cell
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, data, *a, **k)
+    monkeypatch.setattr(Path, "write_text", full)
+    run = tmp_path / "run"
+    assert main(["run", str(standin(f"raise RuntimeError({TORCH_FULL!r})")), "--run", str(run)]) == 1
+    sd = run / "01_standin"
+    assert one_line_error(capsys) == (f"error: 01_standin failed in cell 3: the disk is full ({run} has 0 bytes "
+                                      f"free): {REMEDY} (RuntimeError: {TORCH_FULL}) (notebook "
+                                      f"{sd / '01_standin.ipynb'}, log {sd / 'log.txt'})")
+
+
 def test_the_runners_own_full_disk_names_the_folder_and_its_free_space(capsys, monkeypatch, tmp_path):
     from nbclient.exceptions import DeadKernelError
     monkeypatch.setattr(failures, "free_bytes", lambda folder: 0)

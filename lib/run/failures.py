@@ -25,6 +25,7 @@ the interruption raises (a kernel that died with it, papermill's cleanup) is the
 from __future__ import annotations
 
 import errno
+import json
 import os
 import re
 import shutil
@@ -173,6 +174,14 @@ def _low_disk(folder: str | Path | None) -> bool:
     return free is not None and free < LOW_DISK
 
 
+def _leading(found: list[BaseException], kind: type) -> Iterator[BaseException]:
+    """The exceptions at the start of ``found`` that are ``kind`` (one failure's own chain)."""
+    for e in found:
+        if not isinstance(e, kind):
+            return
+        yield e
+
+
 def cause(exc: BaseException, folder: str | Path | None = None) -> str:
     """The root cause of a stage failure in words, with what to do; one line. ``folder`` is the
     run folder: when its disk has less than :data:`LOW_DISK` free, any failure is a full disk."""
@@ -181,9 +190,12 @@ def cause(exc: BaseException, folder: str | Path | None = None) -> str:
     if signalled():                               # whatever else the interruption raised
         return interrupted(signalled())
     found = list(chain(exc))
-    for e in found:                               # the runner's own OSErrors: the disk, the folder
+    for i, e in enumerate(found):                 # the runner's own OSErrors: the disk, the folder
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
-            return disk_full(folder, e.filename)
+            # saving the notebook failed: the cell's own error, kept by AtomicNotebookWriter
+            cell = next((c.cell_error for c in _leading(found[i:], OSError) if getattr(c, "cell_error", None)), None)
+            words = disk_full(folder, e.filename)
+            return f"in cell {cell[0]}: {words} ({cell[1]}: {shorten(cell[2])})" if cell else words
         if isinstance(e, OSError) and _errno_words(e.errno, e.filename):
             return _errno_words(e.errno, e.filename)
     low = _low_disk(folder)
@@ -224,7 +236,22 @@ class AtomicNotebookWriter:
 
     @staticmethod
     def write(buf: str, path: str) -> None:
-        write_text(path, buf)
+        try:
+            write_text(path, buf)
+        except OSError as e:        # the disk a cell filled: the cell's own error is only in ``buf``
+            e.cell_error = failed_cell(buf)
+            raise
+
+
+def failed_cell(notebook: str) -> tuple[int, str, str] | None:
+    """``(execution count, ename, evalue)`` of the last cell of a notebook (JSON text) that raised."""
+    try:
+        cells = json.loads(notebook).get("cells", [])
+    except (ValueError, AttributeError):
+        return None
+    errors = [(c.get("execution_count") or i, o.get("ename", ""), o.get("evalue", ""))
+              for i, c in enumerate(cells) for o in c.get("outputs", []) if o.get("output_type") == "error"]
+    return errors[-1] if errors else None
 
 
 def atomic_notebooks(folder: str | Path) -> None:

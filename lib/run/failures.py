@@ -101,7 +101,7 @@ def signalled() -> int | None:
 
 def interrupted(signum: int | None = None) -> str:
     """The words for an interruption, naming the signal when there was one."""
-    return INTERRUPTED.replace("interrupted", f"interrupted ({signal.Signals(signum).name})", 1) if signum else INTERRUPTED
+    return f"interrupted ({signal.Signals(signum).name}){INTERRUPTED[len('interrupted'):]}" if signum else INTERRUPTED
 
 
 def exit_code(exc: BaseException) -> int:
@@ -138,7 +138,9 @@ def free_bytes(folder: str | Path) -> int | None:
 
 
 def _size(n: int) -> str:
-    return f"{n:,} bytes" if n < 1024 ** 2 else f"{n / 1024 ** 2:,.1f} MiB" if n < 1024 ** 3 else f"{n / 1024 ** 3:,.1f} GiB"
+    if n < 1024 ** 2:
+        return f"{n:,} bytes"
+    return f"{n / 1024 ** 2:,.1f} MiB" if n < 1024 ** 3 else f"{n / 1024 ** 3:,.1f} GiB"
 
 
 def _errno_words(code: int | None, filename: str | None) -> str | None:
@@ -193,7 +195,8 @@ def cause(exc: BaseException, folder: str | Path | None = None) -> str:
     for i, e in enumerate(found):                 # the runner's own OSErrors: the disk, the folder
         if isinstance(e, OSError) and e.errno == errno.ENOSPC:
             # saving the notebook failed: the cell's own error, kept by AtomicNotebookWriter
-            cell = next((c.cell_error for c in _leading(found[i:], OSError) if getattr(c, "cell_error", None)), None)
+            cell = next((c.cell_error for c in _leading(found[i:], OSError)
+                         if getattr(c, "cell_error", None)), None)
             words = disk_full(folder, e.filename)
             return f"in cell {cell[0]}: {words} ({cell[1]}: {shorten(cell[2])})" if cell else words
         if isinstance(e, OSError) and _errno_words(e.errno, e.filename):

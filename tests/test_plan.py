@@ -125,7 +125,9 @@ def test_dpo_is_planned_as_its_own_row_with_its_own_knobs(tmp_path):
 
 
 @pytest.mark.shared_data
-def test_run_refuses_before_any_stage_runs(tmp_path, capsys, shared_data):
+def test_run_refuses_before_any_stage_runs(tmp_path, capsys, shared_data, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"):      # offline, check refuses the uncached Hub models first
+        monkeypatch.delenv(var, raising=False)
     dev = paths.PARAMS / "dev_shared.yaml"          # a6000 with every input file present
     run = tmp_path / "run"
     with pytest.raises(PlanError, match="Nothing was run"):

@@ -124,10 +124,35 @@ def _unwrapped(model):
     return model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
 
 
+def lm_inputs(model, batch: dict) -> dict:
+    """The keyword arguments of a training forward on ``batch``.
+
+    A batch without ``position_ids``: ``input_ids`` and ``attention_mask``. A batch with them holds
+    packed documents that must not see each other (``lib.data.packing``, ``packing: documents``;
+    no padding): the attention mask is left out, so transformers reads the documents from the
+    position ids that restart at each one (only without a key/value cache: ``use_cache=False``).
+    sdpa, eager and flex attention then build a
+    block-diagonal causal mask per row (``masking_utils.find_packed_sequence_indices``);
+    flash-attention's variable-length path reads them only from a single flattened row
+    (``modeling_flash_attention_utils._is_packed_sequence``: batch size 1), so for a flash
+    implementation the rows are flattened into one (each row starts at position 0, so rows stay
+    apart too) and the caller reshapes the output back (``input_ids``' shape is in ``"shape"``).
+    """
+    inputs = {"input_ids": batch["input_ids"], "use_cache": False}
+    if "position_ids" not in batch:
+        return {**inputs, "attention_mask": batch["attention_mask"]}
+    impl = getattr(getattr(_unwrapped(model), "config", None), "_attn_implementation", None) or ""
+    if "flash" in impl:                       # transformers' own test (utils.is_flash_attention_requested)
+        return {**inputs, "input_ids": batch["input_ids"].reshape(1, -1),
+                "position_ids": batch["position_ids"].reshape(1, -1), "shape": tuple(batch["input_ids"].shape)}
+    return {**inputs, "position_ids": batch["position_ids"]}
+
+
 def token_nll(model, batch: dict, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> tuple[torch.Tensor, torch.Tensor]:
     """``(nll, valid)`` of a causal LM on ``batch`` (``input_ids``, ``attention_mask``, ``labels``
-    aligned with the ids as for HF's ``labels=``): position t predicts ``labels[:, t+1]``; both
-    [B, T-1], ``nll`` fp32 and 0 where the label is -100.
+    aligned with the ids as for HF's ``labels=``; optionally ``position_ids`` of packed documents,
+    :func:`lm_inputs`): position t predicts ``labels[:, t+1]``; both [B, T-1], ``nll`` fp32 and 0
+    where the label is -100.
 
     The forward goes through ``model`` itself (DDP, peft) with ``logits_to_keep=1``, so the model
     computes one position's logits; the decoder's last hidden state is caught by a forward hook and
@@ -138,9 +163,10 @@ def token_nll(model, batch: dict, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> t
     head = plain_linear(inner.get_output_embeddings())
     tgt = batch["labels"][:, 1:]
     valid = tgt != IGNORE_INDEX
-    inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"], "use_cache": False}
+    inputs = lm_inputs(model, batch)
+    shape = inputs.pop("shape", tuple(batch["input_ids"].shape))
     if chunk_tokens == 0 or head is None:
-        logits = model(**inputs).logits[:, :-1]
+        logits = model(**inputs).logits.reshape(*shape, -1)[:, :-1]
         nll = F.cross_entropy(logits.float().transpose(1, 2), tgt, ignore_index=IGNORE_INDEX, reduction="none")
         return nll, valid
     caught = {}
@@ -153,7 +179,8 @@ def token_nll(model, batch: dict, chunk_tokens: int = DEFAULT_CHUNK_TOKENS) -> t
         model(**inputs, logits_to_keep=1)
     finally:
         hook.remove()
-    return linear_nll(caught["h"][:, :-1], head.weight, tgt, head.bias, chunk_tokens), valid
+    h = caught["h"].reshape(*shape, -1)[:, :-1]
+    return linear_nll(h, head.weight, tgt, head.bias, chunk_tokens), valid
 
 
 def mean_nll(nll: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

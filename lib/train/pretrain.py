@@ -43,8 +43,7 @@ METHODS = ("full", "lora", "qlora")
 
 
 def check_method(cfg: Any) -> None:
-    """Refuse a method this machine cannot run, or an unknown packing, before any heavy work."""
-    check_packing(cfg.packing)
+    """Refuse a method this machine cannot run, before any heavy work."""
     if cfg.method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {cfg.method!r}")
     if cfg.method == "qlora" and auto_device(cfg.get("device", "auto")).type != "cuda":
@@ -148,6 +147,7 @@ def packing_comparison(tok, lines: list[str], block_size: int) -> dict:
 
 def run(cfg: Any) -> dict:
     check_method(cfg)
+    check_packing(cfg.packing)
     model, tok, start = load_for_method(cfg)
     ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
     en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)

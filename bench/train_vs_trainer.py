@@ -2,8 +2,8 @@
 
     .venv/bin/python bench/train_vs_trainer.py --quick          # smoke test, < 30 s
     .venv/bin/python bench/train_vs_trainer.py                  # default: hidden 256, 4 layers, ~2 min on 2 idle cores
-    .venv/bin/python bench/train_vs_trainer.py --vocab 39478 --steps 6 --warmup 1 --repeats 1
-                                                                # the merged vocabulary (issue #26's figures), ~4 min
+    .venv/bin/python bench/train_vs_trainer.py --vocab 39478 --steps 3 --warmup 1 --repeats 2
+                                                                # the merged vocabulary (issue #26's figures), ~4-5 min
 
 "Ours" is what ``lib.train.pretrain`` runs: documents packed into full blocks (``lib.data.packing.pack``),
 mixed Ko:En 0.7:0.3 by ``MixedStream``, whose ``batch`` is the loop's ``batch_at``, trained by

@@ -48,6 +48,34 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+class PeakWindow:
+    """Peak RSS of a window of this process (Linux): ``start()`` resets the kernel's high-water mark
+    (``5`` into /proc/self/clear_refs) and notes the RSS; ``read()`` gives the peak since then
+    (VmHWM) minus that RSS, in MiB: what the window itself added at its worst, with the imports and
+    whatever existed before (e.g. the model's weights) left out. Elsewhere both read None."""
+
+    def start(self) -> None:
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")
+            self.rss0 = self._status("VmRSS")
+        except OSError:
+            self.rss0 = None
+
+    def read(self) -> float | None:
+        if getattr(self, "rss0", None) is None:
+            return None
+        return round((self._status("VmHWM") - self.rss0) / 2**20, 1)
+
+    @staticmethod
+    def _status(key: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+        raise OSError(f"no {key} in /proc/self/status")
+
+
 def _child(queue, fn, args, kwargs):
     try:
         import torch

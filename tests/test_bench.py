@@ -34,6 +34,9 @@ def test_train_vs_trainer_same_work():
     # same model, data and optimizer: the same losses, so the speed ratio compares like with like
     assert out["ours"]["mean_loss"] == pytest.approx(out["trainer"]["mean_loss"], abs=1e-3)
     assert out["ours"]["peak_rss_mb"] > out["ours"]["rss_at_start_mb"]
+    # issue #26: the packing=documents variant and the training window's own peak, as ratios
+    assert out["documents"]["tokens_per_second"] > 0 and len(out["ratios"]) == 2
+    assert all(r["train_peak"] > 0 and r["peak_rss"] > 0 for r in out["ratios"].values())
 
 
 @pytest.mark.slow

@@ -25,38 +25,42 @@ def head_case(seed=0, bias=False):
     return h, w, b, t
 
 
-def loss_and_grads(h, w, b, t, chunk, autocast=False):
+def loss_and_grads(h, w, b, t, chunk, autocast=False, early=False, uniform=False):
     for x in (h, w, b):
         if x is not None:
             x.grad = None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        nll = linear_nll(h, w, t, b, chunk_tokens=chunk)
+        nll = linear_nll(h, w, t, b, chunk_tokens=chunk, grad_in_forward=early)
         valid = t != IGNORE_INDEX
         # a mean and per-row sums with other weights: the backward sees a non-uniform gradient
-        loss = mean_nll(nll, valid) + 0.1 * (nll.sum(-1) * torch.tensor([1.0, -2.0, 0.5])).sum()
+        loss = mean_nll(nll, valid) + (0 if uniform else 0.1 * (nll.sum(-1) * torch.tensor([1.0, -2.0, 0.5])).sum())
     loss.backward()
     return nll.detach(), [x.grad.clone() for x in (h, w, b) if x is not None]
 
 
+@pytest.mark.parametrize("early,uniform", [(False, False), (True, True), (True, False)])
 @pytest.mark.parametrize("bias", [False, True])
 @pytest.mark.parametrize("chunk", [1, 5, 64])
-def test_chunked_equals_full_fp32(chunk, bias):
+def test_chunked_equals_full_fp32(chunk, bias, early, uniform):
+    """Gradients recomputed in the backward, or computed in the forward (``grad_in_forward``) for a
+    mean loss and for one that weighs rows differently (the backward then recomputes w's and b's)."""
     h, w, b, t = head_case(bias=bias)
-    ref, ref_grads = loss_and_grads(h, w, b, t, 0)
-    nll, grads = loss_and_grads(h, w, b, t, chunk)
+    ref, ref_grads = loss_and_grads(h, w, b, t, 0, uniform=uniform)
+    nll, grads = loss_and_grads(h, w, b, t, chunk, early=early, uniform=uniform)
     assert_close(nll, ref, rtol=1e-5, atol=1e-5)
     assert bool((nll[t == IGNORE_INDEX] == 0).all())
     for got, want in zip(grads, ref_grads):
         assert_close(got, want, rtol=1e-5, atol=1e-6)
 
 
-def test_chunked_equals_full_under_bf16_autocast():
+@pytest.mark.parametrize("early,uniform", [(False, False), (True, True), (True, False)])
+def test_chunked_equals_full_under_bf16_autocast(early, uniform):
     # the matmul runs in bf16 in both (autocast's cast), the log-softmax in fp32: the losses agree
     # to fp32 rounding of the same bf16 logits; gradients to bf16 rounding (the full path rounds
     # the head's gradient once, the chunked one per chunk and sums in fp32)
     h, w, b, t = head_case(1, bias=True)
-    ref, ref_grads = loss_and_grads(h, w, b, t, 0, autocast=True)
-    nll, grads = loss_and_grads(h, w, b, t, 5, autocast=True)
+    ref, ref_grads = loss_and_grads(h, w, b, t, 0, autocast=True, uniform=uniform)
+    nll, grads = loss_and_grads(h, w, b, t, 5, autocast=True, early=early, uniform=uniform)
     assert nll.dtype == torch.float32
     assert_close(nll, ref, rtol=1e-5, atol=1e-5)
     for got, want in zip(grads, ref_grads):
@@ -91,6 +95,30 @@ def test_frozen_head_gets_no_gradient_and_nothing_is_kept_of_the_logits():
     assert w.grad is None and h.grad is not None
 
 
+def test_grad_in_forward_computes_no_logits_in_the_backward(monkeypatch):
+    """A mean loss with ``grad_in_forward``: three head matmuls per chunk, all in the forward (as the
+    full computation), none in the backward; under no_grad no gradient work at all."""
+    import lib.modeling.chunked_ce as cce
+    calls = []
+    real = cce.F.linear
+    monkeypatch.setattr(cce.F, "linear", lambda *a, **k: calls.append(1) or real(*a, **k))
+    h, w, _, t = head_case(4)
+    nll = linear_nll(h, w, t, chunk_tokens=4, grad_in_forward=True)
+    n_chunks = -(-int((t != IGNORE_INDEX).sum()) // 4)
+    assert len(calls) == n_chunks
+    calls.clear()
+    mean_nll(nll, t != IGNORE_INDEX).backward()
+    assert calls == []
+    grads = []
+    real_grads = cce._chunk_grads
+    monkeypatch.setattr(cce, "_chunk_grads", lambda *a: grads.append(1) or real_grads(*a))
+    with torch.no_grad():                         # an evaluation: no gradient is computed
+        linear_nll(h, w, t, chunk_tokens=4, grad_in_forward=True)
+    assert grads == []
+    linear_nll(h, w, t, chunk_tokens=4, grad_in_forward=True)
+    assert len(grads) == n_chunks
+
+
 def test_no_valid_label_gives_zero_attached():
     h, w, _, t = head_case(3)
     t[:] = IGNORE_INDEX
@@ -119,8 +147,9 @@ def lm_batch(seed=0):
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
+@pytest.mark.parametrize("early", [False, True])
 @pytest.mark.parametrize("autocast", [False, True])
-def test_token_nll_equals_hf_loss_and_gradients(autocast):
+def test_token_nll_equals_hf_loss_and_gradients(autocast, early):
     model, batch = tiny_llama(), lm_batch()
     tol = dict(rtol=2e-2, atol=2e-3) if autocast else dict(rtol=1e-5, atol=1e-6)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
@@ -129,7 +158,7 @@ def test_token_nll_equals_hf_loss_and_gradients(autocast):
     want = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad(set_to_none=True)
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        nll, valid = token_nll(model, batch, chunk_tokens=7)
+        nll, valid = token_nll(model, batch, chunk_tokens=7, grad_in_forward=early)
         loss = mean_nll(nll, valid)
     loss.backward()
     assert_close(loss, ref, rtol=1e-5, atol=1e-5)

@@ -92,6 +92,20 @@ def test_chunked_loss_shrinks_the_logits_to_one_chunk():
     assert round(full.logits / GiB, 1) == 16.9      # 04's term with the full logits
 
 
+def test_document_packing_adds_the_block_diagonal_mask(tmp_path):
+    """05 with ``packing: documents``: sdpa's [B, 1, T, T] mask (bool, and its bf16 bias under
+    autocast) is added to the activations, 3 B T^2 bytes; nothing else moves."""
+    f = tmp_path / "docs.yaml"
+    f.write_text(f"extends: {A6000}\n05_stage3_pretrain:\n  packing: documents\n", encoding="utf-8")
+    stage = "05_stage3_pretrain"
+    plans = [{sp.stage: sp for sp in plan_profile(load_profile(x), [stage], "plan_test")}[stage] for x in (A6000, f)]
+    p = stage_params(load_profile(f), stage, "plan_test")
+    mask = 3 * p["batch_size"] * p["block_size"] ** 2
+    assert plans[1].memory.activations - plans[0].memory.activations == mask
+    assert plans[1].peak - plans[0].peak == mask and plans[1].flops == plans[0].flops
+    assert "packing: documents" in "; ".join(plans[1].notes)
+
+
 def test_the_old_05_batch_does_not_fit_and_the_error_names_the_knob(tmp_path):
     f = tmp_path / "big.yaml"      # 32 blocks of 2048 with the full logits (loss_chunk_tokens: 0)
     f.write_text(f"extends: {A6000}\n05_stage3_pretrain:\n  batch_size: 32\n  grad_accum: 4\n"

@@ -12,6 +12,20 @@ Packing concatenates the documents into one stream and cuts it into full blocks,
 is padding (``pad_naive`` is the one-document-per-row baseline it is compared with); a block
 may start mid-document, which is what GPT-style pretraining does.
 
+``packing`` says what a document sees in its block (:data:`PACKING_MODES`):
+
+- ``concat`` (the default): the block is one sequence, so a document attends to the documents
+  before it in the block, and positions run 0..T-1 across them (GPT-style);
+- ``documents``: every document of the block is a sequence of its own: its position ids restart
+  at 0 (:func:`document_positions`: at each BOS, and at the block's start for the piece of a
+  document the block begins with), it attends only to itself, and its first token (BOS) is no
+  target, so no loss crosses a boundary. The batch carries ``position_ids`` and the model is called
+  without an attention mask: transformers then builds the block-diagonal causal mask from the
+  position ids itself (``masking_utils.find_packed_sequence_indices``, sdpa / eager / flex) or
+  runs flash-attention's variable-length kernel (:func:`lib.modeling.chunked_ce.lm_inputs`). Each
+  document then gets the loss it has alone (``tests/test_doc_packing.py``). Documents are found by
+  their BOS token, which every packed document starts with (:func:`tokenize_lines`).
+
 A batch is a pure function of (step, micro): resuming at step k needs no loader state. Global
 micro-batch ``g = step * grad_accum + micro`` holds rows ``[g*B, (g+1)*B)`` of an endless row
 sequence. How many of the first ``N`` rows come from each source is a closed-form, non-decreasing
@@ -159,6 +173,31 @@ def nonpad_fraction(batch_or_mask) -> float:
     return float((mask != 0).sum()) / mask.numel()
 
 
+# ----------------------------------------------------------------------------- documents in a block
+
+PACKING_MODES = ("concat", "documents")
+
+
+def check_packing(mode: str) -> None:
+    if mode not in PACKING_MODES:
+        raise ValueError(f"packing must be one of {', '.join(PACKING_MODES)}, got {mode!r}")
+
+
+def document_positions(input_ids: torch.Tensor, bos_token_id: int) -> torch.Tensor:
+    """Position ids that restart at 0 at every ``bos_token_id`` and at the start of every row
+    (``[B, T]`` long, like ``input_ids``): ``[[5, 6, BOS, 7, BOS, 8]] -> [[0, 1, 0, 1, 0, 1]]``."""
+    starts = input_ids == bos_token_id
+    starts[:, 0] = True
+    idx = torch.arange(input_ids.shape[1], device=input_ids.device).expand_as(input_ids)
+    return idx - torch.where(starts, idx, 0).cummax(dim=1).values
+
+
+def documents_per_row(input_ids: torch.Tensor, bos_token_id: int) -> float:
+    """Mean number of documents (or pieces of one) a row holds: its BOS tokens, plus one where the
+    row begins mid-document."""
+    return float(((input_ids == bos_token_id).sum(1) + (input_ids[:, 0] != bos_token_id)).float().mean())
+
+
 # ----------------------------------------------------------------------------- mixing
 
 class MixedStream:
@@ -167,14 +206,19 @@ class MixedStream:
     ``blocks``: ``{name: [n_blocks, T] tensor}``; ``ratios``: ``{name: share}`` summing to 1
     (may be omitted with one source); ``batch_size``: rows of one global micro-batch (all ranks
     together); ``bos_token_id``: when given, BOS positions get no loss (see
-    :func:`lib.modeling.losses.clm_labels`); when None every position is a target.
+    :func:`lib.modeling.losses.clm_labels`); when None every position is a target. ``packing``:
+    ``concat`` or ``documents`` (module docstring; ``documents`` needs ``bos_token_id`` and adds
+    ``position_ids`` to every batch).
     """
 
     def __init__(self, blocks: Mapping[str, torch.Tensor], ratios: Mapping[str, float] | None = None,
                  batch_size: int = 8, grad_accum: int = 1, seed: int = 0,
-                 bos_token_id: int | None = None):
+                 bos_token_id: int | None = None, packing: str = "concat"):
         if not blocks:
             raise ValueError("MixedStream needs at least one source of blocks")
+        check_packing(packing)
+        if packing == "documents" and bos_token_id is None:
+            raise ValueError("packing 'documents' finds documents by their BOS token: pass bos_token_id")
         if ratios is None:
             if len(blocks) != 1:
                 raise ValueError(f"ratios are required with several sources ({sorted(blocks)})")
@@ -211,13 +255,13 @@ class MixedStream:
         self.ratios = {n: float(ratios[n]) / total for n in self.names}
         self.block_size = widths.pop()
         self.batch_size, self.grad_accum, self.seed = int(batch_size), int(grad_accum), int(seed)
-        self.bos_token_id = bos_token_id
+        self.bos_token_id, self.packing = bos_token_id, packing
         self._perms: OrderedDict = OrderedDict()
 
     def __repr__(self) -> str:
         srcs = ", ".join(f"{n}: {len(self.blocks[n])} blocks x {self.ratios[n]:.3g}" for n in self.names)
         return (f"MixedStream({srcs}; batch_size={self.batch_size}, grad_accum={self.grad_accum}, "
-                f"block_size={self.block_size}, seed={self.seed})")
+                f"block_size={self.block_size}, seed={self.seed}, packing={self.packing})")
 
     # --- the row plan, all closed-form in the global row index
     def rows_before(self, n_rows: int) -> dict[str, int]:
@@ -267,7 +311,8 @@ class MixedStream:
         """This rank's rows of micro-batch ``micro`` of optimizer step ``step``.
 
         ``{"input_ids", "attention_mask", "labels"}`` are ``[batch_size / world, block_size]``
-        long tensors; ``"source"`` holds each row's index into ``self.names``.
+        long tensors, and so is ``"position_ids"`` with ``packing="documents"``; ``"source"`` holds
+        each row's index into ``self.names``.
         """
         if world < 1 or not 0 <= rank < world:
             raise ValueError(f"need 0 <= rank < world, got rank={rank}, world={world}")
@@ -282,8 +327,11 @@ class MixedStream:
             # index_select: plain advanced indexing of a big tensor is ~1000x slower here
             ids.index_copy_(0, rows, self.blocks[name].index_select(0, idx[rows]).long())
         mask = torch.ones_like(ids)
-        return {"input_ids": ids, "attention_mask": mask,
-                "labels": clm_labels(ids, mask, bos_token_id=self.bos_token_id), "source": src}
+        out = {"input_ids": ids, "attention_mask": mask,
+               "labels": clm_labels(ids, mask, bos_token_id=self.bos_token_id), "source": src}
+        if self.packing == "documents":
+            out["position_ids"] = document_positions(ids, self.bos_token_id)
+        return out
 
     __call__ = batch
 

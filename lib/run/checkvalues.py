@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from lib.data.corpus import check_block_size
+from lib.data.packing import PACKING_MODES
 from lib.eval import extratasks, rules
 from lib.modeling import model, represent
 from lib.modeling.model import cuda_missing_message
@@ -98,6 +99,7 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "pooling": one_of(lambda: represent.POOLING_MODES),
     "english_encoder": one_of(lambda: contrastive.ENGLISH_ENCODERS),
     "method": one_of(lambda: pretrain.METHODS),
+    "packing": one_of(lambda: PACKING_MODES),
     "chat_vector_when": one_of(lambda: sft.CHAT_VECTOR_WHEN),
     "chat_vector_rows": one_of(lambda: chatvector.ROWS_POLICIES),
     "dpo_method": one_of(lambda: dpo.DPO_METHODS),

@@ -18,7 +18,8 @@ The memory model (bytes; ``P`` parameters, ``T`` trainable, ``N`` tokens of one 
   autocast 2 bytes each, the ``4h`` RMSNorm values in fp32 and the norms' bf16 outputs
   (``32h + 8i`` bytes; derived, not measured: no GPU here);
   with gradient checkpointing one ``h``-vector per layer plus one layer recomputed; a stage whose
-  layers get no gradient (04: the head only) keeps just the head's input;
+  layers get no gradient (04: the head only) keeps just the head's input; ``packing: documents``
+  (05) adds sdpa's ``B x T x T`` mask, bool + float bias: ``3 B T^2`` bytes (``5 B T^2`` in fp32);
 - logits and loss: ``k N V`` bytes at the start of the backward pass (fp32 logits, log-softmax,
   their gradients); ``k`` = 12 in fp32 (measured), 14 under autocast (+ the bf16 logits). With the
   chunked cross-entropy (``loss_chunk_tokens`` C > 0, :mod:`lib.modeling.chunked_ce`) only one
@@ -157,9 +158,7 @@ def _n_saves(p: dict) -> int:
 
 def _precision(p: dict, cuda: bool) -> tuple[bool, bool]:
     """(bf16 autocast, pure bf16) for a stage's ``precision`` on a CUDA (or CPU) device."""
-    prec = p.get("precision", "auto")
-    if prec == "auto":
-        prec = "bf16-mixed" if cuda else "fp32"
+    prec = p.get("precision", "auto").replace("auto", "bf16-mixed" if cuda else "fp32")
     return prec == "bf16-mixed", prec == "bf16"
 
 
@@ -170,7 +169,7 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool, adapters_only: b
     P, Vh = shape.params, shape.embed_params
     gc = bool(p.get("gradient_checkpointing", False))
     method = p.get("method", "full")
-    notes, extra, layers_saved, logit_tokens, extra_logits = [], 0.0, True, None, 0.0
+    notes, extra, layers_saved, logit_tokens, extra_logits, extra_act = [], 0.0, True, None, 0.0, 0.0
     if stage.startswith("03"):
         # Korean and English rows in one pass (English alone through a frozen copy: no activations)
         tokens = (1 if p.get("english_encoder") == "frozen" else 2) * p["batch_size"] * p["max_len"]
@@ -209,11 +208,15 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool, adapters_only: b
                 f"{stage}.gradient_checkpointing: true, or a lower batch_size")
         if method == "full":
             knob += "; or method: lora"
+        if p.get("packing") == "documents":      # sdpa's [B, 1, T, T] mask: bool, and its float bias
+            extra_act = p["batch_size"] * p["block_size"] ** 2 * (3 if mixed else 5)
+            notes.append("packing: documents (block-diagonal mask)")
     mem = train_memory(shape, tokens, trainable=trainable, mixed=mixed, pure_bf16=pure, layers_saved=layers_saved,
                        checkpointing=gc, logit_tokens=logit_tokens, extra_weights=extra,
                        quantized=method == "qlora", grad_accum=accum,
                        loss_chunk=0 if stage.startswith("03") else p.get("loss_chunk_tokens", 0))
     mem.logits += extra_logits
+    mem.activations, mem.activations_alt = mem.activations + extra_act, mem.activations_alt + extra_act
     steps_tokens = p["steps"] * accum * tokens
     if layers_saved and trainable >= P - Vh:
         per_token = 6 * P + (2 * P if gc else 0)
@@ -226,8 +229,7 @@ def _train_stage(stage: str, p: dict, shape: Shape, cuda: bool, adapters_only: b
     model_dir = wbytes * P
     state = 4 * P + 3 * wbytes * trainable                     # the latest checkpoint's state/
     disk = _n_saves(p) * model_dir + state + model_dir         # + the stage's model/ copy
-    if method != "full":
-        disk += _n_saves(p) * 4 * trainable                    # adapter/ folders
+    disk += _n_saves(p) * 4 * trainable if method != "full" else 0     # adapter/ folders
     return StagePlan(stage, mem, mem.peak, disk, steps_tokens, per_token * steps_tokens, notes, knob)
 
 
@@ -257,9 +259,7 @@ def _eval_requests(p: dict, cfg_path) -> int:
             src = str(task[side])
             f = cfg_path(src) if not src.startswith("hub:") else None
             items = sum(1 for ln in f.open(encoding="utf-8") if ln.strip()) if f is not None and f.exists() else 900
-            if p.get("limit"):
-                items = min(items, p["limit"])
-            n += items * 4
+            n += 4 * (min(items, p["limit"]) if p.get("limit") else items)
     return n
 
 
@@ -349,10 +349,9 @@ def table(plans: list[StagePlan], gpu_gib: float, tflops: float, mfu: float) -> 
                     if sp.tokens else
                     f"| {sp.stage} | {_gb(sp.peak)} | " + " | ".join(parts) + f" | {fits} | {_gb(sp.disk)} | - | - |")
     tight = max((sp for sp in plans if sp.peak), key=lambda sp: sp.peak, default=None)
-    total_disk = sum(sp.disk for sp in plans)
     total_time = sum(sp.seconds(tflops, mfu) for sp in plans)
     foot = [f"device {gpu_gib:g} GiB; time at {tflops:g} TFLOP/s x MFU {mfu:g} (assumed, not measured); "
-            f"disk total {_gb(total_disk)} GiB; time total {_hours(total_time)}"]
+            f"disk total {_gb(sum(sp.disk for sp in plans))} GiB; time total {_hours(total_time)}"]
     if tight:
         foot.append(f"tightest stage: {tight.stage} ({_gb(tight.peak)} GiB of {gpu_gib:g}); knob: {tight.knob}")
     for sp in plans:

@@ -262,7 +262,7 @@ class ClmWithAlignment(torch.nn.Module):
         self.lm, self.layer, self.temperature, self.chunk_tokens = lm, layer, temperature, chunk_tokens
 
     def forward(self, clm: dict, pairs: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        nll, valid = token_nll(self.lm, clm, self.chunk_tokens)       # chunked: no full logits
+        nll, valid = token_nll(self.lm, clm, self.chunk_tokens, grad_in_forward=True)   # chunked: no full logits
         hs = hidden_states_of(self.lm, pairs)
         v = pooled_vectors(hs, pairs["attention_mask"], layer=self.layer, pooling="mean")
         n = v.shape[0] // 2

@@ -114,7 +114,7 @@ class Encoder(torch.nn.Module):
             extra["head"] = head_alignment_loss(self.lm.get_output_embeddings().weight, *self.head_ids)
         if clm is None:
             return vecs, None, extra
-        nll, valid = token_nll(self.lm, clm, self.chunk_tokens)      # no full logits
+        nll, valid = token_nll(self.lm, clm, self.chunk_tokens, grad_in_forward=True)      # no full logits
         return vecs, mean_nll(nll, valid), extra
 
 

@@ -69,7 +69,7 @@ def freeze_all_but_head(model, train_new_rows_from: int | None = None, head_rows
 def clm_loss_fn(mods, batch, chunk_tokens: int = DEFAULT_CHUNK_TOKENS):
     """The loop's loss for 04, 05 and 06: HF's causal-LM loss (mean over labels != -100), computed
     by :func:`lib.modeling.chunked_ce.token_nll` without the full logits (``chunk_tokens=0``: with)."""
-    nll, valid = token_nll(mods[0], batch, chunk_tokens)
+    nll, valid = token_nll(mods[0], batch, chunk_tokens, grad_in_forward=True)
     return mean_nll(nll, valid), {}
 
 

@@ -1,7 +1,10 @@
 """Stage 3 of the method (notebook 05_stage3_pretrain): bilingual continued pretraining.
 
 Korean and English text are packed into full blocks (no padding) and mixed by ``ko_ratio`` (0.7
-as in Bllossom) with the smaller stream cycled. ``method``:
+as in Bllossom) with the smaller stream cycled. ``packing``: ``concat`` (a document attends to
+those before it in its block, GPT-style) or ``documents`` (each document of a block attends only
+to itself, with its own positions and no loss across a boundary: :mod:`lib.data.packing`).
+``method``:
 
 - ``full``: every parameter trains;
 - ``lora``: LoRA adapters on the attention and MLP projections (peft), while the input embeddings
@@ -28,7 +31,8 @@ from lib.core.io import write_text
 from lib.core.readers import read_lines
 from lib.data.codeswitch import code_switch, read_word_pairs
 from lib.data.corpus import parse_corpus
-from lib.data.packing import MixedStream, nonpad_fraction, pack_file, pad_naive, stream_stats, tokenize_lines
+from lib.data.packing import (MixedStream, check_packing, documents_per_row, nonpad_fraction, pack_file, pad_naive,
+                               stream_stats, tokenize_lines)
 from lib.modeling.model import auto_device, text_nll
 from lib.train.align_terms import pretrain_with_alignment
 from lib.train.common import final_model, load_start, measured, precision_of, train_spec, trainable_summary
@@ -143,6 +147,7 @@ def packing_comparison(tok, lines: list[str], block_size: int) -> dict:
 
 def run(cfg: Any) -> dict:
     check_method(cfg)
+    check_packing(cfg.packing)
     model, tok, start = load_for_method(cfg)
     ko_eval = read_lines(cfg.path(cfg.heldout_ko), limit=cfg.max_eval_lines)
     en_eval = read_lines(cfg.path(cfg.heldout_en), limit=cfg.max_eval_lines)
@@ -151,8 +156,10 @@ def run(cfg: Any) -> dict:
     en_blocks, en_rep = pack_file(tok, en_file, cfg.block_size)
     ratios = {"ko": cfg.ko_ratio, "en": 1.0 - cfg.ko_ratio}
     sources = {k: v for k, v in (("ko", ko_blocks), ("en", en_blocks)) if ratios[k] > 0}
+    documents = cfg.packing == "documents"       # BOS starts a document; BOS is then no target
     stream = MixedStream(sources, {k: ratios[k] for k in sources}, batch_size=cfg.batch_size,
-                         grad_accum=cfg.grad_accum, seed=cfg.seed)
+                         grad_accum=cfg.grad_accum, seed=cfg.seed,
+                         bos_token_id=tok.bos_token_id if documents else None, packing=cfg.packing)
     spec = train_spec(cfg)
     n_eval = min(len(ko_eval), cfg.eval_lines_during)
 
@@ -196,6 +203,7 @@ def run(cfg: Any) -> dict:
         "nonpad_fraction": nonpad_fraction(sample),
         "packing_vs_naive": packing_comparison(tok, ko_eval + en_eval, cfg.block_size),
         "packing": {"ko": ko_rep, "en": en_rep}, "stream": stream_stats(stream, spec.steps),
+        "packing_mode": cfg.packing, "documents_per_block": documents_per_row(sample["input_ids"], tok.bos_token_id),
         "curves": {"step": [h["step"] for h in losses], "loss": [h["loss"] for h in losses],
                    **({"info_nce": [h.get("info_nce") for h in losses]} if aligned else {}),
                    "lr": [h["lr"] for h in losses],

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
 
 from lib.core.params import dataclass_values
-from lib.data.packing import qa_documents
+from lib.data.packing import check_packing, document_positions, qa_documents
 from lib.modeling.mcscore import mc_accuracy
 from lib.vocab.sptrain import train_sentencepiece
 from lib.world.files import corpus_documents, file_lines, instruction_texts, lexicon_lines, tokenizer_corpus
@@ -58,6 +58,8 @@ class BaseModelSpec:
     num_layers: int = 4
     num_heads: int = 4
     seq_len: int = 128               # packed block length
+    packing: str = "concat"          # concat: documents see the ones before them in a block | documents: only
+                                     # themselves (positions restart at BOS, BOS no target; lib.data.packing)
     batch_size: int = 8              # small batches: the facts are learned after ~700-900 updates
     steps: int = 1600                # English knowledge accuracy 0.84 at 1200 steps, 0.96 at 1600
     lr: float = 3e-3
@@ -85,6 +87,9 @@ class BaseModelSpec:
         """A spec from a params section; unknown keys fail naming the key."""
         values = dataclass_values(cls, values)
         return cls(**values)
+
+    def __post_init__(self):
+        check_packing(self.packing)
 
 
 def tokens_per_char(model_file: str | Path, lines: list[str]) -> float:
@@ -161,6 +166,18 @@ def packed_blocks(docs: list[list[int]], seq_len: int, rng: random.Random) -> to
     return torch.tensor(stream[:n * seq_len], dtype=torch.long).view(n, seq_len)
 
 
+def lm_batch(blocks: torch.Tensor, packing: str, bos_token_id: int) -> dict:
+    """The model's inputs for packed ``blocks``: every token a target (``concat``), or, with
+    ``documents``, position ids restarting at each BOS, no attention mask (transformers then masks
+    each document off from the others) and no loss on BOS (predicted across a boundary).
+    ``use_cache=False`` matters there: with a key/value cache transformers skips that masking."""
+    if packing == "concat":
+        return {"input_ids": blocks, "labels": blocks}
+    labels = blocks.masked_fill(blocks == bos_token_id, -100)
+    return {"input_ids": blocks, "position_ids": document_positions(blocks, bos_token_id), "labels": labels,
+            "use_cache": False}
+
+
 def lr_at(step: int, spec: BaseModelSpec) -> float:
     """Linear warmup, then cosine decay to ``lr * min_lr_ratio``: the multiplier of ``spec.lr``."""
     if step < spec.warmup_steps:
@@ -209,7 +226,7 @@ def pretrain(model, docs: list[list[int]], spec: BaseModelSpec, progress: bool =
             blocks, cursor = packed_blocks(docs, spec.seq_len, rng), 0
         batch = blocks[cursor:cursor + spec.batch_size]
         cursor += spec.batch_size
-        loss = model(input_ids=batch, labels=batch).loss
+        loss = model(**lm_batch(batch, spec.packing, model.config.bos_token_id)).loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), spec.grad_clip)

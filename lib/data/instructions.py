@@ -75,9 +75,12 @@ def _check_record(rec: Any, where: str) -> dict:
     lang = rec.get("lang")
     if lang is not None and not isinstance(lang, str):
         raise ValueError(f"{where}: 'lang' must be a string like \"ko\", got {lang!r}")
-    return {"instruction": rec["instruction"], "input": inp, "output": rec["output"],
-            "history": [list(t) for t in history], "lang": lang or detect_lang(rec["instruction"]),
-            "lang_given": lang is not None}
+    out = {"instruction": rec["instruction"], "input": inp, "output": rec["output"],
+           "history": [list(t) for t in history], "lang": lang or detect_lang(rec["instruction"]),
+           "lang_given": lang is not None}
+    if "pair" in rec:            # parallel records (lib.data.parallel): the two languages of one item
+        out["pair"] = rec["pair"]
+    return out
 
 
 def read_records(path: str | Path) -> list[dict]:

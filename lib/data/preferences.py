@@ -33,7 +33,7 @@ import numpy as np
 
 from lib.data.instructions import Example, Template, detect_lang, encode
 
-KINDS = ("fact", "language")
+KINDS = ("fact", "language", "consistency")
 
 
 def _read_jsonl(path: Path) -> list[tuple[int, dict]]:
@@ -84,12 +84,17 @@ def eval_questions(facts_file: str | Path) -> set[str]:
     return {r[k].strip() for _, r in _read_jsonl(Path(facts_file)) for k in ("question_en", "question_ko")}
 
 
+def read_entities(entities_file: str | Path) -> list[dict]:
+    """The toy world's ``data/entities.jsonl``: ``{key, category, en, ko, role}`` per entity."""
+    return [e for _, e in _read_jsonl(Path(entities_file))]
+
+
 def toy_pairs(instructions_file: str | Path, entities_file: str | Path, facts_file: str | Path,
               seed: int, exclude: Iterable[str] = ()) -> tuple[list[dict], dict]:
     """The toy world's ``fact`` and ``language`` pairs (module docstring) and a report of counts.
 
     ``exclude``: instructions not to use (besides the evaluated questions, always dropped)."""
-    entities = [e for _, e in _read_jsonl(Path(entities_file))]
+    entities = read_entities(entities_file)
     by_name = {(lang, e[lang]): e for e in entities for lang in ("en", "ko")}
     by_cat: dict[str, list[dict]] = {}
     for e in entities:

@@ -53,7 +53,11 @@ STAGE_INPUTS: dict[str, list[tuple[str, str, Callable[[Mapping], bool]]]] = {
                            ("align_pairs_ko", "text", lambda p: p.get("align_weight", 0) > 0),
                            ("align_pairs_en", "text", lambda p: p.get("align_weight", 0) > 0)],
     "06_instruction_tuning": [("data_files", "instructions", lambda p: True),
-                              ("dpo_pairs", "preferences", lambda p: bool(p.get("dpo")) and p.get("dpo_pairs") != "toy")],
+                              ("parallel_file", "instructions", lambda p: p.get("parallel_share", 0) > 0
+                               or (bool(p.get("dpo")) and p.get("dpo_pairs") == "consistency")),
+                              ("align_pairs_ko", "text", lambda p: p.get("align_weight", 0) > 0),
+                              ("align_pairs_en", "text", lambda p: p.get("align_weight", 0) > 0),
+                              ("dpo_pairs", "preferences", lambda p: bool(p.get("dpo")) and p.get("dpo_pairs") not in ("toy", "consistency"))],
 }
 
 

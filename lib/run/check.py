@@ -64,12 +64,20 @@ def _benchmark(st: StageInputs) -> None:
     CI.extra_tasks(st)
 
 
+def _instruction(st: StageInputs) -> None:
+    CI.instructions(st)
+    if st.values["align_weight"] > 0:
+        st.parallel("align_pairs_ko", "align_pairs_en")
+    if st.values["parallel_share"] > 0 or (st.values["dpo"] and st.values["dpo_pairs"] == "consistency"):
+        CI.parallel_instructions(st)
+
+
 # what each stage checks besides its values, its model specs and its TEXT_FILES / PARALLEL files
 STAGE_CHECKS: dict[str, list[Callable[[StageInputs], None]]] = {
     "01_vocab_merge": [CI.tokenizers],
     "03_stage1_contrastive": [_contrastive],
     "05_stage3_pretrain": [_pretrain],
-    "06_instruction_tuning": [CI.instructions],
+    "06_instruction_tuning": [_instruction],
     "07_benchmark_eval": [_benchmark],
 }
 

@@ -21,6 +21,7 @@ from lib.core.sources import is_hub
 from lib.core.stage import Config
 from lib.data.corpus import parse_corpus
 from lib.data.instructions import detect_lang, hangul_share, load_instructions, read_records
+from lib.data.parallel import read_parallel as read_parallel_instructions
 from lib.data.preferences import read_pairs as read_preference_pairs
 from lib.data.wordpairs import read_pairs as read_word_pairs
 from lib.eval import extratasks as XT
@@ -279,6 +280,9 @@ def instructions(st: StageInputs) -> None:
 def preference_pairs(st: StageInputs) -> None:
     """06's ``dpo_pairs``: the toy world's (only where 00 builds one) or a readable JSONL file."""
     value = st.values["dpo_pairs"]
+    if value == "consistency":
+        st.file("entities_file")                   # the parallel file: parallel_instructions
+        return
     if value == "toy":
         if not st.toy_profile() and not st.base_model_wrong():
             st.problem("dpo_pairs", "'toy' builds pairs from the toy world, which this run does not build "
@@ -291,6 +295,18 @@ def preference_pairs(st: StageInputs) -> None:
         read_preference_pairs(path)
     except (ValueError, FileNotFoundError) as e:
         st.problem("dpo_pairs", str(e))
+
+
+def parallel_instructions(st: StageInputs) -> None:
+    """06's ``parallel_file`` (for ``parallel_share`` or consistency pairs): items of one English
+    and one Korean record (lib.data.parallel.read_parallel)."""
+    path = st.file("parallel_file")
+    if path is None:
+        return
+    try:
+        read_parallel_instructions(path)
+    except (ValueError, FileNotFoundError) as e:
+        st.problem("parallel_file", str(e))
 
 
 def record_text(rec: Any) -> str:

@@ -13,7 +13,8 @@ from lib.data.packing import PACKING_MODES
 from lib.eval import extratasks, rules
 from lib.modeling import model, represent
 from lib.modeling.model import cuda_missing_message
-from lib.train import align_terms, chatvector, contrastive, dpo, head, pretrain, sft
+from lib.data import parallel
+from lib.train import align_terms, chatvector, contrastive, dpo, head, pretrain, retention, sft
 from lib.train.loop import TrainSpec
 from lib.vocab import merge, oracle
 from lib.world import basemodel, clone
@@ -103,6 +104,10 @@ KEY_RULES: dict[str, Callable[[Any], str | None]] = {
     "chat_vector_when": one_of(lambda: sft.CHAT_VECTOR_WHEN),
     "chat_vector_rows": one_of(lambda: chatvector.ROWS_POLICIES),
     "dpo_method": one_of(lambda: dpo.DPO_METHODS),
+    "freeze": lambda v: next((why for _, why in retention.retention_problems({"freeze": v})), None),
+    "interpolate": in_range(0, 1),
+    "parallel_share": in_range(0, 1, hi_open=True),
+    "parallel_mode": one_of(lambda: parallel.MODES),
     "dpo_beta": in_range(0, lo_open=True), "dpo_lr": in_range(0, lo_open=True), "dpo_heldout": in_range(0, 1, hi_open=True),
     "dpo_batch_size": in_range(1), "dpo_grad_accum": in_range(1), "dpo_steps": in_range(1),
     "prediction": raises(rules.check_rule),
@@ -126,7 +131,7 @@ for _k in ("warmup_steps", "save_every", "eval_every", "max_pairs", "eval_pairs"
            "group_by_length", "align_weight", "n_boot", "rep_pairs", "limit", "num_fewshot", "max_examples",
            "eval_examples", "match_examples", "umap_pairs_linked", "num_threads", "base_vocab_size", "loss_chunk_tokens",
            "qa_repeats", "model_seed", "seed", "dpo_max_pairs", "dpo_warmup_steps", "dpo_eval_every",
-           "dpo_save_every"):
+           "dpo_save_every", "freeze_layers"):
     KEY_RULES[_k] = NON_NEGATIVE
 
 

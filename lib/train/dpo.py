@@ -49,6 +49,7 @@ from lib.data.instructions import Example, collate
 from lib.modeling.chunked_ce import DEFAULT_CHUNK_TOKENS, token_nll
 from lib.modeling.model import pad_id_of
 from lib.train.common import load_start, measured, precision_of, train_spec, trainable_summary
+from lib.train.consistency import consistency_pairs
 from lib.train.loop import train
 from lib.train.pretrain import merged_saver
 
@@ -197,9 +198,19 @@ def spec_of(cfg: Any):
     return train_spec(sub)
 
 
-def load_pairs(cfg: Any, exclude: Sequence[str] = ()) -> tuple[list[dict], dict]:
-    """06's preference pairs: the toy world's (``dpo_pairs: toy``) or a JSONL file's."""
-    if cfg.dpo_pairs == "toy":
+def load_pairs(cfg: Any, exclude: Sequence[str] = (), model=None, tok=None, template=None
+               ) -> tuple[list[dict], dict]:
+    """06's preference pairs: the toy world's (``dpo_pairs: toy``), consistency pairs from the
+    parallel file answered by ``model`` (``consistency``, :mod:`lib.train.consistency`), or a JSONL
+    file's."""
+    if cfg.dpo_pairs == "consistency":
+        facts = cfg.path("{toy}/eval/facts.jsonl")
+        facts = facts if cfg.get("base_model") == "toy" and facts.exists() else None
+        with measured(cfg):
+            pairs, rep = consistency_pairs(model, tok, template, cfg.path(cfg.parallel_file),
+                                           cfg.path(cfg.entities_file), facts, cfg.seed, exclude=exclude)
+        rep["source"] = "consistency"
+    elif cfg.dpo_pairs == "toy":
         pairs, rep = P.toy_pairs(cfg.path("{toy}/data/instructions.jsonl"), cfg.path("{toy}/data/entities.jsonl"),
                                  cfg.path("{toy}/eval/facts.jsonl"), cfg.seed, exclude=exclude)
         rep["source"] = "toy"
@@ -246,9 +257,9 @@ def train_dpo(cfg: Any, sft_dir: Path, template, exclude: Sequence[str] = ()) ->
     """Train DPO from ``sft_dir`` into ``<stage>/dpo/``; returns what 06's metrics record
     (``model`` is the trained policy, in eval mode, for the caller to inspect and free)."""
     check_dpo(cfg)
-    pairs, source = load_pairs(cfg, exclude)
-    train_pairs, held_pairs = P.split_pairs(pairs, cfg.dpo_heldout, cfg.seed)
     model, tok = load_policy(cfg, sft_dir)
+    pairs, source = load_pairs(cfg, exclude, model, tok, template)
+    train_pairs, held_pairs = P.split_pairs(pairs, cfg.dpo_heldout, cfg.seed)
     pad, chunk = pad_id_of(tok), cfg.loss_chunk_tokens
     train_enc, train_pairs, train_rep = P.encode_pairs(tok, train_pairs, template, cfg.max_len)
     held_enc, held_pairs, held_rep = P.encode_pairs(tok, held_pairs, template, cfg.max_len)

@@ -54,6 +54,8 @@ from lib.data.instructions import (
     template_from,
 )
 from lib.data.packing import MixedStream
+from lib.data.parallel import parallel_records, read_parallel
+from lib.data.preferences import eval_questions
 from lib.modeling.generate import greedy
 from lib.modeling.chunked_ce import DEFAULT_CHUNK_TOKENS, token_nll
 from lib.modeling.model import load_model, pad_id_of, save_model
@@ -63,7 +65,9 @@ from lib.train.common import final_model, load_measured, measured, precision_of,
 from lib.train.dpo import check_dpo
 from lib.train.head import clm_loss_fn
 from lib.train.loop import train
+from lib.train.align_terms import pretrain_with_alignment
 from lib.train.pretrain import check_method, load_for_method, merged_saver
+from lib.train.retention import check_retention, freeze, interpolate
 
 CHAT_VECTOR_WHEN = ("before", "after")
 
@@ -246,9 +250,27 @@ def _on_main(fn):
     return out
 
 
+def add_parallel(cfg: Any, train_recs: list[dict], held_recs: list[dict]) -> tuple[list[dict], dict | None]:
+    """``train_recs`` plus the parallel records that make ``parallel_share`` of them
+    (:mod:`lib.data.parallel`); never a held-out record's question nor, on the toy world, an
+    evaluated one."""
+    if not cfg.parallel_share:
+        return train_recs, None
+    exclude = {r["instruction"] for r in held_recs}
+    facts = cfg.path("{toy}/eval/facts.jsonl")
+    if cfg.get("base_model") == "toy" and facts.exists():   # (a unit test's toy run may have no 00)
+        exclude |= eval_questions(facts)
+    items = [(en, ko) for en, ko in read_parallel(cfg.path(cfg.parallel_file))
+             if en["lang"] in cfg.languages and ko["lang"] in cfg.languages]
+    extra, report = parallel_records(items, cfg.parallel_share, len(train_recs), cfg.seed, cfg.parallel_mode,
+                                     exclude)
+    return train_recs + extra, {**report, "file": str(cfg.path(cfg.parallel_file))}
+
+
 def run(cfg: Any) -> dict:
     check_method(cfg)
     check_dpo(cfg)
+    check_retention(cfg)
     use_cv = chat_vector_enabled(cfg)
     when = cfg.chat_vector_when if use_cv else None
     template = template_from(cfg)
@@ -256,6 +278,7 @@ def run(cfg: Any) -> dict:
                                              cfg.max_examples)
     train_recs, held_recs = (split_heldout(records, cfg.eval_examples, cfg.seed) if cfg.eval_examples
                              else (records, []))
+    train_recs, parallel_report = add_parallel(cfg, train_recs, held_recs)
     start = cfg.model_from(cfg.init_from)
     run_cfg, cv_report = cfg, None
     if when == "before":         # tune the starting model plus the vector
@@ -264,6 +287,7 @@ def run(cfg: Any) -> dict:
         run_cfg = Config(cfg)
         run_cfg["init_from"] = str(cv_dir)
     model, tok, model_start = load_for_method(run_cfg)
+    frozen = freeze(model, cfg.freeze, cfg.freeze_layers) if (cfg.freeze or cfg.freeze_layers) else None
     tok.chat_template = jinja_template(template, tok)     # saved with every checkpoint and model/
     examples, enc_report = encode(tok, train_recs, template, cfg.max_len, cfg.loss_on_history)
     held, _ = encode(tok, held_recs, template, cfg.max_len, cfg.loss_on_history)
@@ -290,9 +314,13 @@ def run(cfg: Any) -> dict:
     eval_fn = (lambda: response_loss(model, held, pad, cfg.batch_size, cfg.loss_chunk_tokens)) if held else None
     t0 = time.time()
     loss_fn = partial(clm_loss_fn, chunk_tokens=cfg.loss_chunk_tokens)     # response tokens only, chunked
-    result = train([model], stream.batch, loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
+    modules, batch_at, tokens_in, aligned = [model], stream.batch, (lambda b: int(b["attention_mask"].sum())), None
+    if cfg.align_weight > 0:    # stage 1's contrastive term kept, as 05 keeps it (lib.train.align_terms)
+        modules, batch_at, loss_fn, aligned = pretrain_with_alignment(cfg, model, tok, stream)
+        tokens_in = lambda b: int(b["clm"]["attention_mask"].sum())  # noqa: E731
+    result = train(modules, batch_at, loss_fn, spec, cfg.stage_dir, eval_fn=eval_fn,
                    save_fn=merged_saver(run_cfg, model, tok, model_start),
-                   tokens_in=lambda b: int(b["attention_mask"].sum()), desc=f"06 SFT ({cfg.method})")
+                   tokens_in=tokens_in, desc=f"06 SFT ({cfg.method})")
     seconds = time.time() - t0
     trainable = trainable_summary(model)
     del model
@@ -303,6 +331,9 @@ def run(cfg: Any) -> dict:
         with measured(cfg):
             sft_only = generate(load_measured(cfg, final_dir)[0], tok, template, requests, cfg.max_new_tokens)
         cv_report = _on_main(lambda: add_chat_vector(cfg, final_dir, final_dir))
+    merged_back = None
+    if cfg.interpolate < 1.0:    # post-hoc merge back toward the starting model (lib.train.retention)
+        merged_back = _on_main(lambda: interpolate(start, final_dir, cfg.interpolate, cfg.get("device", "auto")))
     after = look(load_measured(cfg, final_dir)[0])
     dpo_metrics = dpo_after = None
     if cfg.dpo:                  # the tuned model becomes sft_model/ and DPO's result model/
@@ -345,12 +376,15 @@ def run(cfg: Any) -> dict:
         "loss": {"first": losses[0]["loss"], "last": losses[-1]["loss"]},
         "heldout_loss": {"before": before["held"], "after": after["held"]},
         "curves": {"step": [h["step"] for h in losses], "loss": [h["loss"] for h in losses],
+                   **({"info_nce": [h.get("info_nce") for h in losses]} if aligned else {}),
                    "lr": [h["lr"] for h in losses], "eval_step": [e["step"] for e in evals],
                    **{f"eval_{k}": [e["eval"][k] for e in evals] for k in (evals[0]["eval"] if evals else {})}},
         "generations": generations,
         "exact_match": {k: {"before": before["match"][k], "after": after["match"][k],
                             **({"dpo": dpo_after["match"][k]} if dpo_after else {})} for k in match_sets},
         "dpo": dpo_metrics,
+        "retention": {"frozen": frozen, "parallel": parallel_report, "alignment": aligned,
+                      "align_weight": cfg.align_weight, "interpolate": merged_back},
         "chat_vector": (None if cv_report is None else
                         {"when": when, "base": cfg.chat_vector_base, "instruct": cfg.chat_vector_instruct,
                          "weight": cfg.chat_vector_weight, **summary(cv_report), "report": cv_report}),

@@ -25,9 +25,11 @@ KOREAN_TEXT_FILES = ("data/bridge_train.ko", "data/heldout_pairs.ko", "data/ko_m
                      "data/stage3_ko.txt", "data/sample.ko")
 # Every file a stage trains on (the evaluated questions must be in none of them, in any language).
 TRAINING_FILES = ("data/en_pretrain.txt", "data/bridge_train.en", "data/bridge_train.ko", "data/ko_mono.txt",
-                  "data/stage3_ko.txt", "data/stage3_en.txt", "data/instructions.jsonl", "data/sample.en",
-                  "data/sample.ko")
+                  "data/stage3_ko.txt", "data/stage3_en.txt", "data/instructions.jsonl",
+                  "data/instructions_parallel.jsonl", "data/sample.en", "data/sample.ko")
 INSTRUCTIONS_FILE = "data/instructions.jsonl"
+PARALLEL_INSTRUCTIONS_FILE = "data/instructions_parallel.jsonl"
+INSTRUCTION_FILES = (INSTRUCTIONS_FILE, PARALLEL_INSTRUCTIONS_FILE)   # JSONL records, checked whole
 FACTS_FILE = "eval/facts.jsonl"
 WORD_MAP_FILE = "data/word_map.jsonl"
 
@@ -120,17 +122,19 @@ def korean_training_lines(world_or_dir: World | str | Path):
         for rel in KOREAN_TEXT_FILES:
             for i, line in enumerate(world_or_dir.texts.get(rel, []), 1):
                 yield rel, i, line
-        for i, rec in enumerate(world_or_dir.records.get(INSTRUCTIONS_FILE, []), 1):
-            yield INSTRUCTIONS_FILE, i, record_text(rec)
+        for rel in INSTRUCTION_FILES:
+            for i, rec in enumerate(world_or_dir.records.get(rel, []), 1):
+                yield rel, i, record_text(rec)
         return
     root = Path(world_or_dir)
     for rel in KOREAN_TEXT_FILES:
         if (root / rel).exists():
             for i, line in enumerate(file_lines(root / rel), 1):
                 yield rel, i, line
-    if (root / INSTRUCTIONS_FILE).exists():
-        for i, rec in enumerate(read_jsonl(root / INSTRUCTIONS_FILE), 1):
-            yield INSTRUCTIONS_FILE, i, record_text(rec)
+    for rel in INSTRUCTION_FILES:
+        if (root / rel).exists():
+            for i, rec in enumerate(read_jsonl(root / rel), 1):
+                yield rel, i, record_text(rec)
 
 
 def _finder(forms: list[str]):

@@ -79,6 +79,7 @@ def fill_splits(world: World) -> None:
     world.texts["data/sample.en"] = [en for en, _ in sample]
     world.texts["data/sample.ko"] = [ko for _, ko in sample]
     world.records["data/instructions.jsonl"] = instructions(world, train, rng("instructions"))
+    world.records["data/instructions_parallel.jsonl"] = parallel_instructions(world)
     rows = questions(world, rng("questions"))
     world.records.update(rows)
 
@@ -193,6 +194,21 @@ def instructions(world: World, train_pairs: list[tuple[str, str]], rng: random.R
             recs.append(rec)
         out += recs
     rng.shuffle(out)
+    return out
+
+
+def parallel_instructions(world: World) -> list[dict]:
+    """Every QA-trained bridge fact as a question in both languages: two records (English, then
+    Korean) that share ``pair``, the answer the bare entity. Stage 06 draws from them when asked to
+    give a share of its instructions in both languages (``parallel_share``) and builds consistency
+    preference pairs from them; they name bridge people only (QA is trained on nobody else), so no
+    evaluated question is among them (validity rule 1 checks the file as it checks the others).
+    Deterministic: no draw, so adding the file moved no other split."""
+    out = []
+    for k, fact in enumerate(world.bridge_facts):
+        for lang in ("en", "ko"):
+            out.append({"instruction": question_text(world, fact, lang), "input": "",
+                        "output": world.surface(fact.object, lang), "lang": lang, "pair": k})
     return out
 
 

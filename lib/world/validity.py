@@ -24,7 +24,7 @@ from lib.core.prompts import QA_STARTS
 
 from .files import (
     FACTS_FILE,
-    INSTRUCTIONS_FILE,
+    INSTRUCTION_FILES,
     KOREAN_TEXT_FILES,
     TRAINING_FILES,
     file_lines,
@@ -43,7 +43,7 @@ def training_texts(root: Path) -> dict[str, list[str]]:
     for rel in TRAINING_FILES:
         if not (root / rel).exists():
             continue
-        if rel == INSTRUCTIONS_FILE:
+        if rel in INSTRUCTION_FILES:
             out[rel] = ["\n".join(str(r.get(k, "")) for k in ("instruction", "input", "output"))
                         for r in read_jsonl(root / rel)]
         else:

@@ -320,6 +320,7 @@ def expected_counts(spec: WorldSpec) -> dict[str, int]:
         "data/stage3_ko.txt": spec.n_stage3_ko,
         "data/stage3_en.txt": spec.n_stage3_en,
         "data/instructions.jsonl": 2 * spec.n_instructions,
+        "data/instructions_parallel.jsonl": 2 * n_qa,
         "data/en_pretrain.txt": en_core + spec.n_mention_pairs,
     }
 

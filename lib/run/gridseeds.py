@@ -95,11 +95,6 @@ def problems(raw: dict, at: Callable[..., str]) -> list[str]:
             out.append(f"{at('reference')}: 'reference' needs 'seeds': the differences are paired over seeds")
     if isinstance(seeds, list) and seeds:
         out += _seed_set_by_hand(raw, at, chosen_stages(stages))
-        names = [replicate(str(c), s) for c in conds for s in dict.fromkeys(seeds) if isinstance(s, int)]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if twice:
-            out.append(f"{at('conditions')}: replicate run names {', '.join(twice)} would be made twice "
-                       f"(a condition named <other>-s<seed>); rename that condition")
     return out
 
 

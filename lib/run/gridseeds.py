@@ -145,9 +145,9 @@ def over_seeds(rows: list[dict], reference: str | None = None, level: float = 0.
             mi = mean_interval([r.get(m) for r in rs], level)
             row.update({m: mi["mean"], f"{m}_sd": mi["sd"], f"{m}_lo": mi["lo"], f"{m}_hi": mi["hi"],
                         f"{m}_n": mi["n"]})
-        row["per_seed"] = [{k: r.get(k) for k in ("seed", "run", "n", *METRICS, "acc_ko_lo", "acc_ko_hi",
-                                                     "kappa_lo", "kappa_hi", "transfer_ratio_lo",
-                                                     "transfer_ratio_hi")} for r in rs]
+        row["per_seed"] = [{k: r.get(k) for k in ("seed", "run", "n", *METRICS,
+                                                     *(f"{m}_{e}" for m in METRICS for e in ("lo", "hi")))}
+                           for r in rs]
         ref = {r["seed"]: r for r in groups.get((reference, model), [])} if reference else {}
         if ref and cond != reference:
             row["vs_reference"] = {"reference": reference}

@@ -110,9 +110,9 @@ def figure(table: list[dict], path: Path | None = None):
             if not mine:
                 continue
             ys = [i - 0.35 + width * (k + 0.5) for i, _ in mine]
-            for y, (_, r) in zip(ys, mine):          # each seed's own value
+            for y, (_, r) in zip(ys, mine):          # each seed's own value, just below its mean
                 pts = [s.get(m) for s in r.get("per_seed", []) if s.get(m) is not None]
-                ax.plot(pts, [y] * len(pts), "o", ms=2.5, alpha=0.5, color=colours[stage], mfc="none")
+                ax.plot(pts, [y + 0.3 * width] * len(pts), "o", ms=3, alpha=0.6, color=colours[stage])
             vals, lo, hi = zip(*(_bar(r, m) for _, r in mine))
             ax.errorbar(vals, ys, xerr=[lo, hi], fmt="D" if seeded else "o", ms=4, color=colours[stage],
                         capsize=2, label=stage)

@@ -24,7 +24,7 @@ only 04 or later). A finished condition is not rerun, and an interrupted grid re
 sets ``seed`` in the stages that train after the instrument (03-06; ``seed_stages:`` to choose)
 and runs as ``outputs/<grid>/<name>-s<seed>/``; 00 (the toy world and its base model) and 01-02
 keep the profile's seed, so they are one instrument, run once for the whole grid, and the chain
-ids share the rest seed by seed. ``--only`` names conditions (every seed of each).
+ids share the rest seed by seed. ``--only`` names conditions (every seed of each) or replicates.
 ``reference: <condition>`` adds the paired differences against it on the same seeds.
 
 Before anything runs (``--slurm`` too) the grid file is read strictly and every condition to run
@@ -55,8 +55,9 @@ from lib.core.params import ParamsError, Profile, load_profile, read_yaml, stage
 from lib.core.runfolder import BadRunName, run_folder
 from lib.run import gridseeds
 from lib.run.check import check_profile
-from lib.run.gridtable import (CELL, collect, figure, final_of_conditions, markdown,  # noqa: F401 (the table,
-                               stage_rows, write_outputs)                           # here as before)
+# the table and figure (lib.run.gridtable), importable from here as before
+from lib.run.gridtable import (CELL, collect, figure, final_of_conditions, markdown,  # noqa: F401
+                               stage_rows, write_outputs)
 from lib.run.pipeline import run_pipeline
 from lib.run.stages import select_stages
 
@@ -84,7 +85,6 @@ class Grid:
     def runs(self) -> dict[str, tuple[str, int | None]]:
         """Run name -> (condition, seed): the conditions, or with seeds their replicates."""
         return gridseeds.runs(self.conditions, self.seeds)
-
 
     def where(self, *key: str) -> str:
         """``file:line`` of a key of the grid file (its first line when the key is not written)."""

@@ -183,7 +183,8 @@ def test_every_structural_problem_of_a_grid_file_at_once_at_its_line(tmp_path, o
     with pytest.raises(ParamsError) as e:
         G.load_grid(f)
     assert e.value.problems == [
-        f"{f}:3: unknown key 'extra' (a grid has base, defaults, conditions, name, slurm)",
+        f"{f}:3: unknown key 'extra' (a grid has base, defaults, conditions, name, slurm, "
+        "seeds, seed_stages, reference)",
         f"{f}:2: name '../../x' must be a folder name under {outputs.resolve()} (no '..', not absolute): "
         "the grid writes outputs/<name>/",
         f"{f}:5: section '05_stage3_pretrain' must be a mapping of key: value, got 3",

@@ -46,7 +46,8 @@ def main(argv: list[str] | None = None) -> int:
     ct.add_argument("--ngram", type=int, default=8, help="words per n-gram (default 8)")
     g = sub.add_parser("grid", help="run a grid of conditions sharing identical stages (lib.run.grid)")
     g.add_argument("grid", help="a grid YAML, e.g. params/grids/toy_transfer.yaml")
-    g.add_argument("--only", help="comma-separated condition names")
+    g.add_argument("--only", help="comma-separated condition names (with seeds: every seed of each), or replicates "
+                   "such as recipe-s2")
     g.add_argument("--slurm", action="store_true", help="check the grid, write sbatch scripts (lib.run.gridslurm) for "
                    "it (or the --only conditions) and print the submit command; runs and submits nothing")
     args = ap.parse_args(argv)

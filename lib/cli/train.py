@@ -54,6 +54,9 @@ def train(args: argparse.Namespace, stage: str, module: str, main_rank: bool) ->
         if not main_rank:               # the other ranks write under rank 0's lock
             os.environ[HELD_ENV] = str(rd.resolve())
         command = f"python -m lib.train {args.stage} {prof.path.name}"
+        if prof.torch_threads():        # as the pipeline runs it (pipeline: {torch_threads: N})
+            import torch
+            torch.set_num_threads(prof.torch_threads())
         with run_lock(rd, command) if main_rank else nullcontext():
             cfg = resolve(stage, stage_params(prof, stage, run))
             metrics = importlib.import_module(module).run(cfg)

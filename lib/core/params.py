@@ -6,6 +6,7 @@ A profile looks like::
     pipeline:
       skip: [03]               # optional: stages this profile leaves out (the no-stage-1 control)
       share: {run: toy, stages: [00, 01, 02]}   # optional: link another run's identical stages
+      torch_threads: 1         # optional: torch's CPU threads in every stage (0: torch's default)
     common:                    # passed to every notebook that declares the key
       base_model: toy
     01_vocab_merge:            # one section per notebook, named by its stem
@@ -167,6 +168,11 @@ class Profile:
     def skipped(self) -> list[str]:
         """Stages the profile leaves out (``pipeline: {skip: [03]}``), as two-digit prefixes."""
         return [str(v).zfill(2)[:2] for v in self.sections.get("pipeline", {}).get("skip", [])]
+
+    def torch_threads(self) -> int:
+        """``pipeline: {torch_threads: N}``: torch's threads in every stage (0: torch's default)."""
+        n = self.sections.get("pipeline", {}).get("torch_threads", 0)
+        return n if isinstance(n, int) and not isinstance(n, bool) and n > 0 else 0
 
     def where(self, section: str, key: str | None = None) -> str:
         """``file:line`` of a key (or a section) as written, for error messages."""
@@ -349,8 +355,14 @@ def profile_problems(prof: Profile, stages: list[str], value_rules: dict | None 
                         problems.append(f"{where}: pipeline.share must be {{run: NAME, stages: [00, 01]}}, "
                                         f"got {value!r}")
                     continue
+                if key == "torch_threads":
+                    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                        problems.append(f"{where}: pipeline.torch_threads must be an integer >= 0 (0: torch's "
+                                        f"default), got {value!r}")
+                    continue
                 if key != "skip":
-                    problems.append(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip, share)")
+                    problems.append(f"{where}: unknown key '{key}' in section 'pipeline' (known: skip, share, "
+                                    "torch_threads)")
                 elif not isinstance(value, list) or not all(
                         any(str(v).zfill(2) == st[:2] or str(v) == st for st in known) for v in value):
                     problems.append(f"{where}: pipeline.skip must be a list of stages (e.g. [03]), "

@@ -11,11 +11,13 @@ A stage whose ``DONE`` exists is finished: ``resolve`` refuses to touch it, the 
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from lib.core import paths
 from lib.core.hashing import config_hash
@@ -116,7 +118,8 @@ def resolve(stage: str, namespace: dict[str, Any]) -> Config:
     write_json(sd / "config.json", {
         "stage": stage, "params": values, "config_hash": config_hash(values),
         "seed": values.get("seed"), "versions": versions(), "git": git_state(),
-        "torch_threads": torch_threads(),    # CPU training numbers depend on it (summation order)
+        "torch_threads": torch_threads(),    # CPU training numbers may depend on it (summation order)
+        "cpu_capability": cpu_capability(),  # ... and do on the vector instruction set (docs/results.md)
     })
     return cfg
 
@@ -144,9 +147,37 @@ def versions() -> dict[str, str]:
 
 def torch_threads() -> int:
     """Torch's intra-op threads: on a CPU the float summation order, and so the trained weights,
-    depend on it, so a run records it (set ``OMP_NUM_THREADS`` to reproduce another machine's)."""
+    may depend on it, so a run records it (``pipeline: {torch_threads: N}`` sets it for every stage)."""
     import torch
     return torch.get_num_threads()
+
+
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use (``AVX512``, ``AVX2``, ...): the same
+    stage trains to other weights under another one (``ATEN_CPU_CAPABILITY=avx2`` pins it)."""
+    import torch
+    return torch.backends.cpu.get_cpu_capability()
+
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+
+
+@contextmanager
+def threads_env(n: int) -> Iterator[None]:
+    """Processes started inside the block (a notebook's kernel) use ``n`` torch threads: torch
+    takes its default from OMP_NUM_THREADS / MKL_NUM_THREADS, set here and restored after; ``n`` 0
+    leaves the environment as it is."""
+    before = {k: os.environ.get(k) for k in THREAD_ENV}
+    if n:
+        os.environ.update(dict.fromkeys(THREAD_ENV, str(n)))
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def git_state() -> dict[str, Any]:

@@ -1,7 +1,8 @@
 """Paired statistics of two prediction vectors (English and Korean answers to the same items):
 accuracy per language, agreement, Cohen's kappa, the both-right / both-wrong split, the transfer
 ratio, and seeded percentile-bootstrap intervals; one bootstrap and one interval format for the
-whole project (07's tables, 08, the judge, extra-task deltas).
+whole project (07's tables, 08, the judge, extra-task deltas). Across training runs (a grid's
+seeds): the mean with its t-interval (:func:`mean_interval`).
 
     m = paired_metrics([Item(id, gold, pred_en, pred_ko), ...], n_boot=1000, seed=0)
     fmt_ci(m["kappa"], *m["kappa_ci"])        # '0.412 [0.35, 0.47]'
@@ -120,3 +121,55 @@ def fmt_ci(value: Any, lo: Any = None, hi: Any = None, digits: int = 3, ci_digit
     num = f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
     cd = digits if ci_digits is None else ci_digits
     return f"{num} [{lo:.{cd}f}, {hi:.{cd}f}]" if ok(lo) and ok(hi) else num
+
+
+def t_quantile(p: float, df: int) -> float:
+    """The ``p`` quantile of Student's t with ``df`` (integer >= 1) degrees of freedom, e.g.
+    ``t_quantile(0.975, 2) = 4.3027...``: bisection on the closed-form CDF of integer df
+    (Abramowitz & Stegun 26.7.3-4), so no scipy is needed; exact to ~1e-12."""
+    if df < 1 or not 0 < p < 1:
+        raise ValueError(f"t_quantile needs df >= 1 and 0 < p < 1, got df={df}, p={p}")
+
+    def cdf(t: float) -> float:
+        theta = math.atan(t / math.sqrt(df))
+        c2, term, acc = math.cos(theta) ** 2, 1.0, 1.0
+        if df % 2:          # odd df: A = 2/pi (theta + sin cos (1 + 2/3 cos^2 + ...))
+            for k in range(1, (df - 1) // 2):
+                term *= c2 * (2 * k) / (2 * k + 1)
+                acc += term
+            a = 2 / math.pi * (theta + (math.sin(theta) * math.cos(theta) * acc if df > 1 else 0.0))
+        else:               # even df: A = sin (1 + 1/2 cos^2 + 1.3/2.4 cos^4 + ...)
+            for k in range(1, df // 2):
+                term *= c2 * (2 * k - 1) / (2 * k)
+                acc += term
+            a = math.sin(theta) * acc
+        return 0.5 + a / 2              # A(t) = P(-t < T < t), signed with t
+    lo, hi = -1.0, 1.0
+    while cdf(lo) > p:
+        lo *= 2
+    while cdf(hi) < p:
+        hi *= 2
+    for _ in range(200):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) < p else (lo, mid)
+        if hi - lo < 1e-13 * max(1.0, abs(mid)):
+            break
+    return (lo + hi) / 2
+
+
+def mean_interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+    """Mean of independent runs (one value per seed) with its t-interval: ``mean ±
+    t((1 + level) / 2, n - 1) * sd / sqrt(n)``, ``sd`` the sample standard deviation (n - 1).
+    Values that are not finite numbers (None, NaN: a metric undefined in that run) are left out;
+    ``n`` counts the rest. One value: no interval (``sd``, ``lo``, ``hi`` NaN); none: all NaN."""
+    vals = [float(v) for v in values if isinstance(v, (int, float)) and math.isfinite(v)]
+    n = len(vals)
+    nan = float("nan")
+    if n == 0:
+        return {"mean": nan, "sd": nan, "lo": nan, "hi": nan, "n": 0}
+    mean = math.fsum(vals) / n
+    if n == 1:
+        return {"mean": mean, "sd": nan, "lo": nan, "hi": nan, "n": 1}
+    sd = math.sqrt(math.fsum((v - mean) ** 2 for v in vals) / (n - 1))
+    half = t_quantile((1 + level) / 2, n - 1) * sd / math.sqrt(n)
+    return {"mean": mean, "sd": sd, "lo": mean - half, "hi": mean + half, "n": n}

@@ -20,6 +20,13 @@ condition that runs a chain id owns the folder; later conditions link to it inst
 again (the toy world and 01-02 once for the whole grid; 03 once for every condition that changes
 only 04 or later). A finished condition is not rerun, and an interrupted grid resumes.
 
+``seeds: [1, 2, 3]`` replicates every condition once per seed (lib.run.gridseeds): each replicate
+sets ``seed`` in the stages that train after the instrument (03-06; ``seed_stages:`` to choose)
+and runs as ``outputs/<grid>/<name>-s<seed>/``; 00 (the toy world and its base model) and 01-02
+keep the profile's seed, so they are one instrument, run once for the whole grid, and the chain
+ids share the rest seed by seed. ``--only`` names conditions (every seed of each) or replicates.
+``reference: <condition>`` adds the paired differences against it on the same seeds.
+
 Before anything runs (``--slurm`` too) the grid file is read strictly and every condition to run
 is checked as ``check`` checks a profile (:func:`checked`): every problem at once, at the grid
 file's line, with the conditions it concerns.
@@ -27,7 +34,8 @@ file's line, with the conditions it concerns.
 After the runs, ``grid.md`` / ``grid.json`` hold, per condition and stage model, the knowledge
 cell's transfer ratio and kappa with 95% intervals (from each condition's 08 ``summary.json``),
 the controls first; ``figures/grid.png`` draws each condition's stage models (03 to the last)
-with the controls as reference bands.
+with the controls as reference bands (lib.run.gridtable). With seeds: the mean over seeds with a
+run-level 95% t-interval, each seed's value, and the differences against ``reference``.
 """
 from __future__ import annotations
 
@@ -44,17 +52,16 @@ from lib.core import paths
 from lib.core.hashing import config_hash
 from lib.core.io import read_json, write_json, write_text
 from lib.core.params import ParamsError, Profile, load_profile, read_yaml, stage_params
-from lib.core.plots import save
 from lib.core.runfolder import BadRunName, run_folder
-from lib.core.stats import fmt_ci
+from lib.run import gridseeds
 from lib.run.check import check_profile
+# the table and figure (lib.run.gridtable), importable from here as before
+from lib.run.gridtable import (CELL, collect, figure, final_of_conditions, markdown,  # noqa: F401
+                               stage_rows, write_outputs)
 from lib.run.pipeline import run_pipeline
 from lib.run.stages import select_stages
 
-CELL = "knowledge"
-
-
-GRID_KEYS = ("base", "defaults", "conditions", "name", "slurm")
+GRID_KEYS = ("base", "defaults", "conditions", "name", "slurm", *gridseeds.KEYS)
 
 
 @dataclass
@@ -66,10 +73,18 @@ class Grid:
     conditions: dict[str, dict]
     slurm: dict
     lines: dict[tuple[str, ...], int] = field(default_factory=dict)     # key path -> line in path
+    seeds: list[int] = field(default_factory=list)                      # [] : one run per condition
+    seed_stages: tuple[str, ...] = gridseeds.SEED_STAGES
+    reference: str | None = None
 
     @property
     def root(self) -> Path:
         return paths.run_dir(self.name)
+
+    @property
+    def runs(self) -> dict[str, tuple[str, int | None]]:
+        """Run name -> (condition, seed): the conditions, or with seeds their replicates."""
+        return gridseeds.runs(self.conditions, self.seeds)
 
     def where(self, *key: str) -> str:
         """``file:line`` of a key of the grid file (its first line when the key is not written)."""
@@ -122,11 +137,13 @@ def load_grid(path: str | Path) -> Grid:
                             f"sections, got {over!r}")
         elif over:
             problems += _section_problems(over, ("conditions", str(cname)), at)
+    problems += gridseeds.problems(raw, at)
     if problems:
         raise ParamsError.of(problems)
     return Grid(path, name, (path.parent / base).resolve(),
                 raw.get("defaults") or {}, {str(k): v or {} for k, v in conds.items()},
-                raw.get("slurm") or {}, lines)
+                raw.get("slurm") or {}, lines, list(raw.get("seeds") or []),
+                gridseeds.chosen_stages(raw.get("seed_stages")), raw.get("reference"))
 
 
 def _section_problems(layer: dict, prefix: tuple[str, ...], at) -> list[str]:
@@ -136,30 +153,36 @@ def _section_problems(layer: dict, prefix: tuple[str, ...], at) -> list[str]:
 
 
 def selected(grid: Grid, only: str | None) -> list[str]:
-    """The conditions ``--only`` names (all when it is not given); an empty or unknown name is an error."""
+    """The runs ``--only`` names (all when it is not given): a condition (with seeds, each of its
+    replicates) or a single replicate (``recipe-s2``: a Slurm task's own); an empty or unknown name
+    is an error."""
     if only is None:
-        return list(grid.conditions)
+        return list(grid.runs)
     names = list(dict.fromkeys(n.strip() for n in only.split(",") if n.strip()))
     if not names:
         raise ParamsError(f"--only {only!r} names no condition; give names such as --only "
                           f"{','.join(list(grid.conditions)[:2])} (conditions: {', '.join(grid.conditions)})")
-    unknown = [n for n in names if n not in grid.conditions]
+    unknown = [n for n in names if n not in grid.conditions and n not in grid.runs]
     if unknown:
         raise ParamsError(f"--only {only}: {grid.path} has no condition {', '.join(unknown)} "
                           f"(conditions: {', '.join(grid.conditions)})")
-    return names
+    return list(dict.fromkeys(r for n in names for r, (c, _) in grid.runs.items() if n in (c, r)))
 
 
 def condition_profile(grid: Grid, name: str) -> Profile:
-    """The condition's profile, its keys located in the grid file (the condition's own line, else
-    the ``defaults`` line) rather than in the generated ``conditions/<name>.yaml``."""
+    """The run's profile (a condition, or one of its replicates), its keys located in the grid
+    file (the condition's own line, else the ``defaults`` line, else for a seed the ``seeds`` line)
+    rather than in the generated ``conditions/<name>.yaml``."""
     f = condition_file(grid, name)
     prof = load_profile(f)
+    cond, seed = grid.runs[name]
     for (section, key), origin in list(prof.origin.items()):
         if origin != f:
             continue
         tail = (section,) if key is None else (section, key)
-        line = grid.lines.get(("conditions", name, *tail)) or grid.lines.get(("defaults", *tail))
+        line = grid.lines.get(("conditions", cond, *tail)) or grid.lines.get(("defaults", *tail))
+        if not line and seed is not None and section in grid.seed_stages and key in ("seed", None):
+            line = grid.lines.get(("seeds",))
         if line:
             prof.origin[(section, key)] = grid.path
             prof.lines[(section, key)] = line
@@ -167,13 +190,15 @@ def condition_profile(grid: Grid, name: str) -> Profile:
 
 
 def check_grid(grid: Grid, names: list[str]) -> list[str]:
-    """Every problem ``check`` finds in the named conditions, one line each at the grid file's (or
-    the base profile's) line, with the conditions it applies to; [] when all are fine."""
+    """Every problem ``check`` finds in the named runs, one line each at the grid file's (or the
+    base profile's) line, with the conditions it applies to; [] when all are fine."""
     found: dict[str, list[str]] = {}
-    for name in names:
-        prof = condition_profile(grid, name)
-        for p in check_profile(prof, select_stages(prof), f"{grid.name}/{name}"):
-            found.setdefault(p, []).append(name)
+    for run in names:
+        prof = condition_profile(grid, run)
+        cond = grid.runs[run][0]
+        for p in check_profile(prof, select_stages(prof), f"{grid.name}/{run}"):
+            if cond not in found.setdefault(p, []):
+                found[p].append(cond)
     def which(ns: list[str]) -> str:
         if len(ns) == len(grid.conditions) > 1:
             return "every condition"
@@ -182,18 +207,22 @@ def check_grid(grid: Grid, names: list[str]) -> list[str]:
 
 
 def overlay(grid: Grid, name: str) -> dict:
-    """``defaults`` then the condition, merged section by section (a key in both: the condition's)."""
+    """``defaults`` then the condition, merged section by section (a key in both: the condition's);
+    for a replicate then its seed in the seed stages."""
+    cond, seed = grid.runs[name]
     out: dict[str, dict] = {}
-    for layer in (grid.defaults, grid.conditions[name]):
+    for layer in (grid.defaults, grid.conditions[cond], gridseeds.seed_overlay(seed, grid.seed_stages)):
         for section, values in layer.items():
             out.setdefault(str(section), {}).update(values or {})
     return out
 
 
 def condition_file(grid: Grid, name: str) -> Path:
-    """Write (atomically, only when changed) the condition's profile; returns its path."""
+    """Write (atomically, only when changed) the run's profile; returns its path."""
     f = grid.root / "conditions" / f"{name}.yaml"
-    text = (f"# condition {name!r} of grid {grid.path.name}: written by lib.run.grid, do not edit\n"
+    cond, seed = grid.runs[name]
+    what = f"condition {cond!r}" + ("" if seed is None else f", seed {seed},")
+    text = (f"# {what} of grid {grid.path.name}: written by lib.run.grid, do not edit\n"
             + yaml.safe_dump({"extends": str(grid.base), **overlay(grid, name)}, sort_keys=False,
                              allow_unicode=True))
     if not f.exists() or f.read_text(encoding="utf-8") != text:
@@ -212,10 +241,11 @@ def chain_ids(profile_file: Path, run: str) -> dict[str, str]:
     return out
 
 
-def plan(grid: Grid, names: list[str] | None = None) -> dict[str, dict]:
-    """Per condition: its profile, run, chain ids, and for each stage the owner condition."""
+def plan(grid: Grid, names: list[str] | None = None, among: list[str] | None = None) -> dict[str, dict]:
+    """Per run (a condition, or with seeds a replicate): its profile, run, chain ids, and for each
+    stage the owner run, chosen among ``among`` (default: every run); ``names`` must be runs."""
     plans, owners = {}, {}
-    for name in grid.conditions:
+    for name in among or grid.runs:
         f = condition_file(grid, name)
         run = f"{grid.name}/{name}"
         ids = chain_ids(f, run)
@@ -227,7 +257,7 @@ def plan(grid: Grid, names: list[str] | None = None) -> dict[str, dict]:
     if names:
         unknown = [n for n in names if n not in plans]
         if unknown:
-            raise ParamsError(f"{grid.path}: no condition {', '.join(unknown)} (conditions: {', '.join(plans)})")
+            raise ParamsError(f"{grid.path}: no run {', '.join(unknown)} (runs: {', '.join(plans)})")
     return plans
 
 
@@ -272,8 +302,9 @@ def condition_done(plans: dict, name: str) -> bool:
 
 
 def checked(grid_file: str | Path, only: str | None = None) -> tuple[Grid, list[str]]:
-    """The grid and the conditions to run, once the file, ``--only`` and ``check`` on every one
-    of them have passed; else one ParamsError listing every problem (nothing has run)."""
+    """The grid and the runs (conditions, or their replicates) to run, once the file, ``--only``
+    and ``check`` on every one of them have passed; else one ParamsError listing every problem
+    (nothing has run)."""
     grid = load_grid(grid_file)
     names = selected(grid, only)
     problems = check_grid(grid, names)
@@ -303,115 +334,3 @@ def run_grid(grid_file: str | Path, only: str | None = None, progress: bool = Tr
     table = collect(grid, plans)
     write_outputs(grid, table)
     return {"runs": log, "table": table}
-
-
-# ----------------------------------------------------------------------------- the table
-
-def collect(grid: Grid, plans: dict) -> list[dict]:
-    """Rows of the knowledge cell: the controls (from the first condition that scored them),
-    then each condition's stage models (final models only)."""
-    rows, seen_controls = [], False
-    for name, p in plans.items():
-        f = paths.stage_dir(p["run"], "08_agreement_analysis") / "summary.json"
-        if not f.exists():
-            continue
-        for r in read_json(f)["rows"]:
-            if r.get("cell", r.get("task")) != CELL or r.get("kind") not in ("control", "stage", "baseline"):
-                continue
-            if r["kind"] in ("control", "baseline"):
-                if seen_controls:
-                    continue
-                cond = "(controls)"
-            else:
-                cond = name
-            rows.append({"condition": cond, "model": r["model"], "kind": r["kind"],
-                         **{k: r.get(k) for k in ("acc_en", "acc_ko", "kappa", "kappa_lo", "kappa_hi",
-                                                   "transfer_ratio", "transfer_ratio_lo", "transfer_ratio_hi",
-                                                   "acc_ko_lo", "acc_ko_hi", "n")}})
-        seen_controls = seen_controls or any(r["condition"] == "(controls)" for r in rows)
-    return rows
-
-
-def markdown(table: list[dict]) -> str:
-    head = "| condition | model | knowledge acc_en | acc_ko | kappa | transfer ratio |\n|---|---|---:|---:|---:|---:|\n"
-    body = "".join(f"| {r['condition']} | {r['model']} | {fmt_ci(r['acc_en'], missing='-')} | "
-                   f"{fmt_ci(r['acc_ko'], r.get('acc_ko_lo'), r.get('acc_ko_hi'), ci_digits=2, missing='-')} | "
-                   f"{fmt_ci(r['kappa'], r.get('kappa_lo'), r.get('kappa_hi'), ci_digits=2, missing='-')} | "
-                   f"{fmt_ci(r['transfer_ratio'], r.get('transfer_ratio_lo'), r.get('transfer_ratio_hi'), ci_digits=2, missing='-')} |\n"
-                   for r in table)
-    return head + body
-
-
-def final_of_conditions(table: list[dict]) -> list[dict]:
-    """Each condition's last stage model (the pipeline's output)."""
-    last: dict[str, dict] = {}
-    for r in table:
-        if r["kind"] == "stage":
-            last[r["condition"]] = r
-    return list(last.values())
-
-
-def stage_rows(table: list[dict]) -> list[dict]:
-    """Each condition's trained stage models (02's initialisation, the same in every condition, left out)."""
-    return [r for r in table if r["kind"] == "stage" and not r["model"].startswith("02_")]
-
-
-def _bar(r: dict, m: str) -> tuple[float, float, float]:
-    v = r.get(m)
-    if v is None:
-        return float("nan"), 0.0, 0.0
-    lo, hi = r.get(f"{m}_lo"), r.get(f"{m}_hi")
-    return v, max(0.0, v - (lo if lo is not None else v)), max(0.0, (hi if hi is not None else v) - v)
-
-
-def figure(table: list[dict], path: Path | None = None):
-    """Transfer ratio and kappa of each condition's stage models (03 to the last, one colour a
-    stage), 95% intervals; the oracle and deranged controls as reference bands."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-    rows = stage_rows(table)
-    conds = list(dict.fromkeys(r["condition"] for r in rows))
-    stages = sorted({r["model"] for r in rows})
-    controls = [r for r in table if r["kind"] == "control" and r["model"] in ("control-oracle", "control-oracle_deranged")]
-    sns.set_theme(style="whitegrid")
-    colours = dict(zip(stages, sns.color_palette("viridis", len(stages))))
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.55 * max(len(conds), 4) + 1.8), sharey=True)
-    width = 0.7 / max(len(stages), 1)
-    for ax, m in zip(axes, ("transfer_ratio", "kappa")):
-        for c, colour in zip(controls, ("#2a9d8f", "#e76f51")):
-            v, lo, hi = _bar(c, m)
-            if v != v:
-                continue
-            # a control with no spread (the oracle: exactly 1) still shows as a thin band
-            ax.axvspan(v - max(lo, 0.01), v + max(hi, 0.01), color=colour, alpha=0.25,
-                       label=c["model"].removeprefix("control-"))
-        for k, stage in enumerate(stages):
-            mine = [(conds.index(r["condition"]), r) for r in rows if r["model"] == stage]
-            if not mine:
-                continue
-            ys = [i - 0.35 + width * (k + 0.5) for i, _ in mine]
-            vals, lo, hi = zip(*(_bar(r, m) for _, r in mine))
-            ax.errorbar(vals, ys, xerr=[lo, hi], fmt="o", ms=4, color=colours[stage], capsize=2,
-                        label=stage)
-        ax.set_yticks(range(len(conds)), conds)
-        ax.set(xlabel=m.replace("_", " "), title=f"{CELL}: {m.replace('_', ' ')}")
-        ax.axvline(0, color="grey", lw=0.8)
-    axes[1].legend(loc="lower right", fontsize=8)
-    axes[0].invert_yaxis()
-    fig.tight_layout()
-    return save(fig, path)
-
-
-def write_outputs(grid: Grid, table: list[dict]) -> dict[str, Path]:
-    out = {"json": write_json(grid.root / "grid.json", {"grid": str(grid.path), "cell": CELL, "rows": table})}
-    note = ("\nBrackets: 95% bootstrap intervals. Controls: oracle (Korean rows copied from English: the "
-            "top of the scale) and oracle_deranged (rows of the wrong words: chance).\n")
-    out["md"] = write_text(grid.root / "grid.md", markdown(table) + note)
-    if stage_rows(table):
-        import matplotlib.pyplot as plt
-        plt.close(figure(table, grid.root / "figures" / "grid.png"))
-        out["figure"] = grid.root / "figures" / "grid.png"
-    return out
-
-
-# ----------------------------------------------------------------------------- CLI for job scripts

@@ -6,7 +6,8 @@ Two scripts under ``outputs/<grid>/slurm/``:
 - ``shared.sbatch``: every stage that two or more conditions share (by chain id, see lib.run.grid), run
   once in its owner's folder, in order: the toy world / 01 / 02, and 03 for the conditions that
   change only later stages;
-- ``array.sbatch``: a job array, one condition a task, after ``shared`` (``--dependency=afterok``):
+- ``array.sbatch``: a job array, one condition a task (with ``seeds:``, one replicate a task,
+  ``<condition>-s<seed>``), after ``shared`` (``--dependency=afterok``):
   it links the shared stages, trains its own stages with ``accelerate launch -m lib.train`` (the
   ``accelerate_config`` of the grid's ``slurm:`` section, DDP by default) and runs its notebooks
   (07, 08) through the pipeline. A stage already finished is skipped, so a resubmitted task resumes.
@@ -19,7 +20,6 @@ from __future__ import annotations
 
 import shlex
 from collections import Counter
-from dataclasses import replace
 from pathlib import Path
 
 from lib.core import paths
@@ -59,16 +59,16 @@ def _stage_steps(grid: Grid, cond_var: str, stage: str, opts: dict, cond_file: s
 
 def render(grid_file: str | Path, only: str | None = None) -> dict[str, Path]:
     """Check the grid as a run would (every condition, or the ``only`` ones: lib.run.grid.checked),
-    then write shared.sbatch and array.sbatch for those conditions; return their paths and the
-    submit command."""
+    then write shared.sbatch and array.sbatch for those runs (conditions, or with seeds their
+    replicates); return their paths and the submit command."""
     grid, names = checked(grid_file, only)
     unknown = [k for k in grid.slurm if k not in DEFAULTS]
     if unknown:
         raise ParamsError.of([f"{grid.where('slurm', str(k))}: slurm.{k} is not a setting (settings: "
                               f"{', '.join(DEFAULTS)})" for k in unknown])
     opts = {**DEFAULTS, **grid.slurm}
-    # shared stages and their owners among the conditions submitted (lib.cli.grid link finds them)
-    plans = plan(replace(grid, conditions={n: grid.conditions[n] for n in names}))
+    # shared stages and their owners among the runs submitted (lib.cli.grid link finds them)
+    plans = plan(grid, among=names)
     users = Counter(cid for p in plans.values() for cid in p["ids"].values())
     g = shlex.quote(str(grid.path))
     shared = _header(grid, opts, "shared", [])

@@ -41,6 +41,7 @@ from lib.core.hashing import config_hash
 from lib.core.io import read_json
 from lib.core.params import ParamsError, Profile, load_profile, stage_params, validate_profile
 from lib.core.runfolder import run_folder, run_lock
+from lib.core.stage import threads_env
 from lib.run import failures, report
 from lib.run.check import check_profile
 from lib.run.plan import check_fits, device_gib
@@ -149,10 +150,11 @@ def link_shared_stages(prof: Profile, run: str | Path) -> list[str]:
     return linked
 
 
-def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
-    """Execute one notebook into its stage folder; raise StageFailed with one line naming the
-    stage, the cause in words (the failing cell, a dead kernel, a full disk, ...) and where to read
-    more. The log is appended to, so an earlier attempt's traceback is kept."""
+def run_stage(plan: Plan, run: str | Path, progress: bool = True, threads: int = 0) -> Path:
+    """Execute one notebook into its stage folder, its kernel on ``threads`` torch threads (0:
+    torch's default; the profile's ``pipeline: {torch_threads: N}``); raise StageFailed with one
+    line naming the stage, the cause in words (the failing cell, a dead kernel, a full disk, ...)
+    and where to read more. The log is appended to, so an earlier attempt's traceback is kept."""
     import papermill as pm
     sd = paths.stage_dir(run, plan.stage)
     if sd.is_symlink():                     # a stage shared from another run: never touch the original
@@ -169,7 +171,7 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True) -> Path:
         log.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')} PID {os.getpid()}: {plan.stage}\n")
         log.flush()
         try:
-            with failures.output_into(log):
+            with failures.output_into(log), threads_env(threads):
                 pm.execute_notebook(
                     str(paths.notebook_path(plan.stage)), str(out_nb), parameters=plan.params,
                     kernel_name="python3", cwd=str(paths.NOTEBOOKS), progress_bar=progress,
@@ -217,7 +219,7 @@ def run_pipeline(params_file: str | Path, run: str | None = None, start: str | N
                     tqdm.write(f"  {plan.stage}: finished with the same config, skipped")
                     continue
                 t0 = time.time()
-                run_stage(plan, run, progress=False)
+                run_stage(plan, run, progress=False, threads=prof.torch_threads())
                 tqdm.write(f"  {plan.stage}: done in {time.time() - t0:.1f}s -> {paths.stage_dir(run, plan.stage)}")
         except BaseException:
             failed = True

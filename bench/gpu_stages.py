@@ -55,11 +55,13 @@ def exec_cells(notebook: Path, params: dict, log: Path | None = None) -> None:
             ns.update(params)
 
 
-def stage_in_subprocess(plan, run, progress: bool = True) -> Path:
-    """Stand-in for :func:`lib.run.pipeline.run_stage`: the stage's cells in a fresh process."""
+def stage_in_subprocess(plan, run, progress: bool = True, threads: int = 0) -> Path:
+    """Stand-in for :func:`lib.run.pipeline.run_stage`: the stage's cells in a fresh process (with
+    the profile's torch threads in its environment, as the runner gives a kernel)."""
     import shutil
 
     from lib.core import paths
+    from lib.core.stage import threads_env
     from lib.run.pipeline import StageFailed
     sd = paths.stage_dir(run, plan.stage)
     if sd.is_symlink():
@@ -76,7 +78,8 @@ def stage_in_subprocess(plan, run, progress: bool = True) -> Path:
     with open(log, "a", encoding="utf-8") as f:
         f.write(f"=== {time.strftime('%Y-%m-%d %H:%M:%S')}: {plan.stage} (bench/gpu_stages.py, no Papermill)\n")
     # the cells' output: into log.txt and this process's stdout
-    with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc, \
+    with threads_env(threads), \
+            subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1) as proc, \
             open(log, "a", encoding="utf-8") as f:
         for line in proc.stdout:
             f.write(line)

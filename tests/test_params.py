@@ -135,7 +135,7 @@ def test_shipped_profiles_validate():
         if "grids" in f.parts:                 # grid files (lib.run.grid): each condition is a profile
             from lib.run.grid import load_grid, overlay
             g = load_grid(f)
-            for name in g.conditions:
+            for name in g.runs:                      # replicates (<condition>-s<seed>) when seeded
                 assert set(overlay(g, name)) <= set(load_profile(g.base).sections) | {"pipeline"} | set(paths.stages()), name
             continue
         prof = load_profile(f)

@@ -57,3 +57,12 @@ def tiny_assets(tmp_path_factory) -> dict[str, Path]:
     (root / "sample.ko").write_text("\n".join(KO_LINES[::3]) + "\n", encoding="utf-8")
     return {"root": root, "base_sp": base_sp, "ko_sp": ko_sp, "model": model_dir,
             "sample_en": root / "sample.en", "sample_ko": root / "sample.ko"}
+
+
+@pytest.fixture
+def outputs(tmp_path, monkeypatch):
+    """An empty outputs/ folder for runs and grids (lib.core.paths.OUTPUTS points at it)."""
+    out = tmp_path / "outputs"
+    out.mkdir()
+    monkeypatch.setattr(paths, "OUTPUTS", out)
+    return out

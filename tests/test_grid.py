@@ -23,14 +23,6 @@ def write_grid(tmp_path, base, conditions, defaults=None, name="g"):
     return f
 
 
-@pytest.fixture
-def outputs(tmp_path, monkeypatch):
-    out = tmp_path / "outputs"
-    out.mkdir()
-    monkeypatch.setattr(paths, "OUTPUTS", out)
-    return out
-
-
 def test_owners_follow_the_chain_of_parameters(tmp_path, outputs):
     g = G.load_grid(paths.PARAMS / "grids" / "toy_transfer.yaml")
     plans = G.plan(g)

@@ -20,14 +20,6 @@ T975 = {1: 12.706204736174694, 2: 4.302652729749462, 4: 2.7764451051977934, 9: 2
         30: 2.0422724563012378}
 
 
-@pytest.fixture
-def outputs(tmp_path, monkeypatch):
-    out = tmp_path / "outputs"
-    out.mkdir()
-    monkeypatch.setattr(paths, "OUTPUTS", out)
-    return out
-
-
 def grid_file(tmp_path, text: str, name: str = "g"):
     f = tmp_path / f"{name}.yaml"
     f.write_text(text, encoding="utf-8")

@@ -288,25 +288,24 @@ def preference_pairs(st: StageInputs) -> None:
             st.problem("dpo_pairs", "'toy' builds pairs from the toy world, which this run does not build "
                                     "(base_model is not toy): set it to a JSONL of prompt, chosen, rejected")
         return
-    path = st.file("dpo_pairs")
-    if path is None:
-        return
-    try:
-        read_preference_pairs(path)
-    except (ValueError, FileNotFoundError) as e:
-        st.problem("dpo_pairs", str(e))
+    read_checked(st, "dpo_pairs", read_preference_pairs)
 
 
 def parallel_instructions(st: StageInputs) -> None:
     """06's ``parallel_file`` (for ``parallel_share`` or consistency pairs): items of one English
     and one Korean record (lib.data.parallel.read_parallel)."""
-    path = st.file("parallel_file")
+    read_checked(st, "parallel_file", read_parallel_instructions)
+
+
+def read_checked(st: StageInputs, key: str, reader) -> None:
+    """Read the file of ``key`` with ``reader`` when it can be checked now; its error is the problem."""
+    path = st.file(key)
     if path is None:
         return
     try:
-        read_parallel_instructions(path)
+        reader(path)
     except (ValueError, FileNotFoundError) as e:
-        st.problem("parallel_file", str(e))
+        st.problem(key, str(e))
 
 
 def record_text(rec: Any) -> str:

@@ -80,6 +80,24 @@ def test_tokenize_lines_adds_bos_eos_and_packs_losslessly(tok):
     assert tok.decode(blocks.flatten().tolist()[1:len(docs[0]) - 1]) == lines[0]
 
 
+def test_a_literal_special_token_in_the_text_is_not_a_document_boundary(tok):
+    """``<s>`` / ``</s>`` written in a document are text: one BOS and one EOS per document, so
+    ``packing: documents`` keeps it whole; the datasets path (lib.data.corpus) encodes alike."""
+    from lib.data.corpus import _encode_rows
+    from lib.data.packing import document_positions
+    lines = ["the tag <s> opens and </s> closes", EN_LINES[0]]
+    docs = tokenize_lines(tok, lines)
+    for d in docs:
+        assert d.count(tok.bos_token_id) == 1 and d.count(tok.eos_token_id) == 1
+        assert d[0] == tok.bos_token_id and d[-1] == tok.eos_token_id
+    assert "<s>" in tok.decode(docs[0][1:-1])
+    row = torch.tensor([docs[0] + docs[1]])
+    pos = document_positions(row, tok.bos_token_id)[0].tolist()
+    assert pos == list(range(len(docs[0]))) + list(range(len(docs[1])))
+    enc = _encode_rows({"text": lines}, tok, tok.bos_token_id, tok.eos_token_id)["ids"]
+    assert enc == docs
+
+
 def test_pack_file_reports_and_rejects_short_text(tok, tmp_path):
     path = tmp_path / "ko.txt"
     path.write_text("\n".join(KO_LINES[:20]) + "\n", encoding="utf-8")

@@ -49,9 +49,15 @@ def check_block_size(block_size: int) -> None:
                          f"got {block_size}")
 
 
+def encode_text(tokenizer, texts: list[str]) -> list[list[int]]:
+    """Token ids of training text, no BOS/EOS added, and a special token's *string* in the text
+    (``<s>``, ``</s>``) read as text: otherwise a literal ``<s>`` in a document becomes the BOS id,
+    which splits the document under ``packing: documents`` and trains on a boundary that is not one."""
+    return tokenizer(texts, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+
 def _encode_rows(batch: dict, tokenizer, bos: int, eos: int) -> dict:
-    ids = tokenizer(batch["text"], add_special_tokens=False)["input_ids"]
-    return {"ids": [[bos] + x + [eos] for x in ids]}
+    return {"ids": [[bos] + x + [eos] for x in encode_text(tokenizer, batch["text"])]}
 
 
 JSON_SUFFIXES = (".jsonl", ".json")

@@ -52,7 +52,7 @@ import torch
 
 from lib.core.prompts import QA_MARKERS
 from lib.core.readers import read_lines
-from lib.data.corpus import CorpusSource, cached_blocks, check_block_size
+from lib.data.corpus import CorpusSource, cached_blocks, check_block_size, encode_text
 from lib.modeling.losses import clm_labels
 
 # ----------------------------------------------------------------------------- documents
@@ -78,7 +78,8 @@ def qa_documents(lines: Sequence[str]) -> list[str]:
 
 def tokenize_lines(tokenizer, lines: Sequence[str], add_bos: bool = True, add_eos: bool = True,
                    chunk: int = 10_000) -> list[list[int]]:
-    """One token-id list per line, ``[BOS] + ids + [EOS]``; batched calls of the fast tokenizer."""
+    """One token-id list per line, ``[BOS] + ids + [EOS]``; batched calls of the fast tokenizer
+    (:func:`lib.data.corpus.encode_text`: a literal ``<s>`` in a line is text, not a boundary)."""
     bos, eos = getattr(tokenizer, "bos_token_id", None), getattr(tokenizer, "eos_token_id", None)
     if (add_bos and bos is None) or (add_eos and eos is None):
         raise ValueError(f"the tokenizer has no {'BOS' if add_bos and bos is None else 'EOS'} "
@@ -87,8 +88,7 @@ def tokenize_lines(tokenizer, lines: Sequence[str], add_bos: bool = True, add_eo
     lines = list(lines)
     docs: list[list[int]] = []
     for i in range(0, len(lines), chunk):     # bounded memory on large corpora
-        ids = tokenizer(lines[i:i + chunk], add_special_tokens=False)["input_ids"]
-        docs.extend(head + x + tail for x in ids)
+        docs.extend(head + x + tail for x in encode_text(tokenizer, lines[i:i + chunk]))
     return docs
 
 

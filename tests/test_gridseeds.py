@@ -100,6 +100,35 @@ def test_over_seeds_means_intervals_and_paired_differences():
     assert f"| new | 05_stage3_pretrain | +0.000 [0.00, 0.00] (n=3) | +0.000 [0.00, 0.00] (n=3) | " in md
 
 
+def test_shared_models_keep_their_question_interval_and_leave_the_paired_table():
+    """A model that is the same folder in every replicate (02; a stage outside seed_stages) reads its
+    question-level interval, not a zero-width t-interval; a condition's stage model that is the
+    reference's own on every seed (shared by the chain) is left out of the paired differences."""
+    rows = []
+    for s, tr in {1: 0.40, 2: 0.50, 3: 0.30}.items():
+        for cond in ("ref", "new"):
+            rows.append({**rep(cond, s, "02_embedding_init", 0.05), "model_dir": "/o/ref-s1/02"})
+            rows.append({**rep(cond, s, "05_stage3_pretrain", tr), "model_dir": f"/o/ref-s{s}/05"})
+        rows.append({**rep("ref", s, "06_instruction_tuning", tr), "model_dir": f"/o/ref-s{s}/06"})
+        rows.append({**rep("new", s, "06_instruction_tuning", tr + 0.1), "model_dir": f"/o/new-s{s}/06"})
+    out = gridseeds.over_seeds(rows, reference="ref")
+    by = {(r["condition"], r["model"][:2]): r for r in out}
+    init = by["ref", "02"]
+    assert init["shared"] and init["transfer_ratio"] == 0.05
+    assert (init["transfer_ratio_lo"], init["transfer_ratio_hi"]) == (pytest.approx(-0.05), pytest.approx(0.15))
+    assert "transfer_ratio_sd" not in init
+    assert not by["ref", "05"].get("shared") and by["ref", "05"]["transfer_ratio_hi"] > 0.6  # t over 3 seeds
+    assert by["new", "05"]["vs_reference"]["shared"] and by["new", "02"]["vs_reference"]["shared"]
+    assert "shared" not in by["new", "06"]["vs_reference"]
+    assert by["new", "06"]["vs_reference"]["transfer_ratio"]["mean"] == pytest.approx(0.1)
+    md = gridseeds.markdown(out, "ref")
+    table, paired = md.split("## Paired differences")
+    assert "| ref | 02_embedding_init | shared | " in table and "| new | 05_stage3_pretrain | 3 | " in table
+    assert "| new | 06_instruction_tuning | +" in paired
+    assert "| new | 05_stage3_pretrain |" not in paired and "| new | 02_embedding_init |" not in paired
+    assert "Left out: 2 stage model(s)" in paired
+
+
 # ---------------------------------------------------------------------------- the keys, checked strictly
 
 def test_bad_seeds_keys_each_at_its_line(tmp_path, outputs):
@@ -269,5 +298,7 @@ def test_micro_grid_with_two_seeds(tmp_path, outputs):
                 assert row[f"{m}_n"] == len(vals) and abs(row[m] - sum(vals) / len(vals)) < 1e-12
     b = next(r for r in saved["rows"] if r["condition"] == "b" and r["model"] == "05_stage3_pretrain")
     assert b["vs_reference"]["acc_ko"]["mean"] == 0.0                  # same models, same answers
+    assert b["vs_reference"]["shared"]                                  # found by the links, not the zeros
+    assert "| b | 05_stage3_pretrain |" not in (root / "grid.md").read_text().split("## Paired")[1]
     assert "| a | 05_stage3_pretrain | 2 |" in (root / "grid.md").read_text()
     assert (root / "figures" / "grid.png").stat().st_size > 10_000

@@ -120,6 +120,11 @@ def _seed_set_by_hand(raw: dict, at, stages: tuple[str, ...]) -> list[str]:
 
 # ----------------------------------------------------------------------------- the table over seeds
 
+def same_model(rows: list[dict]) -> bool:
+    """Every replicate's row is the one model (lib.run.gridtable.collect's ``model_dir``)."""
+    dirs = {r.get("model_dir") for r in rows}
+    return len(dirs) == 1 and None not in dirs
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
@@ -141,16 +146,24 @@ def over_seeds(rows: list[dict], reference: str | None = None, level: float = 0.
         rs = sorted(rs, key=lambda r: r["seed"])
         row: dict[str, Any] = {"condition": cond, "model": model, "kind": "stage", "n_seeds": len(rs),
                                "seeds": [r["seed"] for r in rs]}
-        for m in METRICS:
-            mi = mean_interval([r.get(m) for r in rs], level)
-            row.update({m: mi["mean"], f"{m}_sd": mi["sd"], f"{m}_lo": mi["lo"], f"{m}_hi": mi["hi"],
-                        f"{m}_n": mi["n"]})
+        if len(rs) > 1 and same_model(rs):
+            # not trained under the seed (02, a stage outside seed_stages): one model in every replicate,
+            # whose only interval is over questions (a t-interval over copies would read zero width)
+            row["shared"] = True
+            row.update({k: rs[0].get(k) for m in METRICS for k in (m, f"{m}_lo", f"{m}_hi")})
+        else:
+            for m in METRICS:
+                mi = mean_interval([r.get(m) for r in rs], level)
+                row.update({m: mi["mean"], f"{m}_sd": mi["sd"], f"{m}_lo": mi["lo"], f"{m}_hi": mi["hi"],
+                            f"{m}_n": mi["n"]})
         row["per_seed"] = [{k: r.get(k) for k in ("seed", "run", "n", *METRICS,
                                                      *(f"{m}_{e}" for m in METRICS for e in ("lo", "hi")))}
                            for r in rs]
         ref = {r["seed"]: r for r in groups.get((reference, model), [])} if reference else {}
         if ref and cond != reference:
             row["vs_reference"] = {"reference": reference}
+            if all(r.get("model_dir") and r.get("model_dir") == ref.get(r["seed"], {}).get("model_dir") for r in rs):
+                row["vs_reference"]["shared"] = True      # the reference's own models: 0 by construction
             for m in METRICS:
                 diffs = {r["seed"]: r[m] - ref[r["seed"]][m] for r in rs
                          if r["seed"] in ref and _finite(r.get(m)) and _finite(ref[r["seed"]].get(m))}
@@ -164,9 +177,11 @@ def markdown(rows: list[dict], reference: str | None) -> str:
     differences against the reference; the notes say which interval is which."""
     def cell(r: dict, m: str, digits: int = 3) -> str:
         return fmt_ci(r.get(m), r.get(f"{m}_lo"), r.get(f"{m}_hi"), digits=digits, ci_digits=2, missing="-")
+    def seeds_cell(r: dict) -> str:
+        return "shared" if r.get("shared") else str(r.get("n_seeds", "-"))
     head = ("| condition | model | seeds | knowledge acc_en | acc_ko | kappa | transfer ratio |\n"
             "|---|---|---:|---:|---:|---:|---:|\n")
-    body = "".join(f"| {r['condition']} | {r['model']} | {r.get('n_seeds', '-')} | {cell(r, 'acc_en')} | "
+    body = "".join(f"| {r['condition']} | {r['model']} | {seeds_cell(r)} | {cell(r, 'acc_en')} | "
                    f"{cell(r, 'acc_ko')} | {cell(r, 'kappa')} | {cell(r, 'transfer_ratio')} |\n" for r in rows)
     seeds = sorted({s for r in rows for s in r.get("seeds", [])})
     note = (f"\nStage models: the mean over seeds ({', '.join(map(str, seeds))}) with a run-level 95% "
@@ -175,8 +190,11 @@ def markdown(rows: list[dict], reference: str | None) -> str:
             "question-level bootstrap interval is in grid.json (`per_seed`). Controls and the base "
             "model (the same in every replicate): 95% bootstrap intervals over questions. Controls: "
             "oracle (Korean rows copied from English: the top of the scale) and oracle_deranged (rows "
-            "of the wrong words: chance).\n")
-    diffs = [r for r in rows if "vs_reference" in r]
+            "of the wrong words: chance)."
+            + (" Seeds `shared`: one model in every replicate (not trained under the seed), with its "
+               "interval over questions." if any(r.get("shared") for r in rows) else "") + "\n")
+    diffs = [r for r in rows if "vs_reference" in r and not r["vs_reference"].get("shared")]
+    left = [r for r in rows if r.get("vs_reference", {}).get("shared")]
     if not reference or not diffs:
         return head + body + note
 
@@ -189,5 +207,7 @@ def markdown(rows: list[dict], reference: str | None) -> str:
                     for r in diffs)
     dnote = (f"\nEach seed's value minus `{reference}`'s for the same stage model and seed, averaged over "
              "the n seeds both ran, with the t-interval of those differences (pairing removes what a "
-             "seed does to every condition alike).\n")
+             "seed does to every condition alike)."
+             + (f" Left out: {len(left)} stage model(s) a condition shares with `{reference}` (the same "
+                "folder on every seed, so a difference of 0 by construction)." if left else "") + "\n")
     return head + body + note + dhead + dbody + dnote

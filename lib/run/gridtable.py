@@ -42,10 +42,18 @@ def collect(grid, plans: dict) -> list[dict]:
                     continue
                 tag = {"condition": "(controls)"}
             else:
-                tag = {"condition": cond} if seed is None else {"condition": cond, "seed": seed, "run": name}
+                tag = {"condition": cond} if seed is None else {"condition": cond, "seed": seed, "run": name,
+                                                                 "model_dir": model_dir(p["run"], r["model"])}
             rows.append({**tag, "model": r["model"], "kind": r["kind"], **{k: r.get(k) for k in keys}})
         seen_controls = seen_controls or any(r["condition"] == "(controls)" for r in rows)
     return rows
+
+
+def model_dir(run: str, model: str) -> str:
+    """The folder a stage model of ``run`` resolves to (a stage shared with another replicate or
+    condition is a link to that one's): two rows with the same folder are the same model."""
+    stage = next((s for s in paths.stages() if model.startswith(s)), model)
+    return str(paths.stage_dir(run, stage).resolve())
 
 
 def markdown(table: list[dict]) -> str:

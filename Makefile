@@ -1,5 +1,5 @@
 # make run   : create .venv (first time), install the project, run the default pipeline (params/toy.yaml)
-# make test  : create .venv if missing, run the test suite
+# make test  : create .venv if missing, run the test suite (TEST_WORKERS=2 processes, pytest-xdist)
 # make lab   : JupyterLab on the notebooks
 # make colab : regenerate the Colab notebooks in notebooks/colab/ (a test fails when they are stale)
 # make report RUN=toy : outputs/<run>/report.md + report.html
@@ -11,6 +11,9 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 PARAMS ?= params/toy.yaml
+# test processes (pytest-xdist; a module's tests stay in one process, so its fixtures are built once);
+# TEST_WORKERS=0 runs the suite in this process alone
+TEST_WORKERS ?= 2
 BENCHES := train_vs_trainer packing contrastive scaling eval_vs_lm_eval tokenizer plan_memory corpus_memory gpu_smoke
 SHELL  := /bin/bash
 
@@ -26,7 +29,7 @@ run: $(VENV)/.installed
 	$(PY) -m lib.pipeline run $(PARAMS) $(ARGS)
 
 test: $(VENV)/.installed
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile $(ARGS)
 
 check: $(VENV)/.installed
 	$(PY) -m lib.pipeline check $(PARAMS)

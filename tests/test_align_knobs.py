@@ -3,8 +3,6 @@ head in stage 1, and the contrastive term kept in stage 05. Each changes what it
 nothing else."""
 from __future__ import annotations
 
-import random
-
 import numpy as np
 import pytest
 import torch
@@ -15,37 +13,18 @@ from lib.core.stage import resolve
 from lib.data import wordpairs as WP
 from lib.train import align_terms as AT
 from lib.train import contrastive as C
-from tests.test_contrastive import OBJ, PLACE, SUBJ, VERB, lexicon_pairs
+from tests.test_contrastive import OBJ, PLACE, SUBJ, VERB, lexicon_pairs, write_pair_files
 
 DICTIONARY = [(e, k) for k, e in SUBJ + OBJ + VERB + PLACE]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state", "one_thread")   # conftest: accelerate reset, one torch thread
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
     root = tmp_path_factory.mktemp("knobs")
-    pairs = lexicon_pairs()
-    random.Random(0).shuffle(pairs)
-    out = {}
-    for split, rows in (("train", pairs[:96]), ("heldout", pairs[96:])):
-        for i, lang in enumerate(("ko", "en")):
-            out[f"{split}_{lang}"] = root / f"{split}.{lang}"
-            out[f"{split}_{lang}"].write_text("".join(r[i] + "\n" for r in rows), encoding="utf-8")
+    out = write_pair_files(root)
     # the Korean side of the dictionary is the stem: 고양이 matches the eojeol 고양이가
     stems = [(e, k[:-1] if k.endswith(("가", "이", "를", "을")) and len(k) > 2 else k) for e, k in DICTIONARY]
     out["words"] = WP.write_pairs(root / "words.jsonl", stems)

@@ -33,27 +33,12 @@ def lexicon_pairs() -> list[tuple[str, str]]:
             for (s, se), (o, oe), (v, ve), (p, pe) in itertools.product(SUBJ, OBJ, VERB, PLACE)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Models this small run ~10x faster on one thread when the 2 cores are shared (OpenMP spin)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state", "one_thread")   # conftest: accelerate reset, one torch thread
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
-@pytest.fixture(scope="module")
-def pair_files(tmp_path_factory):
-    """96 training and 24 held-out pairs (120 combinations, shuffled with a fixed seed)."""
-    root = tmp_path_factory.mktemp("pairs")
+def write_pair_files(root) -> dict:
+    """96 training and 24 held-out pairs (120 combinations, shuffled with a fixed seed) as
+    ``train.ko``/``train.en``/``heldout.ko``/``heldout.en`` in ``root``."""
     pairs = lexicon_pairs()
     random.Random(0).shuffle(pairs)
     files = {}
@@ -62,6 +47,11 @@ def pair_files(tmp_path_factory):
             files[f"{split}_{lang}"] = root / f"{split}.{lang}"
             files[f"{split}_{lang}"].write_text("".join(r[i] + "\n" for r in rows), encoding="utf-8")
     return files
+
+
+@pytest.fixture(scope="module")
+def pair_files(tmp_path_factory):
+    return write_pair_files(tmp_path_factory.mktemp("pairs"))
 
 
 def config(tmp_path, assets, files, **over):

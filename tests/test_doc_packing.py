@@ -7,7 +7,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 from conftest import EN_LINES, KO_LINES
-from test_stages_clm import fresh_accelerate_state, make_cfg  # noqa: F401 - the fixture is autouse
+from test_stages_clm import make_cfg
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from lib.data.packing import MixedStream, document_positions, documents_per_row, pack
@@ -15,6 +15,8 @@ from lib.modeling.chunked_ce import lm_inputs, token_nll
 from lib.modeling.losses import IGNORE_INDEX, clm_labels
 from lib.run.checkvalues import value_problem
 from lib.world.basemodel import BaseModelSpec, lm_batch, new_model, pretrain
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 BOS, EOS, VOCAB = 1, 2, 101
 

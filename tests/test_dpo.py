@@ -22,12 +22,7 @@ STAGE = "06_instruction_tuning"
 SHORT = dict(prompt_template="{system} Q: {instruction} A:", turn_template="Q: {instruction} A:", system_prompt="Answer.")
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 
 @pytest.fixture(scope="module")

@@ -565,14 +565,6 @@ def test_causes_in_words():
 
 # ---------------------------------------------------------------------------- checkpoints
 
-@pytest.fixture
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
-
-
 def test_truncated_optimizer_state_falls_back_to_the_previous_checkpoint(tmp_path, fresh_accelerate_state):
     """Only the latest checkpoint keeps its training state (issue 15); when a crash came between
     writing step 8 and pruning step 4's state, a truncated step 8 falls back to step 4 and ends

@@ -16,12 +16,7 @@ from lib.core import paths
 BF16 = dict(device_type="cpu", dtype=torch.bfloat16)
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 
 def tiny_llama(vocab=64):

@@ -299,6 +299,7 @@ def test_micro_grid_with_two_seeds(tmp_path, outputs):
     b = next(r for r in saved["rows"] if r["condition"] == "b" and r["model"] == "05_stage3_pretrain")
     assert b["vs_reference"]["acc_ko"]["mean"] == 0.0                  # same models, same answers
     assert b["vs_reference"]["shared"]                                  # found by the links, not the zeros
-    assert "| b | 05_stage3_pretrain |" not in (root / "grid.md").read_text().split("## Paired")[1]
+    paired = (root / "grid.md").read_text().split("## Paired")[1]
+    assert "| b | 05_stage3_pretrain |" not in paired and "None to show" in paired
     assert "| a | 05_stage3_pretrain | 2 |" in (root / "grid.md").read_text()
     assert (root / "figures" / "grid.png").stat().st_size > 10_000

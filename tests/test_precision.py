@@ -12,12 +12,7 @@ from lib.modeling.model import precision_settings
 from lib.train.loop import Interrupted, TrainSpec, checkpoints, train
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 
 def tiny_llama(dtype=torch.float32):

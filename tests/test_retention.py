@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 from conftest import EN_LINES, KO_LINES
-from test_sft import fresh_accelerate_state, make_cfg  # noqa: F401  (the fixture resets accelerate)
+from test_sft import make_cfg
 from transformers import AutoModelForCausalLM, LlamaConfig, LlamaForCausalLM
 
 from lib.data.instructions import Template
@@ -17,6 +17,8 @@ from lib.eval.contamination import stage_inputs
 from lib.train import consistency, sft
 from lib.train.retention import freeze, interpolate, retention_problems
 from lib.world import build_world, check_world, write_world, WorldSpec
+
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 
 def write_parallel(path, idx=range(24, 36)):

@@ -19,12 +19,7 @@ STAGE = "06_instruction_tuning"
 SYS = "You are a helpful assistant. 당신은 유능한 AI 어시스턴트 입니다."
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 
 def write_records(path, n=24):

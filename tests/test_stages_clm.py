@@ -12,12 +12,7 @@ from lib.core.params import notebook_params
 from lib.core.stage import resolve
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 
 def make_cfg(stage, tmp_path, assets, **overrides):

@@ -8,12 +8,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lib.train.loop import Interrupted, TrainSpec, checkpoints, lr_lambda, train
 
 
-@pytest.fixture(autouse=True)
-def fresh_accelerate_state():
-    from accelerate.state import AcceleratorState, GradientState
-    yield
-    AcceleratorState._reset_state(True)
-    GradientState._reset_state()
+pytestmark = pytest.mark.usefixtures("fresh_accelerate_state")   # conftest: accelerate reset after each test
 
 
 def tiny_llama():

@@ -195,8 +195,12 @@ def markdown(rows: list[dict], reference: str | None) -> str:
                "interval over questions." if any(r.get("shared") for r in rows) else "") + "\n")
     diffs = [r for r in rows if "vs_reference" in r and not r["vs_reference"].get("shared")]
     left = [r for r in rows if r.get("vs_reference", {}).get("shared")]
-    if not reference or not diffs:
+    if not reference or not (diffs or left):
         return head + body + note
+    if not diffs:
+        return (head + body + note + f"\n## Paired differences against `{reference}`, same seeds\n\n"
+                f"None to show: every stage model of the other conditions is `{reference}`'s own (the same "
+                "folder on every seed, so a difference of 0 by construction).\n")
 
     def delta(r: dict, m: str) -> str:
         d = r["vs_reference"][m]

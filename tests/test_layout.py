@@ -1,9 +1,13 @@
 """lib/ is layered: packages that show the pipeline, imports one way (from orchestration down to the
-stages and from the stages down to ``core``), no import cycle, no module above ~500 lines. Read with
-``ast``: top-level imports, function-local ones and ``importlib.import_module("lib...")`` strings."""
+stages and from the stages down to ``core``), no import cycle, no module above ~500 lines, a function-
+local import only of a package kept off the module's top, with its reason. Read with ``ast``: top-level
+imports, function-local ones and ``importlib.import_module("lib...")`` strings."""
 from __future__ import annotations
 
 import ast
+import io
+import sys
+import tokenize
 from pathlib import Path
 
 from lib.core import paths
@@ -115,6 +119,42 @@ def test_lib_imports_of_lib_are_at_module_top():
     local = [f"{mods[a].relative_to(LIB.parent)}:{line} imports {b}" for a, b, line, is_local in imports(mods)
              if is_local and not entry_point(a)]
     assert local == []
+
+
+def function_local_imports() -> list[tuple[str, int, str, bool]]:
+    """(file, line, imported module, the line has a comment) for every import inside a function in lib."""
+    found = []
+    for m, f in modules().items():
+        if entry_point(m):
+            continue
+        text = f.read_text(encoding="utf-8")
+        commented = {t.start[0] for t in tokenize.generate_tokens(io.StringIO(text).readline)
+                     if t.type == tokenize.COMMENT}
+        seen = set()
+        for fn in ast.walk(ast.parse(text)):
+            if isinstance(fn, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(fn):
+                    if isinstance(node, (ast.Import, ast.ImportFrom)) and id(node) not in seen:
+                        seen.add(id(node))
+                        names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                                 else ["." * node.level + (node.module or "")])
+                        for name in names:
+                            found.append((str(f.relative_to(LIB.parent)), node.lineno, name, node.lineno in commented))
+    return found
+
+
+def test_no_standard_library_import_inside_a_function():
+    """The standard library is imported at the module's top: a local import of it saves nothing."""
+    local = [f"{f}:{line} imports {name}" for f, line, name, _ in function_local_imports()
+             if name.split(".")[0] in sys.stdlib_module_names]
+    assert local == []
+
+
+def test_function_local_imports_say_why():
+    """What stays local (a heavy or optional package, or one a light layer keeps off its top
+    imports) says why on its (first) line."""
+    bare = [f"{f}:{line} imports {name}" for f, line, name, has_comment in function_local_imports() if not has_comment]
+    assert bare == []
 
 
 def test_modules_stay_small():

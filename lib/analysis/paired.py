@@ -29,7 +29,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Hashable, Iterable, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
+import torch
+from tqdm.auto import tqdm
 
 from lib.analysis import agreement as ag
 from lib.core import markdown, paths, stats
@@ -289,7 +292,6 @@ class Representation:
 
 def layer_metrics(ko_layers, en_layers) -> dict[str, list[float]]:
     """Alignment metrics of paired per-layer vectors [L, n, d] (torch or numpy), one value per layer."""
-    import torch
     ko_layers, en_layers = torch.as_tensor(ko_layers), torch.as_tensor(en_layers)
     if ko_layers.shape != en_layers.shape or ko_layers.dim() != 3 or ko_layers.shape[1] < 2:
         raise ValueError(f"need Korean and English vectors of one shape [layers, n >= 2, d], got "
@@ -325,9 +327,6 @@ def representations(manifest: Sequence[Mapping], ko_texts: Sequence[str], en_tex
                     max_len: int = 128, progress: bool = True) -> list[Representation]:
     """A :class:`Representation` per manifest entry, loading one model at a time (a path listed
     twice, e.g. a Hub baseline shared by compared runs, is computed once)."""
-    import torch
-    from tqdm.auto import tqdm
-
     done: dict[str, Representation] = {}
     out = []
     for e in tqdm(manifest, desc="representations", unit="model", disable=not progress):
@@ -416,8 +415,6 @@ def trajectory(rows: Sequence[Mapping], metrics: Sequence[str] = ("acc_en", "acc
                title: str = "", path: str | Path | None = None, ylim: tuple | None = (0, 1.02)):
     """One panel per task: each metric (colour) per model in pipeline order, 95% CI bars; one line
     style per run, so a compared run (e.g. without stage 1) reads against the main one."""
-    import matplotlib.pyplot as plt
-
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     runs = list(dict.fromkeys(r["run"] for r in rows))
     xs = _x_order(rows)
@@ -464,8 +461,6 @@ def agreement_intervals(rows: Sequence[Mapping], path: str | Path | None = None)
 def split_bars(rows: Sequence[Mapping], path: str | Path | None = None):
     """Stacked bars per model and task: both right / both wrong, same option / both wrong,
     different options / only English right / only Korean right."""
-    import matplotlib.pyplot as plt
-
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     names = labels(rows)
     fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 0.32 * len(rows) / len(tasks) + 1.8),

@@ -20,7 +20,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from lib.core.plots import layer_curves, save
 
@@ -45,7 +47,6 @@ def pick(items: Sequence[Any], k: int) -> list[Any]:
 
 
 def _grid(n: int, width: float = 3.2):
-    import matplotlib.pyplot as plt
     cols = min(n, 4)
     rows = -(-n // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(width * cols, width * rows), squeeze=False)
@@ -57,7 +58,6 @@ def _grid(n: int, width: float = 3.2):
 def p1_by_layer(rep_rows: Sequence[Mapping], path: str | Path | None = None, key: str = "p1"):
     """Held-out retrieval P@1 (mean of Ko→En and En→Ko) per hidden state, one line per model
     (seaborn, :func:`lib.core.plots.layer_curves`); colour follows pipeline order, line style the run."""
-    from matplotlib.ticker import MaxNLocator
     several = _several(rep_rows)
     rows = [{"model": _label(r, several), "run": r["run"], "layer": i, "value": y}
             for r in rep_rows for i, y in enumerate(r["per_layer"][key])]

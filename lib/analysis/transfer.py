@@ -20,6 +20,7 @@ import re
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from lib.core.plots import save
@@ -91,8 +92,6 @@ def calibration_figure(rows: Sequence[Mapping], path: str | Path | None = None, 
     """Transfer ratio (Korean above chance as a share of English above chance) against the oracle
     blend alpha, with 95% intervals; each stage's final model is a horizontal line on the same
     scale, so its transfer reads as an equivalent alpha."""
-    import matplotlib.pyplot as plt
-
     sub = [r for r in rows if r.get("cell", r.get("task")) == cell]
     curve = sorted(((alpha_of(r["model"]), r) for r in sub if r.get("kind") == "control"
                     and alpha_of(r["model"]) is not None), key=lambda t: t[0])
@@ -119,8 +118,6 @@ def calibration_figure(rows: Sequence[Mapping], path: str | Path | None = None, 
 def scale_figure(rows: Sequence[Mapping], path: str | Path | None = None):
     """Per cell, acc_ko of every final model with 95% intervals, between the reference bands:
     chance (the ghost cell's and the deranged control's interval) and the oracle's acc_en."""
-    import matplotlib.pyplot as plt
-
     fin = final_rows(rows)
     cells = [c for c in CELL_ORDER if any(r.get("cell") == c for r in fin)] or \
         list(dict.fromkeys(r.get("cell", r.get("task")) for r in fin))

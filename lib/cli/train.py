@@ -55,12 +55,12 @@ def train(args: argparse.Namespace, stage: str, module: str, main_rank: bool) ->
             os.environ[HELD_ENV] = str(rd.resolve())
         command = f"python -m lib.train {args.stage} {prof.path.name}"
         if prof.torch_threads():        # as the pipeline runs it (pipeline: {torch_threads: N})
-            import torch
+            import torch  # lib.cli keeps torch off its own top imports
             torch.set_num_threads(prof.torch_threads())
         with run_lock(rd, command) if main_rank else nullcontext():
             cfg = resolve(stage, stage_params(prof, stage, run))
             metrics = importlib.import_module(module).run(cfg)
-            from accelerate import PartialState
+            from accelerate import PartialState  # lib.cli keeps accelerate off its own top imports
             state = PartialState()
             if state.is_main_process:
                 finish(cfg, metrics)

@@ -10,14 +10,19 @@ A stage whose ``DONE`` exists is finished: ``resolve`` refuses to touch it, the 
 """
 from __future__ import annotations
 
+import importlib.metadata as md
 import json
 import os
+import platform
 import random
 import re
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
+
+import numpy as np
 
 from lib.core import paths
 from lib.core.hashing import config_hash
@@ -125,16 +130,13 @@ def resolve(stage: str, namespace: dict[str, Any]) -> Config:
 
 
 def seed_everything(seed: int) -> None:
-    import numpy as np
-    import torch
+    import torch  # lib.core stays importable without torch
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
 
 
 def versions() -> dict[str, str]:
-    import importlib.metadata as md
-    import platform
     out = {"python": platform.python_version()}
     for pkg in ("torch", "transformers", "tokenizers", "sentencepiece", "accelerate", "peft",
                 "datasets", "lm_eval", "papermill"):
@@ -148,14 +150,14 @@ def versions() -> dict[str, str]:
 def torch_threads() -> int:
     """Torch's intra-op threads: on a CPU the float summation order, and so the trained weights,
     may depend on it, so a run records it (``pipeline: {torch_threads: N}`` sets it for every stage)."""
-    import torch
+    import torch  # lib.core stays importable without torch
     return torch.get_num_threads()
 
 
 def cpu_capability() -> str:
     """The vector instruction set torch's CPU kernels use (``AVX512``, ``AVX2``, ...): the same
     stage trains to other weights under another one (``ATEN_CPU_CAPABILITY=avx2`` pins it)."""
-    import torch
+    import torch  # lib.core stays importable without torch
     return torch.backends.cpu.get_cpu_capability()
 
 
@@ -181,7 +183,6 @@ def threads_env(n: int) -> Iterator[None]:
 
 
 def git_state() -> dict[str, Any]:
-    import subprocess
     def git(*args: str) -> str:
         r = subprocess.run(["git", *args], cwd=paths.PROJ_ROOT, capture_output=True, text=True)
         return r.stdout.strip() if r.returncode == 0 else ""

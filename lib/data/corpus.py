@@ -28,12 +28,14 @@ offline cache); a local dataset folder given as ``hub:/path/to/folder//train`` t
 """
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from accelerate import PartialState
 
 from lib.core import paths
 from lib.core.readers import DataError
@@ -107,8 +109,8 @@ def parse_corpus(value: str | Path, run: str | Path = ".") -> CorpusSource:
 
 def load_rows(src: CorpusSource, cache_dir: str | None):
     """The raw ``datasets.Dataset`` of ``src`` with one ``text`` column."""
-    from datasets import load_dataset
-    from datasets.exceptions import DatasetGenerationError
+    from datasets import load_dataset  # datasets: ~0.6 s to import; check reads this module without it
+    from datasets.exceptions import DatasetGenerationError  # see load_dataset above
     if src.kind == "hub":
         try:
             ds = load_dataset(src.dataset, src.config, split=src.split, cache_dir=cache_dir)
@@ -138,7 +140,6 @@ def load_rows(src: CorpusSource, cache_dir: str | None):
 
 
 def _first_bad_json_line(path: Path) -> str:
-    import json
     with open(path, encoding="utf-8") as f:
         for n, line in enumerate(f, start=1):
             if line.strip():
@@ -183,7 +184,7 @@ def _first_undecodable_line(path: Path) -> tuple[int, str] | None:
 def _flat_chunks(ds):
     """The token stream of ``ds`` as int32 arrays, one Arrow record batch at a time, read from its
     cache files with plain reads (not memory-mapped: the pages then never count as ours)."""
-    import pyarrow as pa
+    import pyarrow as pa  # pyarrow: ~0.1 s to import; only when blocks are written (datasets loaded it)
     for f in ds.cache_files:
         with pa.OSFile(f["filename"]) as src:
             for rb in pa.ipc.open_stream(src):
@@ -218,7 +219,6 @@ def cached_blocks(tokenizer, path: str | Path | CorpusSource, block_size: int, c
                   limit: int | None = None) -> tuple[torch.Tensor, dict]:
     """``[n_blocks, block_size]`` int32 blocks of ``path`` (memory-mapped) and their packing report."""
     src = path if isinstance(path, CorpusSource) else parse_corpus(Path(path))
-    from accelerate import PartialState
     check_block_size(block_size)
     with PartialState().main_process_first():      # one process tokenizes, the others reuse its cache
         ds = tokenized(tokenizer, src, cache_dir, limit)

@@ -38,8 +38,11 @@ import functools
 import shutil
 import time
 from dataclasses import asdict, dataclass
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+
+import yaml
 
 from lib.core import hashing, paths
 from lib.core.hashing import file_sha256
@@ -141,8 +144,6 @@ def yaml_task_name(path: Path) -> str:
 
 
 def _load_yaml(path: Path) -> dict:
-    import yaml
-
     class _Loader(yaml.SafeLoader):
         pass
     # lm-eval's `!function module.fn` tags: kept as text here (only names and files are read)
@@ -187,7 +188,6 @@ def yaml_digest(path: Path) -> str:
 
 
 def lm_eval_version() -> str:
-    from importlib.metadata import version
     return version("lm_eval")
 
 
@@ -239,7 +239,7 @@ def describe(extras: Sequence[Extra]) -> list[dict[str, Any]]:
 
 @functools.lru_cache(maxsize=4)
 def _manager(include: tuple[str, ...], defaults: bool):
-    from lm_eval.tasks import TaskManager
+    from lm_eval.tasks import TaskManager  # lm-eval's task index: ~0.6 s to import; check reads this module
     return TaskManager(include_path=list(include) or None, include_defaults=defaults)
 
 
@@ -259,7 +259,7 @@ def unknown_names(names: Sequence[str]) -> list[str]:
 def run_extra(lm: Any, extras: Sequence[Extra], *, batch_size: int = 16, num_fewshot: int = 0,
               limit: int = 0, seed: int = 0, device: str = "cpu") -> dict[str, Any]:
     """One ``simple_evaluate`` of every extra task (``limit``: the first items of each leaf task)."""
-    from lm_eval import simple_evaluate
+    from lm_eval import simple_evaluate  # lm-eval's evaluator: ~0.6 s to import; only when scoring
     return simple_evaluate(model=lm, tasks=[x.name for x in extras], num_fewshot=num_fewshot,
                            limit=limit if limit > 0 else None, batch_size=batch_size, device=device,
                            log_samples=True, task_manager=task_manager(extras), random_seed=seed,

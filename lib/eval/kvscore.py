@@ -44,6 +44,7 @@ import torch
 import torch.nn.functional as F
 from lm_eval.models.huggingface import HFLM
 from tqdm.auto import tqdm
+from transformers import DynamicCache
 
 Request = tuple[tuple[str, str] | None, list[int], list[int]]   # ((context, continuation), ctx ids, cont ids)
 
@@ -78,7 +79,6 @@ def _cache_of(out: Any) -> Any:
 def select_rows(cache: Any, rows: torch.Tensor) -> Any:
     """A new ``DynamicCache`` holding ``rows`` (batch indices, repeats allowed) of ``cache``;
     ``cache`` itself is left as it is."""
-    from transformers import DynamicCache
     layers = []
     for layer in cache.layers:
         if getattr(layer, "is_sliding", False):

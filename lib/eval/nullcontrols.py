@@ -41,6 +41,7 @@ import math
 from pathlib import Path
 from typing import Any, Hashable, Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
 
 from lib.core import stats
@@ -346,8 +347,6 @@ def bands_figure(table: Sequence[Mapping], controls: Sequence[Mapping], path: st
     """Per task, agreement and kappa of every final model with 95% intervals (dots), its prior-only
     control (grey x) and its beyond-null reading (red), between the bands of the model-free length
     controls (grey: the span of their 95% intervals), as the toy's deranged control is drawn."""
-    import matplotlib.pyplot as plt
-
     fin = _final(table)
     tasks = list(dict.fromkeys(r["task"] for r in fin))
     several = len({r["run"] for r in fin}) > 1

@@ -85,7 +85,7 @@ def item_id(fmt: str | Mapping | Format, doc: Mapping) -> Hashable:
 
 def prompt(fmt: str | Mapping | Format, lang: str, doc: Mapping) -> str:
     """The prompt lm-eval scores the options after (rendered with lm-eval's own Jinja setup)."""
-    from lm_eval.utils import apply_template
+    from lm_eval.utils import apply_template  # lm-eval: ~0.2 s to import; only to render a prompt
     return apply_template(get_format(fmt).prompts[lang], dict(doc))
 
 

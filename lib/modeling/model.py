@@ -15,10 +15,13 @@ bf16 autocast on CUDA, and every metric a stage compares runs in that same preci
 from __future__ import annotations
 
 import math
+import shutil
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Iterable
 
 import torch
+from accelerate import PartialState
 
 from lib.core.io import atomic_dir
 
@@ -59,7 +62,6 @@ def auto_device(device: str = "auto") -> torch.device:
     ``auto`` without CUDA: the CPU. ``cuda`` without a GPU torch can see fails in one line
     (:func:`cuda_missing_message`) instead of training on the CPU for days."""
     if device in ("auto", "cuda") and torch.cuda.is_available():
-        from accelerate import PartialState
         return PartialState().device
     if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise RuntimeError(cuda_missing_message(str(device)))
@@ -113,7 +115,6 @@ def compute_context(mixed_precision: str, device: torch.device | str):
     ``no``): autocast to that dtype on ``device``'s type, or nothing. Training, the evaluation
     during training, before/after metrics and DPO's reference all run in it, so what a stage
     compares is measured in one precision (``metrics.json`` records which: :func:`precision_record`)."""
-    from contextlib import nullcontext
     if mixed_precision not in AUTOCAST_DTYPES:
         raise ValueError(f"mixed_precision must be one of {sorted(AUTOCAST_DTYPES)}, got {mixed_precision!r}")
     dtype = AUTOCAST_DTYPES[mixed_precision]
@@ -144,7 +145,7 @@ def precision_record(precision: str, device: torch.device | str = "auto") -> dic
 def load_model(spec: str, device: str = "auto", dtype: str = "auto"):
     """Load a causal LM and its tokenizer from a Hub id or a local folder (same code path),
     on this process's device, in the inference dtype (:func:`auto_dtype`)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer  # ~0.8 s to import; most of lib imports this module
     dev = auto_device(device)
     model = AutoModelForCausalLM.from_pretrained(spec, dtype=auto_dtype(dev, dtype)).to(dev)
     tok = AutoTokenizer.from_pretrained(spec)
@@ -183,7 +184,6 @@ def save_model(model, tok, out_dir: str | Path, sp_model: str | Path | None = No
                overwrite: bool = False) -> Path:
     """``save_pretrained`` model + tokenizer atomically, plus the SentencePiece ``tokenizer.model``
     when given (transformers 5 does not write it, and the next vocab merge needs it)."""
-    import shutil
     with atomic_dir(out_dir, overwrite=overwrite) as tmp:
         model.save_pretrained(tmp)
         tok.save_pretrained(tmp)

@@ -28,6 +28,11 @@ import json
 import re
 from pathlib import Path
 
+try:
+    import tomllib
+except ModuleNotFoundError:      # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
 import nbformat
 
 from lib.core import paths
@@ -67,10 +72,6 @@ def badge_cell(stage: str, earlier: list[str]) -> nbformat.NotebookNode:
 
 def colab_dependencies(pyproject: Path = paths.PROJ_ROOT / "pyproject.toml") -> list[str]:
     """``[project] dependencies`` of pyproject.toml without those Colab provides itself."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:      # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
     deps = tomllib.loads(pyproject.read_text(encoding="utf-8"))["project"]["dependencies"]
     return [d for d in deps if re.split(r"[\s<>=!~;\[]", d, maxsplit=1)[0].lower() not in COLAB_PROVIDES]
 

@@ -187,8 +187,8 @@ def _leading(found: list[BaseException], kind: type) -> Iterator[BaseException]:
 def cause(exc: BaseException, folder: str | Path | None = None) -> str:
     """The root cause of a stage failure in words, with what to do; one line. ``folder`` is the
     run folder: when its disk has less than :data:`LOW_DISK` free, any failure is a full disk."""
-    from nbclient.exceptions import DeadKernelError
-    from papermill.exceptions import PapermillExecutionError
+    from nbclient.exceptions import DeadKernelError  # optional on GPU nodes; python -m lib.train imports this
+    from papermill.exceptions import PapermillExecutionError  # optional on GPU nodes; python -m lib.train imports this
     if signalled():                               # whatever else the interruption raised
         return interrupted(signalled())
     found = list(chain(exc))
@@ -226,7 +226,7 @@ class AtomicNotebookWriter:
 
     @staticmethod
     def read(path: str) -> str:
-        from papermill.iorw import LocalHandler
+        from papermill.iorw import LocalHandler  # optional on GPU nodes; python -m lib.train imports this
         return LocalHandler().read(path)
 
     @staticmethod
@@ -259,7 +259,7 @@ def failed_cell(notebook: str) -> tuple[int, str, str] | None:
 
 def atomic_notebooks(folder: str | Path) -> None:
     """Make Papermill write every notebook under ``folder`` atomically (idempotent)."""
-    from papermill.iorw import papermill_io
+    from papermill.iorw import papermill_io  # optional on GPU nodes; python -m lib.train imports this
     scheme = str(Path(folder)) + os.sep
     if not any(s == scheme for s, _ in papermill_io._handlers):
         papermill_io.register(scheme, AtomicNotebookWriter)

@@ -94,8 +94,8 @@ def figure(table: list[dict], path: Path | None = None):
     """Transfer ratio and kappa of each condition's stage models (03 to the last, one colour a
     stage), 95% intervals (with seeds: every seed's value as a small dot, the mean with its
     run-level interval); the oracle and deranged controls as reference bands."""
-    import matplotlib.pyplot as plt
-    import seaborn as sns
+    import matplotlib.pyplot as plt  # lib.run keeps matplotlib off its own top imports
+    import seaborn as sns  # seaborn: ~0.8 s to import; only for this figure
     rows = stage_rows(table)
     seeded = any("per_seed" in r for r in rows)
     conds = list(dict.fromkeys(r["condition"] for r in rows))
@@ -153,7 +153,7 @@ def write_outputs(grid, table: list[dict]) -> dict[str, Path]:
                 "top of the scale) and oracle_deranged (rows of the wrong words: chance).\n")
         out["md"] = write_text(grid.root / "grid.md", markdown(table) + note)
     if stage_rows(rows):
-        import matplotlib.pyplot as plt
+        import matplotlib.pyplot as plt  # lib.run keeps matplotlib off its own top imports
         plt.close(figure(rows, grid.root / "figures" / "grid.png"))
         out["figure"] = grid.root / "figures" / "grid.png"
     return out

@@ -155,7 +155,7 @@ def run_stage(plan: Plan, run: str | Path, progress: bool = True, threads: int =
     torch's default; the profile's ``pipeline: {torch_threads: N}``); raise StageFailed with one
     line naming the stage, the cause in words (the failing cell, a dead kernel, a full disk, ...)
     and where to read more. The log is appended to, so an earlier attempt's traceback is kept."""
-    import papermill as pm
+    import papermill as pm  # notebook packages: ~1.5 s to import, optional; only to run a stage
     sd = paths.stage_dir(run, plan.stage)
     if sd.is_symlink():                     # a stage shared from another run: never touch the original
         sd.unlink()

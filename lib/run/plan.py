@@ -380,7 +380,7 @@ def check_fits(prof: Profile, stages: list[str], run: str, gpu_gib: float, cuda:
 
 def device_gib() -> float | None:
     """Memory of this process's GPU in GiB, or None without CUDA."""
-    import torch
+    import torch  # lib.run keeps torch off its own top imports; only for the GPU's memory
     if not torch.cuda.is_available():
         return None
     return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory / GiB

@@ -17,6 +17,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
 from lib.core import paths
 from lib.core.io import atomic_dir
 
@@ -31,8 +33,8 @@ NEOX_TEXT = ("mono/ko/klue_sentences.txt", "mono/en/mlqa_contexts.txt")
 
 def build_llama(dest: Path, shared: Path, seed: int = 0) -> Path:
     """A tiny random Llama saved with the real Llama-2 tokenizer (and its ``tokenizer.model``)."""
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast
+    import torch  # torch + transformers: ~2.5 s to import; only when the models are built
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaTokenizerFast  # see torch above
     sp = shared / "tokenizers" / "llama2" / "tokenizer.model"
     if not sp.is_file():
         raise FileNotFoundError(f"{sp}: the Llama-2 tokenizer is missing (see ../shared/data/README.md)")
@@ -47,9 +49,8 @@ def build_llama(dest: Path, shared: Path, seed: int = 0) -> Path:
 
 def build_neox(dest: Path, shared: Path, seed: int = 0) -> Path:
     """A tiny random GPT-NeoX with a byte-level BPE of its own (no SentencePiece, no BOS)."""
-    import torch
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast
+    import torch  # torch + transformers: ~2.5 s to import; only when the models are built
+    from transformers import GPTNeoXConfig, GPTNeoXForCausalLM, PreTrainedTokenizerFast  # see torch above
     files = [shared / f for f in NEOX_TEXT]
     for f in files:
         if not f.is_file():

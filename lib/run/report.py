@@ -224,7 +224,7 @@ def render_html(markdown_text: str, run_dir: Path, title: str, inline_images: bo
     """HTML of the report: python-markdown (installed with tensorboard) when present, else the
     Markdown as preformatted text; local images inlined as base64 data URIs."""
     try:
-        import markdown
+        import markdown  # optional: python-markdown comes with tensorboard, not a declared dependency
         body = markdown.markdown(markdown_text, extensions=["tables", "fenced_code", "toc"])
     except ImportError:
         body = f"<pre>{html.escape(markdown_text)}</pre>"

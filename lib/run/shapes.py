@@ -90,7 +90,7 @@ def model_shape(spec: str) -> Shape:
     if spec in KNOWN_SHAPES:
         return Shape(**KNOWN_SHAPES[spec])
     try:
-        from transformers import AutoConfig
+        from transformers import AutoConfig  # lib.run keeps transformers off its own top imports
         return shape_from_config(AutoConfig.from_pretrained(spec, local_files_only=True).to_dict())
     except (OSError, ValueError, KeyError) as e:
         raise ShapeUnknown(f"plan: cannot tell the shape of {spec!r}: not a folder with config.json, not one "

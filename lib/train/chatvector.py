@@ -29,6 +29,7 @@ from __future__ import annotations
 from typing import Iterable, Mapping
 
 import torch
+from transformers import AutoModelForCausalLM
 
 ROWS_POLICIES = ("overlap", "skip")
 
@@ -131,7 +132,6 @@ def load_chat_vector(base: str, instruct: str) -> dict[str, torch.Tensor]:
     Both load through ``from_pretrained`` in float32; the instruct weights are turned into the
     difference in place, so peak memory is about two fp32 copies of the model.
     """
-    from transformers import AutoModelForCausalLM
     sd_base = AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32).state_dict()
     sd_inst = AutoModelForCausalLM.from_pretrained(instruct, dtype=torch.float32).state_dict()
     vector = chat_vector(sd_base, sd_inst, inplace=True)

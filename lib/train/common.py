@@ -9,7 +9,9 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import accelerate
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from lib.core.io import atomic_dir
 from lib.modeling.model import auto_device, compute_context, load_model, precision_record, precision_settings
@@ -53,7 +55,6 @@ def load_start(cfg: Any, init_from: str | None = None):
     """(model, tokenizer, folder) of the model this stage starts from (``cfg.init_from``), in the
     training weight dtype of ``cfg.precision`` (fp32 unless pure ``bf16`` is asked for), on this
     process's device (the one its Accelerator will use: ``cuda:<local rank>``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
     folder = cfg.model_from(init_from or cfg.get("init_from", "auto"))
     dev = auto_device(cfg.get("device", "auto"))
     dtype, _ = precision_settings(cfg.get("precision", "auto"), dev)
@@ -79,8 +80,7 @@ def final_model(cfg: Any, result: dict) -> Path:
     """Copy the last checkpoint's model to ``<stage>/model`` (what later stages load). Under
     ``accelerate launch`` only the main process copies and every process waits for it: two ranks
     renaming the same folder race (ENOTEMPTY / FileNotFoundError)."""
-    from accelerate import PartialState
-    state = PartialState()
+    state = accelerate.PartialState()        # looked up when called: a test stands in another rank
     if state.is_main_process:
         last = Path(result["checkpoints"][-1]) / "model"
         with atomic_dir(cfg.stage_dir / "model", overwrite=True) as tmp:

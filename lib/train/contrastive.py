@@ -28,7 +28,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
 import torch
+from accelerate import PartialState
 
 from lib.core.io import write_json
 from lib.core.plots import grouped_bars, line_curve, save
@@ -346,7 +348,6 @@ def save_fn(s: Stage1):
 
 def run(cfg: Any, stop_at: int | None = None) -> dict:
     """Train stage 1 (resuming from ``<stage>/checkpoints`` if any) and return its metrics."""
-    from accelerate import PartialState
     s = build(cfg)
     tokens = lambda b: sum(int(p["attention_mask"].sum()) for p in b.values() if isinstance(p, dict))  # noqa: E731
     result = train([s.encoder], batch_fn(s), loss_fn(s), train_spec(cfg), cfg.stage_dir,
@@ -423,7 +424,6 @@ def plot_loss(metrics: dict, path=None):
 
 def plot_alignment(metrics: dict, path=None):
     """Held-out P@1 (both directions) and pair / non-pair cosine against the step."""
-    import matplotlib.pyplot as plt
     rows = metrics["curves"]["eval"]
     steps = [r["step"] for r in rows]
     fig, (a, b) = plt.subplots(1, 2, figsize=(10, 3.5))

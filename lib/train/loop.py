@@ -50,6 +50,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import torch
+from accelerate import Accelerator
+from accelerate.utils import ProjectConfiguration, set_seed
 from tqdm.auto import tqdm
 
 from lib.core.io import write_json
@@ -100,8 +102,6 @@ def lr_lambda(spec: TrainSpec) -> Callable[[int], float]:
 
 
 def make_accelerator(spec: TrainSpec, out_dir: Path):
-    from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
     mp = spec.mixed_precision
     if mp == "auto":
         mp = "bf16" if torch.cuda.is_available() else "no"
@@ -243,7 +243,6 @@ def train(modules: list[torch.nn.Module], batch_at: Callable, loss_fn: Callable,
     "tokens_per_second", "resumed_from"}``. ``stop_at`` raises :class:`Interrupted` after that
     step (used to test resumption).
     """
-    from accelerate.utils import set_seed
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     acc = make_accelerator(spec, out_dir)

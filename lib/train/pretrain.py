@@ -19,6 +19,7 @@ copy), so 07/08 evaluate it like any other model; the adapter is kept beside it 
 from __future__ import annotations
 
 import copy
+import os
 import shutil
 import time
 from functools import partial
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
 
 from lib.core.io import write_text
 from lib.core.readers import read_lines
@@ -55,7 +57,6 @@ def qlora_device_map() -> dict:
     """Where this process puts its 4-bit model: its own GPU (``LOCAL_RANK`` under ``accelerate
     launch``), not GPU 0 for every process. Read from the environment, not from ``PartialState``,
     so it is known before any CUDA call."""
-    import os
     return {"": int(os.environ.get("LOCAL_RANK", 0))}
 
 
@@ -64,8 +65,7 @@ def load_for_method(cfg: Any):
     if cfg.method != "qlora":
         model, tok, start = load_start(cfg)
     else:
-        from peft import prepare_model_for_kbit_training
-        from transformers import AutoModelForCausalLM, AutoTokenizer, BitsAndBytesConfig
+        from peft import prepare_model_for_kbit_training  # QLoRA only; peft: ~3.5 s to import
         start = cfg.model_from(cfg.init_from)
         q = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
                                bnb_4bit_compute_dtype=torch.bfloat16)
@@ -77,7 +77,7 @@ def load_for_method(cfg: Any):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.config.use_cache = False
     if cfg.method in ("lora", "qlora"):
-        from peft import LoraConfig, get_peft_model
+        from peft import LoraConfig, get_peft_model  # (Q)LoRA only; peft: ~3.5 s to import
         lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                           target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM",
                           modules_to_save=["embed_tokens", "lm_head"])
@@ -110,8 +110,7 @@ def merge_adapter(cfg: Any, model, start: str, adapter_dir: Path):
     """A merged plain model. LoRA: merge into a copy; QLoRA: reload the base unquantised and merge."""
     if cfg.method == "lora":
         return copy.deepcopy(model).merge_and_unload()
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
+    from peft import PeftModel  # (Q)LoRA only; peft: ~3.5 s to import
     # fp32, not the bf16 the 4-bit compute used: a LoRA delta of ~1e-3 of a weight is mostly below
     # half a bf16 step and would round away. (The adapter learned against the NF4-rounded weights;
     # it is merged into the unquantised ones, as peft and every QLoRA recipe do.)

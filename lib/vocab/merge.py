@@ -40,8 +40,11 @@ from collections import Counter
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import huggingface_hub
 import numpy as np
+import sentencepiece as spm
 from google.protobuf.message import DecodeError
+from huggingface_hub.errors import EntryNotFoundError
 from sentencepiece import sentencepiece_model_pb2 as sp_pb2
 
 from lib.core.readers import read_lines
@@ -71,10 +74,8 @@ def looks_like_path(spec: str) -> bool:
 
 
 def _hub_sp_file(repo_id: str) -> Path:
-    from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
-    try:
-        return Path(hf_hub_download(repo_id, "tokenizer.model"))
+    try:                            # hf_hub_download looked up when called: a test stands in for it
+        return Path(huggingface_hub.hf_hub_download(repo_id, "tokenizer.model"))
     except (OSError, ValueError, EntryNotFoundError) as e:
         raise FileNotFoundError(
             f"{repo_id!r} is not a local file or folder, and tokenizer.model could not be fetched "
@@ -239,7 +240,7 @@ def _write_tokenizer_files(proto: sp_pb2.ModelProto, folder: Path) -> None:
     The BOS lives in tokenizer.json's post-processor: transformers 5 drops ``add_bos_token`` from
     tokenizer_config.json whenever a tokenizer.json is present, so the reloaded flag reads False.
     """
-    from transformers import LlamaTokenizerFast
+    from transformers import LlamaTokenizerFast  # transformers: ~0.8 s to import; only for HF tokenizer files
 
     norm = proto.normalizer_spec
     if norm.name not in ("identity", "") or norm.remove_extra_whitespaces:
@@ -259,7 +260,7 @@ def _write_tokenizer_files(proto: sp_pb2.ModelProto, folder: Path) -> None:
 
 def save_merged(proto: sp_pb2.ModelProto, out_dir: str | Path, overwrite: bool = False):
     """Write the merged tokenizer folder atomically and return it loaded with ``AutoTokenizer``."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: ~0.8 s to import; only for HF tokenizer files
 
     out_dir = Path(out_dir)
     if out_dir.is_file() or (out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite):
@@ -285,7 +286,7 @@ def save_merged(proto: sp_pb2.ModelProto, out_dir: str | Path, overwrite: bool =
 
 def hf_tokenizer_from_sp(proto: sp_pb2.ModelProto):
     """The transformers tokenizer (BOS added) that encodes exactly as this SentencePiece model."""
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: ~0.8 s to import; only for HF tokenizer files
     with tempfile.TemporaryDirectory() as tmp:
         _write_tokenizer_files(proto, Path(tmp))
         return AutoTokenizer.from_pretrained(tmp, add_bos_token=True)
@@ -297,7 +298,7 @@ def load_hf_tokenizer(spec: str | Path):
     A folder with tokenizer.json loads as saved (the tokenizer a model was trained with); a
     ``.model`` file or a folder with only tokenizer.model is converted by :func:`hf_tokenizer_from_sp`.
     """
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers: ~0.8 s to import; only for HF tokenizer files
     path = Path(spec).expanduser()
     if path.is_dir() and (path / "tokenizer.json").is_file():
         return AutoTokenizer.from_pretrained(path, add_bos_token=True)
@@ -403,8 +404,6 @@ def check_merge(base_proto: sp_pb2.ModelProto, merged_proto: sp_pb2.ModelProto, 
     falling; the transformers tokenizer has the same vocab, adds BOS, encodes every sample exactly
     as the merged sentencepiece model (BOS excluded) and decodes it back to the same text.
     """
-    import sentencepiece as spm
-
     lines = _nonempty(sample_lines, "sample")
     _check_pieces(base_proto, merged_proto)
     expected_vocab = {p.piece: i for i, p in enumerate(merged_proto.pieces)}

@@ -20,6 +20,8 @@ import re
 from collections import Counter
 from pathlib import Path
 
+import sentencepiece as spm
+
 from lib.core.prompts import QA_STARTS
 
 from .files import (
@@ -163,8 +165,6 @@ def option_match(world_dir: str | Path, en_model: str | Path, ko_model: str | Pa
     in ``민수는 부산에 산다.`` the Korean model may write ``▁부산에`` as one piece, which the option's
     ``▁부산`` never matches: that mention counts as a mismatch.
     """
-    import sentencepiece as spm
-
     root = Path(world_dir)
     entities = [e for e in read_jsonl(root / "data/entities.jsonl") if e["category"] in OBJECT_CATEGORIES]
     texts = training_texts(root)

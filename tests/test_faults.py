@@ -392,6 +392,31 @@ def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeyp
     assert json.loads((run / "04_stage2_lm_head" / "metrics.json").read_text()) == {"lock_held": True}
 
 
+def test_lib_train_ends_a_failed_stage_in_one_line_and_keeps_the_traceback(tmp_path, tiny_assets, monkeypatch,
+                                                                          capsys):
+    """Not the input but the stage itself fails (out of memory, a bug, a full disk): one ``error:``
+    line with the cause as the pipeline words it, exit 1, the traceback in the stage folder."""
+    from lib.cli.train import main as train_main
+    from lib.run import failures
+    from lib.train import head
+
+    def boom(cfg):
+        raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
+    monkeypatch.setattr(head, "run", boom)
+    a = tiny_assets
+    f = tiny_profile(tmp_path, a, f"04_stage2_lm_head:\n  text: {a['sample_ko']}\n"
+                     f"  heldout_ko: {a['sample_ko']}\n  heldout_en: {a['sample_en']}\n")
+    run = tmp_path / "run"
+    assert train_main(["04", str(f), "--run", str(run)]) == 1
+    tb = run / "04_stage2_lm_head" / "traceback.txt"
+    assert one_line_error(capsys) == ("error: 04_stage2_lm_head failed: RuntimeError: CUDA out of memory. "
+                                      f"Tried to allocate 2.00 GiB (traceback in {tb})")
+    assert "in boom" in tb.read_text() and not (run / "04_stage2_lm_head" / "DONE").exists()
+    monkeypatch.setattr(failures, "free_bytes", lambda folder: 4096)        # the same failure on a full disk
+    assert train_main(["04", str(f), "--run", str(run)]) == 1
+    assert f"04_stage2_lm_head failed: the disk is full ({run} has 4,096 bytes free): " in one_line_error(capsys)
+
+
 # ---------------------------------------------------------------------------- stage failures
 
 STANDIN = '''\

@@ -14,7 +14,9 @@ import argparse
 import importlib
 import os
 import sys
+import traceback
 from contextlib import nullcontext
+from pathlib import Path
 
 from lib.cli.errors import exit_quietly, failed
 from lib.core import paths
@@ -22,7 +24,7 @@ from lib.core.params import ParamsError, load_profile, stage_params
 from lib.core.runfolder import HELD_ENV, BadRunName, RunLocked, run_folder, run_lock
 from lib.core.stage import finish, resolve
 from lib.run.check import check_profile
-from lib.run.failures import INTERRUPTED, interruptible
+from lib.run.failures import INTERRUPTED, cause, interruptible, reporting
 
 STAGES = {"03": ("03_stage1_contrastive", "lib.train.contrastive"),
           "04": ("04_stage2_lm_head", "lib.train.head"),
@@ -44,6 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def train(args: argparse.Namespace, stage: str, module: str, main_rank: bool) -> int:
+    rd = None
     try:
         prof = load_profile(args.params)
         run = str(args.run or prof.name)
@@ -69,7 +72,28 @@ def train(args: argparse.Namespace, stage: str, module: str, main_rank: bool) ->
             state.destroy_process_group()
     except (ParamsError, FileExistsError, RunLocked, BadRunName, KeyboardInterrupt) as e:
         return failed(e, f"{stage} {INTERRUPTED}")
+    except Exception as e:              # not the input: the stage failed (out of memory, a full disk, a bug)
+        return crashed(e, stage, rd)
     return 0
+
+
+def crashed(e: Exception, stage: str, rd: Path | None) -> int:
+    """One ``error:`` line with the cause as the pipeline words it (a full disk named whatever
+    raised it), the traceback kept in the stage folder (``traceback.txt``; one file per rank; in
+    the run folder when the stage folder was not made yet)."""
+    where = ""
+    if rd is not None and Path(rd).is_dir():
+        rank = os.environ.get("RANK", "0")
+        name = "traceback.txt" if rank == "0" else f"traceback-rank{rank}.txt"
+        tb = Path(rd) / stage / name if (Path(rd) / stage).is_dir() else Path(rd) / f"{stage}.{name}"
+        try:
+            tb.write_text("".join(traceback.format_exception(e)), encoding="utf-8")
+            where = f" (traceback in {tb})"
+        except OSError:                 # a full disk may not take even this
+            where = " (the traceback could not be written)"
+    reporting()
+    print(f"error: {stage} failed: {cause(e, rd)}{where}", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

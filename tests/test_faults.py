@@ -371,6 +371,12 @@ def test_a_notebook_run_by_hand_is_refused_while_a_run_holds_the_folder(tmp_path
         holder.wait()
 
 
+def head_profile(tmp_path, a) -> Path:
+    """A tiny profile whose stage 04 reads the tiny assets' samples (for ``python -m lib.train 04``)."""
+    return tiny_profile(tmp_path, a, f"04_stage2_lm_head:\n  text: {a['sample_ko']}\n"
+                        f"  heldout_ko: {a['sample_ko']}\n  heldout_en: {a['sample_en']}\n")
+
+
 def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeypatch):
     from lib.cli.train import main as train_main
     from lib.core.runfolder import RunLocked, run_lock
@@ -384,10 +390,7 @@ def test_lib_train_holds_the_lock_while_it_trains(tmp_path, tiny_assets, monkeyp
             return {"lock_held": str(e).startswith(f"{cfg.run_dir} is in use by PID {os.getpid()} "
                                                    f"(python -m lib.train 04 p.yaml")}
     monkeypatch.setattr(head, "run", fake_run)
-    a = tiny_assets
-    f = tiny_profile(tmp_path, a, f"04_stage2_lm_head:\n  text: {a['sample_ko']}\n"
-                     f"  heldout_ko: {a['sample_ko']}\n  heldout_en: {a['sample_en']}\n")
-    run = tmp_path / "run"
+    f, run = head_profile(tmp_path, tiny_assets), tmp_path / "run"
     assert train_main(["04", str(f), "--run", str(run)]) == 0
     assert json.loads((run / "04_stage2_lm_head" / "metrics.json").read_text()) == {"lock_held": True}
 
@@ -403,10 +406,7 @@ def test_lib_train_ends_a_failed_stage_in_one_line_and_keeps_the_traceback(tmp_p
     def boom(cfg):
         raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
     monkeypatch.setattr(head, "run", boom)
-    a = tiny_assets
-    f = tiny_profile(tmp_path, a, f"04_stage2_lm_head:\n  text: {a['sample_ko']}\n"
-                     f"  heldout_ko: {a['sample_ko']}\n  heldout_en: {a['sample_en']}\n")
-    run = tmp_path / "run"
+    f, run = head_profile(tmp_path, tiny_assets), tmp_path / "run"
     assert train_main(["04", str(f), "--run", str(run)]) == 1
     tb = run / "04_stage2_lm_head" / "traceback.txt"
     assert one_line_error(capsys) == ("error: 04_stage2_lm_head failed: RuntimeError: CUDA out of memory. "

@@ -125,6 +125,7 @@ def same_model(rows: list[dict]) -> bool:
     dirs = {r.get("model_dir") for r in rows}
     return len(dirs) == 1 and None not in dirs
 
+
 def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
